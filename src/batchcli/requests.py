@@ -1,0 +1,81 @@
+"""Typed request data: what one input line asks for once parsed.
+
+Invariant: a `Request` is always valid on its own (parameters in range, exactly one prompt form);
+anything wrong with a line becomes a `LineError` instead, never a half-filled `Request`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class InputFormat(enum.Enum):
+    """Which line contract a request came in; decides how its output line is rendered."""
+
+    SIMPLE = "simple"  # {"prompt": ...}
+    CHAT = "chat"  # {"messages": [...]}
+    TOKENS = "tokens"  # {"prompt_token_ids": [...]}
+    OPENAI_COMPLETION = "openai-completion"  # OpenAI batch, url /v1/completions
+    OPENAI_CHAT = "openai-chat"  # OpenAI batch, url /v1/chat/completions
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request sampling settings; CLI flags give defaults that a line's fields override."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k cut
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One valid input line. Exactly one of prompt, messages, prompt_token_ids is set."""
+
+    id: str
+    line: int  # 1-based line number in the input
+    format: InputFormat
+    params: SamplingParams
+    prompt: str | None = None
+    messages: tuple[dict, ...] | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    custom_id: str | None = None  # OpenAI batch only
+    model: str | None = field(default=None, compare=False)  # OpenAI batch body "model", echoed back
+
+    def __post_init__(self) -> None:
+        forms = sum(x is not None for x in (self.prompt, self.messages, self.prompt_token_ids))
+        if forms != 1:
+            raise ValueError(f"request {self.id!r} must carry exactly one prompt form, got {forms}")
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """A line that cannot run: rendered as `{"id", "line", "error": {"code", "message"}}`."""
+
+    id: str
+    line: int
+    code: str
+    message: str
+    custom_id: str | None = None
