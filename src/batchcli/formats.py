@@ -1,0 +1,93 @@
+"""Output rendering: turns a `Result` or a `LineError` into the JSON object of its output line.
+
+Invariant: the output form follows the input form: OpenAI batch lines get OpenAI batch output lines
+(success and error alike), all other lines the plain form. Every record carries the request's id
+(`custom_id` for OpenAI lines), which is what a resumed run reads back to skip answered requests.
+The same request always renders to the same object: OpenAI ids are derived from line and custom_id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from batchcli.requests import InputFormat, LineError
+from batchcli.results import Result
+
+_OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT})
+
+
+def render_result(result: Result, *, model: str = "", created: int = 0) -> dict:
+    """The output object of a finished request.
+
+    `model` names the served model in OpenAI bodies whose line gave no `body.model`; `created` is the
+    Unix time stamped on OpenAI bodies (the caller passes the run's start; 0 keeps output reproducible).
+    """
+    request = result.request
+    assert len(result.completions) == request.params.n, (
+        f"request {request.id!r} asked n={request.params.n}, got {len(result.completions)} completions"
+    )
+    if request.format in _OPENAI:
+        return _openai_result(result, request.model if request.model is not None else model, created)
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cached_tokens": result.cached_tokens,
+    }
+    if request.params.n == 1:
+        only = result.completions[0]
+        return {"id": request.id, "text": only.text, "finish_reason": only.finish_reason, "usage": usage}
+    choices = [
+        {"index": i, "text": c.text, "finish_reason": c.finish_reason} for i, c in enumerate(result.completions)
+    ]
+    return {"id": request.id, "choices": choices, "usage": usage}
+
+
+def render_error(err: LineError, fmt: InputFormat | None) -> dict:
+    """The output object of a request that could not run.
+
+    `fmt` is the request's format when it parsed, None when the line itself was bad; then the OpenAI
+    form is still chosen when the reader saw an OpenAI batch line (it set `err.custom_id`).
+    """
+    error = {"code": err.code, "message": err.message}
+    if fmt in _OPENAI or err.custom_id is not None:
+        custom_id = err.custom_id if err.custom_id is not None else err.id
+        batch_id = f"batch_req_{_digest(err.line, custom_id)}"
+        return {"id": batch_id, "custom_id": custom_id, "response": None, "error": error, "line": err.line}
+    return {"id": err.id, "line": err.line, "error": error}
+
+
+def _openai_result(result: Result, model: str, created: int) -> dict:
+    request = result.request
+    custom_id = request.custom_id if request.custom_id is not None else request.id
+    digest = _digest(request.line, custom_id)
+    if request.format is InputFormat.OPENAI_CHAT:
+        kind, body_id = "chat.completion", f"chatcmpl-{digest}"
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
+             "logprobs": None}
+            for i, c in enumerate(result.completions)
+        ]
+    else:
+        kind, body_id = "text_completion", f"cmpl-{digest}"
+        choices = [
+            {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+            for i, c in enumerate(result.completions)
+        ]
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+    }
+    body = {"id": body_id, "object": kind, "created": created, "model": model, "choices": choices, "usage": usage}
+    return {
+        "id": f"batch_req_{digest}",
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body},
+        "error": None,
+    }
+
+
+def _digest(line: int, custom_id: str) -> str:
+    """24 hex digits, unique per (line, custom_id) and the same on every run."""
+    return hashlib.blake2b(f"{line}\x00{custom_id}".encode(), digest_size=12).hexdigest()

@@ -1,0 +1,353 @@
+"""Input reader: streams a JSONL file (or stdin) into `Request`s and `LineError`s.
+
+Invariant: every non-blank physical line yields exactly one item, in input order, carrying its 1-based
+physical line number (blank lines are skipped but counted); a bad line never stops the reading, and
+no line is ever held whole in memory if it is longer than `max_line_bytes`.
+
+Ids: a simple, chat or pre-tokenized line is named by its `id`, an OpenAI batch line by its
+`custom_id`; either must be a string or an integer (turned into its decimal string). A line without
+one is named `line-<N>`, N its line number. A line whose id an earlier line already used gets a
+`duplicate_id` error. A line is an OpenAI batch line when it has any of `custom_id`, `method`, `url`,
+`body`; such lines' errors carry `custom_id` so they are rendered in the OpenAI error form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from batchcli.errors import InputError
+from batchcli.requests import InputFormat, LineError, Request, SamplingParams
+
+DEFAULT_MAX_LINE_BYTES = 16 << 20
+_CHUNK = 1 << 20
+_PARAMS_CACHE_SIZE = 4096
+_BOM = b"\xef\xbb\xbf"
+_PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
+_SAMPLING_KEYS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
+_LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | _SAMPLING_KEYS
+_OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
+_OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT}
+_BODY_KEYS = {
+    InputFormat.OPENAI_COMPLETION: frozenset({"prompt"}) | _SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens"}) | _SAMPLING_KEYS,
+}
+# Body fields with no effect on the tokens we produce.
+_IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
+# Body fields we accept only at the value that leaves the output unchanged.
+_NEUTRAL_BODY: dict[str, tuple] = {
+    "stream": (None, False), "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False),
+    "best_of": (None, 1), "suffix": (None, ""), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "repetition_penalty": (None, 1), "min_p": (None, 0), "logit_bias": (None, {}), "prediction": (None,),
+    "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"),
+    "functions": (None, []), "function_call": (None, "none", "auto"),
+}
+
+
+class ReaderError(InputError):
+    """The input as a whole cannot be read; bad single lines are `LineError`s instead."""
+
+
+class InputUnreadableError(ReaderError):
+    """The input path cannot be opened (missing, a directory, no permission)."""
+
+
+class _BadLine(Exception):
+    """Internal: a line check failed; becomes a `LineError` with this code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def read_requests(
+    source: str | Path, defaults: SamplingParams, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> Iterator[Request | LineError]:
+    """Yield one `Request` or `LineError` per non-blank line of `source` ("-" is stdin).
+
+    The file is opened here, so a missing input fails at the call, not at the first `next()`.
+    """
+    if max_line_bytes < 1:
+        raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
+    if str(source) == "-":
+        return _parse_stream(sys.stdin.buffer, defaults, max_line_bytes, owned=False)
+    try:
+        stream = open(source, "rb", buffering=0)  # closed by the generator
+    except OSError as exc:
+        raise InputUnreadableError(f"cannot read input {str(source)!r}: {exc.strerror}") from None
+    return _parse_stream(stream, defaults, max_line_bytes, owned=True)
+
+
+def _parse_stream(
+    stream: IO[bytes], defaults: SamplingParams, max_line_bytes: int, *, owned: bool
+) -> Iterator[Request | LineError]:
+    parser = _LineParser(defaults)
+    try:
+        for number, raw in enumerate(_physical_lines(stream, max_line_bytes), start=1):
+            if raw is None:
+                message = f"line is longer than {max_line_bytes} bytes; skipped"
+                yield LineError(f"line-{number}", number, "line_too_long", message)
+                continue
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            if raw and not raw.isspace():
+                yield parser.parse(raw, number)
+    finally:
+        if owned:
+            stream.close()
+
+
+def _physical_lines(stream: IO[bytes], max_bytes: int) -> Iterator[bytes | None]:
+    """Split a binary stream on LF (a CR before it stays); None stands for a line over `max_bytes`.
+
+    Reads fixed-size chunks, so memory stays at one chunk plus at most `max_bytes` of a pending line.
+    """
+    read = getattr(stream, "read1", stream.read)
+    head: list[bytes] = []  # start of the current line, from earlier chunks
+    head_len = 0
+    skipping = False  # inside an over-long line: drop bytes until its LF
+    while chunk := read(_CHUNK):
+        parts = chunk.split(b"\n")
+        tail = parts.pop()
+        for part in parts:
+            if skipping:
+                skipping = False
+                yield None
+                continue
+            if head:
+                head.append(part)
+                part = b"".join(head)
+                head.clear()
+                head_len = 0
+            yield part if len(part) <= max_bytes or _fits(part, max_bytes) else None
+        if skipping or not tail:
+            continue
+        head.append(tail)
+        head_len += len(tail)
+        if head_len > max_bytes + 1:  # + 1: a CR that turns out to end a CRLF line is not content
+            skipping = True
+            head.clear()
+            head_len = 0
+    if skipping:
+        yield None
+    elif head:
+        last = b"".join(head)
+        yield last if _fits(last, max_bytes) else None
+
+
+def _fits(line: bytes, max_bytes: int) -> bool:
+    return len(line) <= max_bytes or (len(line) == max_bytes + 1 and line.endswith(b"\r"))
+
+
+class _LineParser:
+    """Turns one line's bytes into a Request or LineError; remembers ids seen and params built."""
+
+    def __init__(self, defaults: SamplingParams) -> None:
+        self.defaults = defaults
+        self.seen: dict[str, int] = {}  # id -> line that first used it
+        # Many lines repeat the same overrides; SamplingParams is frozen, so one object serves them all.
+        self.params_cache: dict[frozenset, SamplingParams] = {}
+
+    def parse(self, raw: bytes, line: int) -> Request | LineError:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return LineError(f"line-{line}", line, "invalid_encoding", f"not valid UTF-8 at byte {bad.start}")
+            return LineError(f"line-{line}", line, "invalid_json", f"not valid JSON: {exc}")
+        if type(obj) is not dict:
+            return LineError(f"line-{line}", line, "not_an_object", f"expected a JSON object, got {_show(obj)}")
+        openai = not _OPENAI_KEYS.isdisjoint(obj)
+        id_key = "custom_id" if openai else "id"
+        rid = obj.get(id_key, f"line-{line}")
+        if type(rid) is int:
+            rid = str(rid)
+        elif type(rid) is not str:
+            fallback = f"line-{line}"
+            message = f"{id_key} must be a string or an integer, got {_show(rid)}"
+            return LineError(fallback, line, "invalid_type", message, fallback if openai else None)
+        custom_id = rid if openai else None
+        first = self.seen.setdefault(rid, line)
+        if first != line:
+            return LineError(rid, line, "duplicate_id", f"{id_key} {rid!r} already used on line {first}", custom_id)
+        try:
+            return self._openai(obj, rid, line) if openai else self._plain(obj, rid, line)
+        except _BadLine as bad:
+            return LineError(rid, line, bad.code, bad.message, custom_id)
+
+    def _plain(self, obj: dict, rid: str, line: int) -> Request:
+        if not obj.keys() <= _LINE_KEYS:
+            unknown = ", ".join(sorted(obj.keys() - _LINE_KEYS))
+            raise _BadLine("unknown_field", f"unknown field(s): {unknown}; known: {', '.join(sorted(_LINE_KEYS))}")
+        forms = ("prompt" in obj) + ("messages" in obj) + ("prompt_token_ids" in obj)
+        if forms != 1:
+            raise _BadLine("missing_prompt", f"need exactly one of prompt, messages, prompt_token_ids; got {forms}")
+        params = self._params(_overrides(obj))
+        if "prompt" in obj:
+            return Request(rid, line, InputFormat.SIMPLE, params, prompt=_text(obj["prompt"], "prompt"))
+        if "messages" in obj:
+            return Request(rid, line, InputFormat.CHAT, params, messages=_messages(obj["messages"], "messages"))
+        token_ids = _token_ids(obj["prompt_token_ids"], "prompt_token_ids")
+        return Request(rid, line, InputFormat.TOKENS, params, prompt_token_ids=token_ids)
+
+    def _openai(self, obj: dict, rid: str, line: int) -> Request:
+        if not obj.keys() <= _OPENAI_KEYS:
+            unknown = ", ".join(sorted(obj.keys() - _OPENAI_KEYS))
+            raise _BadLine("unknown_field", f"unknown field(s): {unknown}; an OpenAI batch line has custom_id, method, url, body")
+        url = obj.get("url")
+        fmt = _OPENAI_URLS.get(url) if type(url) is str else None
+        if fmt is None:
+            raise _BadLine("unsupported", f"url must be \"/v1/completions\" or \"/v1/chat/completions\", got {_show(url)}")
+        if obj.get("method") != "POST":
+            raise _BadLine("unsupported", f"method must be \"POST\", got {_show(obj.get('method'))}")
+        body = obj.get("body")
+        if type(body) is not dict:
+            raise _BadLine("invalid_type", f"body must be an object, got {_show(body)}")
+        _check_body_extras(body, _BODY_KEYS[fmt])
+        model = body.get("model")
+        if model is not None and type(model) is not str:
+            raise _BadLine("invalid_type", f"body.model must be a string, got {_show(model)}")
+        changes = _overrides(body)
+        if fmt is InputFormat.OPENAI_CHAT:
+            if body.get("max_completion_tokens") is not None:  # the newer name wins, as in OpenAI's API
+                changes["max_tokens"] = _int(body["max_completion_tokens"], "body.max_completion_tokens")
+            if "messages" not in body:
+                raise _BadLine("missing_prompt", "body.messages is required for /v1/chat/completions")
+            messages = _messages(body["messages"], "body.messages")
+            return Request(rid, line, fmt, self._params(changes), messages=messages, custom_id=rid, model=model)
+        if "prompt" not in body:
+            raise _BadLine("missing_prompt", "body.prompt is required for /v1/completions")
+        prompt, params = body["prompt"], self._params(changes)
+        if type(prompt) is list:
+            if not all(type(t) is int for t in prompt):
+                raise _BadLine("unsupported", "body.prompt as a list must hold token ids; put one prompt per line")
+            token_ids = _token_ids(prompt, "body.prompt")
+            return Request(rid, line, fmt, params, prompt_token_ids=token_ids, custom_id=rid, model=model)
+        return Request(rid, line, fmt, params, prompt=_text(prompt, "body.prompt"), custom_id=rid, model=model)
+
+    def _params(self, changes: dict) -> SamplingParams:
+        if not changes:
+            return self.defaults
+        key = frozenset(changes.items())  # values are checked ints, floats, bools, str tuples: hashable
+        params = self.params_cache.get(key)
+        if params is None:
+            try:
+                params = dataclasses.replace(self.defaults, **changes)
+            except ValueError as exc:
+                raise _BadLine("invalid_value", str(exc)) from None
+            if len(self.params_cache) >= _PARAMS_CACHE_SIZE:  # e.g. a distinct seed per line
+                self.params_cache.clear()
+            self.params_cache[key] = params
+        return params
+
+
+def _check_body_extras(body: dict, used: frozenset[str]) -> None:
+    for key in body.keys() - used:
+        if key in _IGNORED_BODY:
+            continue
+        neutral = _NEUTRAL_BODY.get(key)
+        if neutral is None:
+            raise _BadLine("unknown_field", f"body.{key} is not a field this tool knows")
+        if body[key] not in neutral:
+            allowed = " or ".join(_show(v) for v in neutral)
+            raise _BadLine("unsupported", f"body.{key} = {_show(body[key])} is not supported (only {allowed})")
+
+
+def _overrides(fields: dict) -> dict:
+    """Type-checked sampling fields of a line or body; JSON null means "use the default"."""
+    changes = {}
+    for key in fields.keys() & _SAMPLING_KEYS:
+        value = fields[key]
+        if value is not None:
+            changes[key] = _CHECKS[key](value, key)
+    return changes
+
+
+def _int(value: object, name: str) -> int:
+    if type(value) is not int:
+        raise _BadLine("invalid_type", f"{name} must be an integer, got {_show(value)}")
+    return value
+
+
+def _float(value: object, name: str) -> float:
+    if type(value) is not float and type(value) is not int:
+        raise _BadLine("invalid_type", f"{name} must be a number, got {_show(value)}")
+    return float(value)
+
+
+def _bool(value: object, name: str) -> bool:
+    if type(value) is not bool:
+        raise _BadLine("invalid_type", f"{name} must be true or false, got {_show(value)}")
+    return value
+
+
+def _stop(value: object, name: str) -> tuple[str, ...]:
+    stops = [value] if type(value) is str else value
+    if type(stops) is not list or not all(type(s) is str for s in stops):
+        raise _BadLine("invalid_type", f"{name} must be a string or a list of strings, got {_show(value)}")
+    if "" in stops:
+        raise _BadLine("invalid_value", f"{name} must not contain an empty string, got {_show(value)}")
+    return tuple(stops)
+
+
+_CHECKS = {
+    "max_tokens": _int, "temperature": _float, "top_p": _float, "top_k": _int,
+    "seed": _int, "stop": _stop, "n": _int, "ignore_eos": _bool,
+}
+assert _CHECKS.keys() == _SAMPLING_KEYS, f"every SamplingParams field needs a check: {_CHECKS.keys() ^ _SAMPLING_KEYS}"
+
+
+def _text(value: object, name: str) -> str:
+    if type(value) is not str:
+        raise _BadLine("invalid_type", f"{name} must be a string, got {_show(value)}")
+    if not value:
+        raise _BadLine("empty_prompt", f"{name} is an empty string")
+    return value
+
+
+def _messages(value: object, name: str) -> tuple[dict, ...]:
+    if type(value) is not list:
+        raise _BadLine("invalid_type", f"{name} must be a list of {{role, content}} objects, got {_show(value)}")
+    if not value:
+        raise _BadLine("empty_prompt", f"{name} is an empty list")
+    out = []
+    for i, message in enumerate(value):
+        if type(message) is not dict:
+            raise _BadLine("invalid_type", f"{name}[{i}] must be an object, got {_show(message)}")
+        if not message.keys() <= {"role", "content"}:
+            unknown = ", ".join(sorted(message.keys() - {"role", "content"}))
+            raise _BadLine("unknown_field", f"{name}[{i}] has unknown field(s): {unknown}; known: content, role")
+        role, content = message.get("role"), message.get("content")
+        if type(role) is not str or type(content) is not str:
+            field, bad = ("role", role) if type(role) is not str else ("content", content)
+            raise _BadLine("invalid_type", f"{name}[{i}].{field} must be a string, got {_show(bad)}")
+        out.append({"role": role, "content": content})
+    return tuple(out)
+
+
+def _token_ids(value: object, name: str) -> tuple[int, ...]:
+    if type(value) is not list:
+        raise _BadLine("invalid_type", f"{name} must be a list of token ids, got {_show(value)}")
+    if not value:
+        raise _BadLine("empty_prompt", f"{name} is an empty list")
+    for i, token in enumerate(value):
+        if type(token) is not int:
+            raise _BadLine("invalid_type", f"{name}[{i}] must be an integer, got {_show(token)}")
+        if token < 0:
+            raise _BadLine("invalid_value", f"{name}[{i}] must be >= 0, got {token}")
+    return tuple(value)
+
+
+def _show(value: object) -> str:
+    """A JSON value as the user wrote it, cut short; a missing field shows as null."""
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
