@@ -7,7 +7,7 @@ anything wrong with a line becomes a `LineError` instead, never a half-filled `R
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 class InputFormat(enum.Enum):
@@ -65,9 +65,19 @@ class Request:
     model: str | None = field(default=None, compare=False)  # OpenAI batch body "model", echoed back
 
     def __post_init__(self) -> None:
-        forms = sum(x is not None for x in (self.prompt, self.messages, self.prompt_token_ids))
+        forms = (self.prompt is not None) + (self.messages is not None) + (self.prompt_token_ids is not None)
         if forms != 1:
             raise ValueError(f"request {self.id!r} must carry exactly one prompt form, got {forms}")
+
+    def without_prompt(self) -> Request:
+        """This request with its prompt content emptied (form kept): after tokenization only the
+        token arrays are needed, and a million prompts' text would not fit in memory twice."""
+        return replace(
+            self,
+            prompt=None if self.prompt is None else "",
+            messages=None if self.messages is None else (),
+            prompt_token_ids=None if self.prompt_token_ids is None else (),
+        )
 
 
 @dataclass(frozen=True, slots=True)

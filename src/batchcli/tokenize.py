@@ -1,0 +1,126 @@
+"""Tokenization of requests into compact token arrays, exactly as transformers' `generate` would see them.
+
+Plain prompts get the tokenizer's own special tokens (`add_special_tokens=True`); chat messages are
+rendered by the tokenizer's chat template with `add_generation_prompt=True` and encoded without adding
+special tokens again (the template writes them). Work is batched; a line whose tokens cannot run
+(out-of-vocabulary ids, too long for the context) becomes a LineError, and the rest goes on.
+Invariant: `TokenizedRequests.requests[i]` owns prompt `tokens[i]`; prompt text is dropped once encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from batchcli.requests import InputFormat, LineError, Request
+from batchcli.tokens import TokenArrays
+
+CHUNK = 2048  # requests encoded per batched tokenizer call
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizedRequests:
+    requests: list[Request]  # valid requests, input order, prompt forms emptied (see Request.without_prompt)
+    tokens: TokenArrays  # prompt i belongs to requests[i]
+    errors: list[LineError]  # lines that failed reading or tokenization, input order
+
+
+class PromptTokenizer:
+    """A transformers tokenizer loaded from a local model directory, plus the model's context length."""
+
+    def __init__(self, model_dir: Path, max_context: int | None = None) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        self.tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        if max_context is None:
+            max_context = int(getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", 0) or 0)
+        self.max_context = max_context or 1 << 62
+        self.vocab_size = len(self.tok)
+
+    def identity(self) -> str:
+        """A short hash of the tokenizer's vocabulary, special tokens and chat template."""
+        h = hashlib.sha256()
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            path = self.model_dir / name
+            if path.is_file():
+                h.update(path.read_bytes())
+        return h.hexdigest()[:16]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def _encode_texts(self, texts: list[str], special: bool) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tok(texts, add_special_tokens=special, return_attention_mask=False)["input_ids"]
+
+    def _render_chat(self, req: Request) -> str:
+        return self.tok.apply_chat_template(list(req.messages), add_generation_prompt=True, tokenize=False)
+
+    def encode_chunk(self, chunk: list[Request]) -> list[list[int] | np.ndarray | LineError]:
+        """Token ids (or a LineError) for each request of the chunk, in order."""
+        plain = [i for i, r in enumerate(chunk) if r.prompt is not None]
+        chat: list[int] = []
+        rendered: list[str] = []
+        out: list[list[int] | np.ndarray | LineError] = [None] * len(chunk)  # type: ignore[list-item]
+        for i, r in enumerate(chunk):
+            if r.messages is not None:
+                try:
+                    rendered.append(self._render_chat(r))
+                    chat.append(i)
+                except Exception as e:  # a template raising on bad roles is a per-line failure
+                    out[i] = LineError(r.id, r.line, "chat_template_error", f"chat template failed: {e}", r.custom_id)
+            elif r.prompt_token_ids is not None:
+                out[i] = np.asarray(r.prompt_token_ids, dtype=np.int64)
+        for i, ids in zip(plain, self._encode_texts([chunk[i].prompt for i in plain], True)):
+            out[i] = ids
+        for i, ids in zip(chat, self._encode_texts(rendered, False)):
+            out[i] = ids
+        return [x if isinstance(x, LineError) else self._check(chunk[i], x) for i, x in enumerate(out)]
+
+    def _check(self, req: Request, ids: list[int] | np.ndarray) -> np.ndarray | LineError:
+        arr = np.asarray(ids, dtype=np.int64)
+        if len(arr) == 0:
+            return LineError(req.id, req.line, "empty_prompt", "the prompt encodes to no tokens", req.custom_id)
+        if req.format in (InputFormat.TOKENS, InputFormat.OPENAI_COMPLETION) and (arr.max() >= self.vocab_size or arr.min() < 0):
+            bad = int(arr[(arr >= self.vocab_size) | (arr < 0)][0])
+            return LineError(req.id, req.line, "invalid_token_id",
+                             f"token id {bad} is outside the vocabulary (size {self.vocab_size})", req.custom_id)
+        if len(arr) + req.params.max_tokens > self.max_context:
+            return LineError(req.id, req.line, "context_length_exceeded",
+                             f"prompt of {len(arr)} tokens + max_tokens {req.params.max_tokens} exceeds the "
+                             f"model's context of {self.max_context}", req.custom_id)
+        return arr.astype(np.int32)
+
+
+def tokenize_requests(items: Iterable[Request | LineError], tokenizer: PromptTokenizer) -> TokenizedRequests:
+    """Encode a stream of parsed lines in batches; errors pass through in input order."""
+    requests: list[Request] = []
+    errors: list[LineError] = []
+    arrays: list[np.ndarray] = []
+    chunk: list[Request] = []
+
+    def flush() -> None:
+        for req, enc in zip(chunk, tokenizer.encode_chunk(chunk)):
+            if isinstance(enc, LineError):
+                errors.append(enc)
+            else:
+                requests.append(req.without_prompt())
+                arrays.append(enc)
+        chunk.clear()
+
+    for item in items:
+        if isinstance(item, LineError):
+            errors.append(item)
+            continue
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            flush()
+    flush()
+    errors.sort(key=lambda e: e.line)
+    return TokenizedRequests(requests, TokenArrays.from_lists(arrays), errors)
