@@ -1,0 +1,57 @@
+"""Next-token sampling: greedy, temperature, top-k, top-p, with a private RNG per sequence.
+
+Invariant (batch invariance): a sequence's sampled tokens depend only on its own logits, parameters
+and seed, never on which other sequences share the step — every random row draws from its own
+generator, seeded from (request seed, sample index).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from batchcli.requests import SamplingParams
+
+_SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, sample) pairs over the 64-bit seed space
+
+
+def seed_for(seed: int | None, sample_index: int, fallback: int) -> int:
+    """The generator seed of one sample; unseeded requests draw from the run's own random seed."""
+    base = fallback if seed is None else seed
+    return (base * _SEED_MIX + sample_index) % (1 << 63)
+
+
+class Sampler:
+    def __init__(self, run_seed: int | None = None) -> None:
+        self._run_seed = int(torch.seed()) if run_seed is None else run_seed
+        self._generators: dict[int, torch.Generator] = {}
+
+    def sample(self, logits: torch.Tensor, params: list[SamplingParams], seq_ids: list[int],
+               sample_indices: list[int]) -> list[int]:
+        """One token per row of `logits` [N, vocab] (float32); row i belongs to seq_ids[i]."""
+        tokens = logits.argmax(dim=-1).tolist()  # greedy for every row, overwritten for random rows
+        for i, p in enumerate(params):
+            if not p.greedy:
+                tokens[i] = self._draw(logits[i], p, seq_ids[i], sample_indices[i])
+        return tokens
+
+    def release(self, seq_id: int) -> None:
+        self._generators.pop(seq_id, None)
+
+    def _draw(self, row: torch.Tensor, p: SamplingParams, seq_id: int, sample_index: int) -> int:
+        gen = self._generators.get(seq_id)
+        if gen is None:
+            gen = torch.Generator(device=row.device)
+            gen.manual_seed(seed_for(p.seed, sample_index, self._run_seed + seq_id))
+            self._generators[seq_id] = gen
+        scaled = row.float() / p.temperature  # [V]
+        if p.top_k and p.top_k < scaled.shape[0]:
+            kth = torch.topk(scaled, p.top_k).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        if p.top_p < 1.0:
+            sorted_logits, order = scaled.sort(descending=True)  # [V]
+            probs = sorted_logits.softmax(dim=-1)
+            # drop a token when the mass before it already reaches top_p; the top token always stays
+            drop = (probs.cumsum(dim=-1) - probs) >= p.top_p
+            scaled = scaled.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = scaled.softmax(dim=-1)
+        return int(torch.multinomial(probs, 1, generator=gen).item())
