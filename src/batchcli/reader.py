@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import orjson
 
 from batchcli.errors import InputError
@@ -339,11 +340,16 @@ def _token_ids(value: object, name: str) -> tuple[int, ...]:
         raise _BadLine("invalid_type", f"{name} must be a list of token ids, got {_show(value)}")
     if not value:
         raise _BadLine("empty_prompt", f"{name} is an empty list")
-    for i, token in enumerate(value):
-        if type(token) is not int:
-            raise _BadLine("invalid_type", f"{name}[{i}] must be an integer, got {_show(token)}")
-        if token < 0:
-            raise _BadLine("invalid_value", f"{name}[{i}] must be >= 0, got {token}")
+    try:
+        ids = np.array(value)  # one C pass for the common, valid case
+    except (ValueError, OverflowError):
+        ids = None
+    if ids is None or ids.dtype.kind != "i" or ids.ndim != 1 or ids.min() < 0 or ids.max() >= 2**31:
+        for i, token in enumerate(value):  # slow path only to name the bad element
+            if type(token) is not int:
+                raise _BadLine("invalid_type", f"{name}[{i}] must be an integer, got {_show(token)}")
+            if not 0 <= token < 2**31:
+                raise _BadLine("invalid_value", f"{name}[{i}] must be in [0, 2**31), got {token}")
     return tuple(value)
 
 
