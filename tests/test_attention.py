@@ -1,0 +1,251 @@
+"""torch_attention (the CPU shared-prefix backend) against the float32 reference, and build_metadata.
+
+Steps are hand-made StepBatches over shuffled block ids, with random caches everywhere (so a wrong
+slot, block or mask reads wrong numbers), built through build_metadata like the runner does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from batchcli.engine.attention import AttnMetadata, build_metadata, torch_backend
+from batchcli.engine.attention.reference import reference_attention
+from batchcli.engine.attention.torch_backend import step_plan, torch_attention
+from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
+
+# Per dtype: bf16 rounds q/k/v, the softmax weights fed to the second matmul, and each part's output.
+TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1e-2, rtol=1.6e-2)}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    segments: tuple[int, ...]  # segment ids, outermost first
+    history: int  # private tokens computed in earlier steps
+    q_len: int  # tokens computed now
+
+
+# Segment sizes are in blocks (segments are whole blocks); private lengths are deliberately odd.
+SCENARIOS: dict[str, tuple[dict[int, int], list[Chunk]]] = {
+    "decode": (
+        {0: 3, 1: 2},
+        [Chunk((0,), 0, 1), Chunk((0,), 5, 1), Chunk((0,), 17, 1), Chunk((0,), 30, 1),  # tails differ
+         Chunk((1,), 9, 1),  # a one-member group
+         Chunk((), 22, 1)],  # no shared prefix
+    ),
+    "prefill": (
+        {0: 2},
+        [Chunk((0,), 0, 37),
+         Chunk((), 13, 20),  # a chunk in the middle of a private prompt
+         Chunk((), 0, 11)],  # plain causal
+    ),
+    "mixed": (
+        {0: 2, 1: 1},
+        [Chunk((0,), 3, 1), Chunk((0,), 6, 1), Chunk((0, 1), 10, 1), Chunk((0,), 7, 19), Chunk((), 0, 5)],
+    ),
+    "no_sharing": ({}, [Chunk((), 0, 11), Chunk((), 7, 1), Chunk((), 20, 1)]),  # a part per row: no merge
+    "one_prefill": ({0: 3}, [Chunk((0,), 0, 40)]),  # a part per bucket: each can be read in place
+    "nested": (  # three levels: 0 > 1 > 2, rows under one, two and three segments
+        {0: 2, 1: 1, 2: 3},
+        [Chunk((0,), 4, 1), Chunk((0, 1), 2, 1), Chunk((0, 1, 2), 0, 9), Chunk((0, 1, 2), 3, 1),
+         Chunk((0, 1, 2), 25, 6), Chunk((0, 1), 1, 13)],
+    ),
+}
+GQA = [(2, 1), (2, 3), (1, 4), (2, 8)]  # (n_kv, query heads per KV head)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Test shapes are tiny: on a shared machine, extra threads only add barrier waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_near(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, loosen: float = 1.0) -> None:
+    """Elementwise |actual - expected| <= loosen * (atol + rtol * |expected|), NaN failing."""
+    tol = {name: loosen * value for name, value in TOLERANCE[dtype].items()}
+    err = (actual.float() - expected).abs()
+    ok = err <= tol["atol"] + tol["rtol"] * expected.abs()
+    assert bool(ok.all()), f"{int((~ok).sum())} of {ok.numel()} values off, max error {err.max().item():.3g}"
+
+
+def make_step(scenario: str, block_size: int, seed: int = 0, shuffle: bool = True) -> tuple[StepBatch, int]:
+    """The scenario as a StepBatch over shuffled (or ascending) block ids; returns it and the cache's
+    block count."""
+    seg_blocks, chunks = SCENARIOS[scenario]
+    need = sum(seg_blocks.values()) + sum(-(-(c.history + c.q_len) // block_size) for c in chunks)
+    order = np.random.default_rng(seed).permutation(need + 3) if shuffle else np.arange(need + 3)
+    free = iter(order.tolist())  # 3 blocks never used
+    segments = {
+        g: SegmentView(g, n * block_size, tuple(next(free) for _ in range(n))) for g, n in seg_blocks.items()
+    }
+    seqs = []
+    for i, c in enumerate(chunks):
+        private_start = sum(segments[g].length for g in c.segments)
+        blocks = tuple(next(free) for _ in range(-(-(c.history + c.q_len) // block_size)))
+        seqs.append(SeqChunk(i, tuple(range(c.q_len)), private_start + c.history, private_start, blocks,
+                             c.segments, True))
+    return StepBatch(tuple(seqs), segments), need + 3
+
+
+def random_inputs(step: StepBatch, num_blocks: int, block_size: int, n_kv: int, group: int, d: int,
+                  dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(step.num_tokens, n_kv * group, d, generator=gen).to(dtype)  # [T, H, d]
+    k_cache = torch.randn(num_blocks, block_size, n_kv, d, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, n_kv, d, generator=gen).to(dtype)
+    return q, k_cache, v_cache
+
+
+def check(scenario: str, dtype: torch.dtype, n_kv: int, group: int, block_size: int = 16, d: int = 32,
+          q_gain: float = 1.0, loosen: float = 1.0, shuffle: bool = True) -> AttnMetadata:
+    step, num_blocks = make_step(scenario, block_size, shuffle=shuffle)
+    meta = build_metadata(step, block_size)
+    q, k_cache, v_cache = random_inputs(step, num_blocks, block_size, n_kv, group, d, dtype)
+    q = q * q_gain
+    scale = 1 / math.sqrt(d)
+    out = torch_attention(q, k_cache, v_cache, meta, scale)
+    assert out.dtype == dtype and out.shape == q.shape
+    expected = reference_attention(q, k_cache, v_cache, meta, scale)
+    assert_near(out, expected, dtype, loosen)
+    return meta
+
+
+@pytest.mark.parametrize("n_kv,group", GQA)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_matches_reference(scenario: str, dtype: torch.dtype, n_kv: int, group: int) -> None:
+    check(scenario, dtype, n_kv, group)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_small_blocks_and_head_dim_64(scenario: str) -> None:
+    check(scenario, torch.float32, n_kv=3, group=3, block_size=4, d=64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_blocks_in_order_are_read_in_place(dtype: torch.dtype) -> None:
+    """Ascending block ids: both buckets (segment, own tokens) read the cache through a view."""
+    meta = check("one_prefill", dtype, n_kv=2, group=3, block_size=4, shuffle=False)
+    buckets = step_plan(meta, dtype).buckets
+    assert len(buckets) == 2 and all(b.kv_view is not None for b in buckets)
+
+
+def test_large_logits_merge_without_overflow() -> None:
+    """Scores in the hundreds: a merge that exponentiated raw log-sum-exps would overflow float32.
+    Rounding of scores that large moves the softmax (of the reference too), hence 10x the tolerance."""
+    check("nested", torch.float32, n_kv=2, group=3, q_gain=60.0, loosen=10.0)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_matmul_kernel_matches_reference(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel other devices use, forced on CPU."""
+    monkeypatch.setattr(torch_backend, "_KERNELS", {})
+    check(scenario, torch.float32, n_kv=2, group=3)
+    check(scenario, torch.bfloat16, n_kv=2, group=4)
+
+
+def test_plan_built_once_and_reused_by_every_layer() -> None:
+    step, num_blocks = make_step("mixed", 16)
+    meta = build_metadata(step, 16)
+    plans = []
+    for layer in range(3):
+        q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 32, torch.float32, seed=layer)
+        out = torch_attention(q, k_cache, v_cache, meta, 0.2)
+        assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.2), torch.float32)
+        plans.append(step_plan(meta, torch.float32))
+    assert plans[0] is plans[1] is plans[2]
+
+
+def test_segment_queries_are_stacked_and_each_segment_read_once() -> None:
+    """16 segments of 1,024 tokens x 8 decodes: one call holds all 16 segments, 8 stacked rows each,
+    each segment's KV once; the 128 private tails take one more call."""
+    bs, seg_blocks = 16, 64
+    segments = {
+        g: SegmentView(g, seg_blocks * bs, tuple(range(g * seg_blocks, (g + 1) * seg_blocks))) for g in range(16)
+    }
+    chunks = []
+    for i in range(128):
+        g, tail = i // 8, 9 + i % 5
+        blocks = (1024 + 2 * i, 1025 + 2 * i)
+        chunks.append(SeqChunk(i, (1,), seg_blocks * bs + tail - 1, seg_blocks * bs, blocks, (g,), True))
+    step = StepBatch(tuple(chunks), segments)
+    meta = build_metadata(step, bs)
+    q, k_cache, v_cache = random_inputs(step, 1024 + 256, bs, 3, 3, 16, torch.float32)
+    out = torch_attention(q, k_cache, v_cache, meta, 0.25)
+    assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.25), torch.float32)
+
+    buckets = step_plan(meta, torch.float32).buckets
+    seg_bucket = [b for b in buckets if tuple(b.q_index.shape) == (16, 8)]
+    assert len(seg_bucket) == 1, [tuple(b.q_index.shape) for b in buckets]
+    seg_slots = seg_bucket[0].kv_slots.flatten().sort().values
+    assert torch.equal(seg_slots, torch.arange(16 * seg_blocks * bs))  # every segment slot, once
+    assert seg_bucket[0].kv_view == (0, seg_blocks * bs)  # evenly spaced: read in place
+    assert len(buckets) == 2
+
+
+def test_empty_step() -> None:
+    meta = build_metadata(StepBatch((), {}), 16)
+    q = torch.zeros(0, 6, 32)
+    cache = torch.zeros(2, 16, 2, 32)
+    assert torch_attention(q, cache, cache, meta, 0.1).shape == (0, 6, 32)
+
+
+@pytest.mark.parametrize(
+    "q_shape,k_shape,k_dtype,match",
+    [
+        ((3, 5, 32), (4, 16, 2, 32), torch.float32, "heads"),  # 5 heads, 2 KV heads
+        ((4, 6, 32), (4, 16, 2, 32), torch.float32, "rows"),  # the step has 3 rows
+        ((3, 6, 32), (4, 8, 2, 32), torch.float32, "block size"),
+        ((3, 6, 32), (4, 16, 2, 32), torch.bfloat16, "dtypes"),
+    ],
+)
+def test_rejects_mismatched_inputs(q_shape: tuple[int, ...], k_shape: tuple[int, ...], k_dtype: torch.dtype,
+                                   match: str) -> None:
+    step = StepBatch((SeqChunk(0, (1, 2, 3), 0, 0, (1,), (), True),), {})
+    meta = build_metadata(step, 16)
+    cache = torch.zeros(k_shape, dtype=k_dtype)
+    with pytest.raises(ValueError, match=match):
+        torch_attention(torch.zeros(q_shape), cache, cache, meta, 0.1)
+
+
+def test_query_slice_of_a_fused_projection() -> None:
+    """q as the runner may pass it: a non-contiguous slice of a fused [T, (H + 2 n_kv) * d] output."""
+    step, num_blocks = make_step("mixed", 16)
+    meta = build_metadata(step, 16)
+    q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 32, torch.float32)
+    fused = torch.cat([q, torch.zeros(q.shape[0], 4, 32)], dim=1)  # [T, H + 2 n_kv, d]
+    out = torch_attention(fused[:, :6], k_cache, v_cache, meta, 0.2)
+    assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.2), torch.float32)
+
+
+def test_slot_mapping_by_hand() -> None:
+    """bs 4; one 2-block segment; private blocks (7, 2); history 5, 2 new tokens -> positions 5, 6."""
+    segment = SegmentView(0, 8, (3, 5))
+    step = StepBatch(
+        (SeqChunk(0, (11, 12), 8 + 5, 8, (7, 2), (0,), True),  # block 2, offsets 1 and 2
+         SeqChunk(1, (13,), 8 + 3, 8, (4,), (0,), True),  # block 4, offset 3
+         SeqChunk(2, (14, 15, 16), 0, 0, (6,), (), True)),  # block 6, offsets 0..2
+        {0: segment},
+    )
+    meta = build_metadata(step, 4)
+    assert meta.slot_mapping.tolist() == [9, 10, 19, 24, 25, 26]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_slot_mapping_matches_blocks(scenario: str, block_size: int) -> None:
+    step, _ = make_step(scenario, block_size, seed=3)
+    meta = build_metadata(step, block_size)
+    expected = []
+    for c in step.chunks:
+        for pos in range(c.start_pos - c.private_start, c.private_len):
+            expected.append(c.block_ids[pos // block_size] * block_size + pos % block_size)
+    assert meta.slot_mapping.tolist() == expected
