@@ -1,0 +1,157 @@
+"""The KV block pool: block ids as plain ints, a free list and reference counts; plus budget parsing.
+
+Invariant: every block id in `0 .. num_total - 1` is either free (refcount 0, on the free list once)
+or used (refcount >= 1, not on the free list). Ids are handed out deterministically: lowest first
+from a fresh pool, and the most recently freed first after that (LIFO), so tests can assert exact ids.
+Every operation checks its whole argument before changing anything: nothing is ever half done.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+
+class OutOfBlocks(Exception):
+    """Fewer free blocks than asked for; the pool is unchanged."""
+
+    def __init__(self, requested: int, free: int) -> None:
+        super().__init__(f"asked for {requested} KV blocks, only {free} free")
+        self.requested = requested
+        self.free = free
+
+
+class BlockStateError(RuntimeError):
+    """A block id used in a state that forbids it (double free, unknown id, freeing a shared block)."""
+
+
+class BlockPool:
+    """Fixed-size pool of KV block ids with reference counts."""
+
+    def __init__(self, num_blocks: int) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"a block pool needs at least 1 block, got {num_blocks}")
+        self._refs = [0] * num_blocks
+        self._free = list(range(num_blocks - 1, -1, -1))  # a stack: pop() gives the lowest id first
+
+    @property
+    def num_total(self) -> int:
+        return len(self._refs)
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        return len(self._refs) - len(self._free)
+
+    def refcount(self, block: int) -> int:
+        self._check_id(block)
+        return self._refs[block]
+
+    def allocate(self, n: int) -> list[int]:
+        """Take `n` free blocks, each with refcount 1; raise OutOfBlocks (and take none) if too few."""
+        if n < 0:
+            raise ValueError(f"cannot allocate a negative number of blocks: {n}")
+        if n > len(self._free):
+            raise OutOfBlocks(n, len(self._free))
+        ids = [self._free.pop() for _ in range(n)]
+        for b in ids:
+            self._refs[b] = 1
+        return ids
+
+    def free(self, ids: list[int] | tuple[int, ...]) -> None:
+        """Return blocks held by a single owner (refcount exactly 1) to the free list."""
+        for b, k in Counter(ids).items():
+            self._check_id(b)
+            if self._refs[b] == 0 or k > 1:
+                raise BlockStateError(f"double free of KV block {b}")
+            if self._refs[b] > 1:
+                raise BlockStateError(f"KV block {b} is shared (refcount {self._refs[b]}); decref it instead")
+        for b in ids:
+            self._refs[b] = 0
+            self._free.append(b)
+
+    def incref(self, ids: list[int] | tuple[int, ...]) -> None:
+        """Add one reference to each used block."""
+        for b in ids:
+            self._check_id(b)
+            if self._refs[b] == 0:
+                raise BlockStateError(f"incref of free KV block {b}")
+        for b in ids:
+            self._refs[b] += 1
+
+    def decref(self, ids: list[int] | tuple[int, ...]) -> list[int]:
+        """Drop one reference from each block; return the blocks that became free, in order."""
+        for b, k in Counter(ids).items():
+            self._check_id(b)
+            if self._refs[b] < k:
+                raise BlockStateError(f"decref of KV block {b} below zero (refcount {self._refs[b]}, {k} decrefs)")
+        freed = []
+        for b in ids:
+            self._refs[b] -= 1
+            if self._refs[b] == 0:
+                self._free.append(b)
+                freed.append(b)
+        return freed
+
+    def check_integrity(self) -> None:
+        """Raise BlockStateError unless free + used = total, refcounts are >= 0 and states agree."""
+        free = set(self._free)
+        if len(free) != len(self._free):
+            raise BlockStateError(f"duplicate ids on the free list: {sorted(b for b, k in Counter(self._free).items() if k > 1)}")
+        used = [b for b, r in enumerate(self._refs) if r > 0]
+        if len(free) + len(used) != self.num_total:
+            raise BlockStateError(f"free {len(free)} + used {len(used)} != total {self.num_total}")
+        for b, r in enumerate(self._refs):
+            if r < 0:
+                raise BlockStateError(f"KV block {b} has negative refcount {r}")
+            if (r == 0) != (b in free):
+                raise BlockStateError(f"KV block {b} has refcount {r} but free-list membership {b in free}")
+
+    def _check_id(self, block: int) -> None:
+        if not 0 <= block < len(self._refs):
+            raise BlockStateError(f"KV block id {block} outside 0..{len(self._refs) - 1}")
+
+
+AUTO_SHARE = 0.40  # "auto" budget: this share of the memory reported available when the engine starts
+_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$")
+
+
+def parse_kv_budget(text: str, bytes_per_token: int, block_size: int, available_bytes: int) -> int:
+    """Number of KV blocks a budget string buys: "2GiB", "500MB", "50000tok" or "auto".
+
+    Sizes are rounded down to whole blocks; "auto" takes AUTO_SHARE (40%) of `available_bytes`
+    (MemAvailable on CPU, free device memory on GPU; the caller measures it). Raises ValueError naming
+    the string when it cannot be parsed or buys less than one block.
+    """
+    if bytes_per_token < 1 or block_size < 1:
+        raise ValueError(f"bytes_per_token and block_size must be >= 1, got {bytes_per_token}, {block_size}")
+    key = text.strip().lower()
+    if key == "auto":
+        tokens = int(available_bytes * AUTO_SHARE) // bytes_per_token
+    else:
+        m = _BUDGET.match(key)
+        if m is None or (m.group(2) not in _UNITS and m.group(2) != "tok") or (m.group(2) == "tok" and "." in m.group(1)):
+            raise ValueError(f"cannot parse KV budget {text!r}; use e.g. 2GiB, 500MB, 50000tok or auto")
+        value, unit = float(m.group(1)), m.group(2)
+        tokens = int(value) if unit == "tok" else math.floor(value * _UNITS[unit]) // bytes_per_token
+    blocks = tokens // block_size
+    if blocks < 1:
+        raise ValueError(f"KV budget {text!r} holds {tokens} tokens, less than one block of {block_size}")
+    return blocks
+
+
+def mem_available_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """MemAvailable from /proc/meminfo, in bytes (the CPU input to the "auto" budget)."""
+    with open(meminfo, encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no MemAvailable line in {meminfo}")
