@@ -16,6 +16,7 @@ import torch
 
 from batchcli.engine.attention import AttnMetadata, build_metadata, torch_backend
 from batchcli.engine.attention.reference import reference_attention
+from batchcli.engine.attention.gather_backend import gather_attention
 from batchcli.engine.attention.torch_backend import step_plan, torch_attention
 from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
 
@@ -249,3 +250,13 @@ def test_slot_mapping_matches_blocks(scenario: str, block_size: int) -> None:
         for pos in range(c.start_pos - c.private_start, c.private_len):
             expected.append(c.block_ids[pos // block_size] * block_size + pos % block_size)
     assert meta.slot_mapping.tolist() == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_gather_baseline_matches_reference(scenario: str, dtype: torch.dtype) -> None:
+    step, num_blocks = make_step(scenario, 16)
+    meta = build_metadata(step, 16)
+    q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 32, dtype)
+    out = gather_attention(q, k_cache, v_cache, meta, 0.2)
+    assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.2), dtype)

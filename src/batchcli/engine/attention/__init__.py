@@ -3,7 +3,8 @@
 Every backend has the signature `fn(q, k_cache, v_cache, meta, scale) -> out` with q `[T, H, d]`,
 caches `[num_blocks, block_size, n_kv, d]` (this step's K/V already written) and out `[T, H, d]` in
 q's dtype. Backends: "torch" (batched torch ops, any device), "triton" (CUDA kernel in
-batchcli.kernels), "reference" (float32 loops, tests only).
+batchcli.kernels), "gather" (no shared-prefix decomposition; the ablation baseline) and "reference"
+(float32 loops, tests only).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from batchcli.engine.attention.metadata import AttnMetadata, build_metadata
 __all__ = ["AttnMetadata", "build_metadata", "write_kv", "attention", "resolve_backend", "BACKENDS"]
 
 Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnMetadata, float], torch.Tensor]
-BACKENDS = ("auto", "torch", "triton", "reference")
+BACKENDS = ("auto", "torch", "triton", "gather", "reference")
 
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata) -> None:
@@ -53,6 +54,10 @@ def get_backend(name: str) -> Backend:
         from batchcli.kernels.shared_prefix_attention import triton_attention
 
         return triton_attention
+    if name == "gather":
+        from batchcli.engine.attention.gather_backend import gather_attention
+
+        return gather_attention
     if name == "reference":
         from batchcli.engine.attention.reference import reference_attention
 
