@@ -17,13 +17,15 @@ def test_fresh_pool_hands_out_lowest_ids_first():
     pool.check_integrity()
 
 
-def test_freed_ids_come_back_most_recent_first():
-    pool = BlockPool(6)
-    pool.allocate(4)  # 0..3
+def test_freed_ids_come_back_most_recent_run_first_in_order():
+    pool = BlockPool(8)
+    pool.allocate(6)  # 0..5
     pool.free([1, 3])
-    assert pool.allocate(1) == [3]
-    assert pool.allocate(2) == [1, 4]
-    assert pool.allocate(1) == [5]
+    pool.free([4, 5])
+    assert pool.allocate(2) == [4, 5]
+    assert pool.allocate(1) == [1]
+    assert pool.allocate(2) == [3, 6]
+    assert pool.allocate(1) == [7]
     pool.check_integrity()
 
 

@@ -2,7 +2,8 @@
 
 Invariant: every block id in `0 .. num_total - 1` is either free (refcount 0, on the free list once)
 or used (refcount >= 1, not on the free list). Ids are handed out deterministically: lowest first
-from a fresh pool, and the most recently freed first after that (LIFO), so tests can assert exact ids.
+from a fresh pool, then the most recently freed run first, in the order it was freed (so a segment's
+blocks that were contiguous stay contiguous when reused), and tests can assert exact ids.
 Every operation checks its whole argument before changing anything: nothing is ever half done.
 """
 
@@ -72,7 +73,7 @@ class BlockPool:
                 raise BlockStateError(f"KV block {b} is shared (refcount {self._refs[b]}); decref it instead")
         for b in ids:
             self._refs[b] = 0
-            self._free.append(b)
+        self._free.extend(reversed(ids))  # a run freed together comes back in its order: cache reads stay strided
 
     def incref(self, ids: list[int] | tuple[int, ...]) -> None:
         """Add one reference to each used block."""
@@ -93,8 +94,8 @@ class BlockPool:
         for b in ids:
             self._refs[b] -= 1
             if self._refs[b] == 0:
-                self._free.append(b)
                 freed.append(b)
+        self._free.extend(reversed(freed))
         return freed
 
     def check_integrity(self) -> None:
