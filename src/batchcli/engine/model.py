@@ -1,0 +1,235 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, SmolLM) over one flat, unpadded token batch.
+
+The model sees tensors and attention metadata only: token ids, their absolute positions, the paged KV
+cache and the rows to sample. Invariants: every layer writes the K/V of every row of the step into the
+cache (through `attention`), and only the `sample_rows` go through the final norm and the LM head, so
+a prefill chunk that samples nothing costs no vocabulary-sized matmul. Weights arrive already fused
+(q|k|v in one matrix, gate|up in one) from `batchcli.engine.weights`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from batchcli.engine.attention import AttnMetadata, Backend, attention
+from batchcli.errors import BatchError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class UnsupportedModelError(BatchError, ValueError):
+    """A checkpoint whose architecture or option this model code does not implement."""
+
+
+def check_model_type(model_type: object) -> None:
+    """Raise `UnsupportedModelError` naming the supported types unless `model_type` is one."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RopeConfig:
+    """Rotary embedding: plain (`default`), position-interpolated (`linear`) or Llama 3.1 (`llama3`)."""
+
+    theta: float
+    kind: str = "default"
+    factor: float = 1.0  # linear, llama3
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    original_max_position: int = 0  # llama3
+
+    def __post_init__(self) -> None:
+        if self.kind not in SUPPORTED_ROPE_TYPES:
+            raise UnsupportedModelError(
+                f"rope type {self.kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            )
+        if self.theta <= 0 or self.factor <= 0:
+            raise ValueError(f"rope theta and factor must be > 0, got theta={self.theta}, factor={self.factor}")
+        if self.kind == "llama3" and (self.original_max_position <= 0 or self.high_freq_factor <= self.low_freq_factor):
+            raise ValueError(f"llama3 rope needs original_max_position > 0 and high > low freq factor: {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchConfig:
+    """The architecture numbers the forward pass needs, read once from the checkpoint's config."""
+
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope: RopeConfig
+    qk_norm: bool  # Qwen3: RMSNorm over each q/k head before RoPE
+    tie_word_embeddings: bool
+
+    def __post_init__(self) -> None:
+        check_model_type(self.model_type)
+        sizes = (self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads,
+                 self.head_dim, self.vocab_size, self.max_position_embeddings)
+        if min(sizes) <= 0:
+            raise ValueError(f"architecture sizes must be > 0: {self}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What the engine needs to know about a loaded model to size and address the KV pool."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    num_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    dtype: torch.dtype
+
+
+def kv_bytes_per_token(spec: ModelSpec) -> int:
+    """Bytes of K and V one token occupies across all layers."""
+    element = torch.empty((), dtype=spec.dtype).element_size()
+    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * element
+
+
+def allocate_kv(spec: ModelSpec, num_blocks: int, block_size: int, device: torch.device | str) -> torch.Tensor:
+    """The paged KV cache, zeroed: [num_layers, 2 (k, v), num_blocks, block_size, n_kv, head_dim]."""
+    if num_blocks <= 0 or block_size <= 0:
+        raise ValueError(f"num_blocks and block_size must be > 0, got {num_blocks} and {block_size}")
+    shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
+    return torch.zeros(shape, dtype=spec.dtype, device=device)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerWeights:
+    """One decoder layer's tensors, fused; biases are None when the checkpoint has none."""
+
+    input_norm: torch.Tensor  # [D]
+    qkv: torch.Tensor  # [(H + 2 n_kv) d, D]: q rows, then k rows, then v rows
+    qkv_bias: torch.Tensor | None  # [(H + 2 n_kv) d]
+    qk_norm: torch.Tensor | None  # [H + n_kv, d]: q_norm repeated over q heads, then k_norm over k heads
+    o_proj: torch.Tensor  # [D, H d]
+    o_bias: torch.Tensor | None  # [D]
+    post_norm: torch.Tensor  # [D]
+    gate_up: torch.Tensor  # [2 I, D]: gate rows, then up rows
+    gate_up_bias: torch.Tensor | None  # [2 I]
+    down: torch.Tensor  # [D, I]
+    down_bias: torch.Tensor | None  # [D]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelWeights:
+    embed: torch.Tensor  # [V, D]
+    layers: tuple[LayerWeights, ...]
+    norm: torch.Tensor  # [D]
+    lm_head: torch.Tensor  # [V, D]; the embedding itself when tied
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
+    """Inverse frequencies, float32 [head_dim / 2], after the config's scaling rule."""
+    inv = 1.0 / rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # [d/2]
+    if rope.kind == "linear":
+        return inv / rope.factor
+    if rope.kind == "llama3":
+        # long wavelengths are interpolated by `factor`, short ones kept, the band between blended
+        wavelen = 2 * math.pi / inv  # [d/2]
+        old = rope.original_max_position
+        smooth = (old / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)  # [d/2]
+        blended = (1 - smooth) * inv / rope.factor + smooth * inv  # [d/2]
+        kept = torch.where(wavelen < old / rope.high_freq_factor, inv, blended)  # [d/2]
+        return torch.where(wavelen > old / rope.low_freq_factor, inv / rope.factor, kept)
+    return inv
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, statistics in float32, scaled in x's dtype (as transformers does)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head: x [T, h, d], cos/sin [T, 1, d/2] -> [T, h, d]."""
+    x1, x2 = x.chunk(2, dim=-1)  # [T, h, d/2] each
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # [T, h, d]
+
+
+class CausalLM:
+    """A loaded decoder: `model(input_ids, positions, kv, meta, sample_rows) -> float32 logits`."""
+
+    def __init__(self, arch: ArchConfig, weights: ModelWeights, backend: Backend) -> None:
+        if len(weights.layers) != arch.num_layers:
+            raise ValueError(f"{len(weights.layers)} layer weights for {arch.num_layers} layers")
+        if weights.embed.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype {weights.embed.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+        self.arch = arch
+        self.weights = weights
+        self.backend = backend
+        self.scale = arch.head_dim**-0.5
+        # the whole table up front: max_position_embeddings x d/2 is at most a few tens of MB
+        pos = torch.arange(arch.max_position_embeddings, dtype=torch.float32)  # [P]
+        freqs = torch.outer(pos, rope_inv_freq(arch.rope, arch.head_dim))  # [P, d/2]
+        self.cos = freqs.cos().to(device=self.device, dtype=self.dtype)  # [P, d/2]
+        self.sin = freqs.sin().to(device=self.device, dtype=self.dtype)  # [P, d/2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weights.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights.embed.device
+
+    @property
+    def spec(self) -> ModelSpec:
+        a = self.arch
+        return ModelSpec(num_layers=a.num_layers, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim,
+                         num_heads=a.num_heads, vocab_size=a.vocab_size,
+                         max_position_embeddings=a.max_position_embeddings, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,
+                 meta: AttnMetadata, sample_rows: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions: int64 [T]; kv: [L, 2, blocks, bs, n_kv, d]; sample_rows: int64 [N].
+
+        Returns float32 logits [N, vocab] for the sampled rows; writes all T rows' K/V into `kv`.
+        Positions must be < max_position_embeddings (the engine rejects longer prompts up front).
+        """
+        w = self.weights
+        h = F.embedding(input_ids, w.embed)  # [T, D]
+        cos = self.cos[positions].unsqueeze(1)  # [T, 1, d/2]
+        sin = self.sin[positions].unsqueeze(1)  # [T, 1, d/2]
+        for lw, layer_kv in zip(w.layers, kv, strict=True):
+            h += self._attention(lw, rms_norm(h, lw.input_norm, self.arch.rms_norm_eps), cos, sin, layer_kv, meta)
+            h += self._mlp(lw, rms_norm(h, lw.post_norm, self.arch.rms_norm_eps))
+        x = rms_norm(h[sample_rows], w.norm, self.arch.rms_norm_eps)  # [N, D]
+        return F.linear(x, w.lm_head).float()  # [N, V]
+
+    def _attention(self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   layer_kv: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
+        a = self.arch
+        n_q, n_kv = a.num_heads, a.num_kv_heads
+        qkv = F.linear(x, lw.qkv, lw.qkv_bias).view(x.shape[0], n_q + 2 * n_kv, a.head_dim)  # [T, H + 2 n_kv, d]
+        qk = qkv[:, : n_q + n_kv]  # [T, H + n_kv, d]
+        if lw.qk_norm is not None:
+            qk = rms_norm(qk, lw.qk_norm, a.rms_norm_eps)  # [T, H + n_kv, d]
+        q, k = apply_rope(qk, cos, sin).split((n_q, n_kv), dim=1)  # [T, H, d], [T, n_kv, d]
+        v = qkv[:, n_q + n_kv :]  # [T, n_kv, d]
+        out = attention(q, k, v, layer_kv[0], layer_kv[1], meta, self.scale, self.backend)  # [T, H, d]
+        return F.linear(out.reshape(x.shape[0], n_q * a.head_dim), lw.o_proj, lw.o_bias)  # [T, D]
+
+    def _mlp(self, lw: LayerWeights, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, lw.gate_up, lw.gate_up_bias).chunk(2, dim=-1)  # [T, I] each
+        return F.linear(F.silu(gate) * up, lw.down, lw.down_bias)  # [T, D]
