@@ -1,0 +1,158 @@
+"""The `batchllm` command line: parse options, build configs, call the library, render.
+
+Data goes to stdout (results with `-o -`, the plan with `plan -o -`, the dry-run summary); progress,
+logs and errors go to stderr. Library errors become one line on stderr and an exit code (errors.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from batchcli.errors import EXIT_USAGE, BatchError
+from batchcli.requests import SamplingParams
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
+    "Shared prompt prefixes are found across the whole file first, computed once, and kept exactly as long as needed.",
+)
+err = Console(stderr=True)
+out = Console()
+
+RUN_EXAMPLES = """
+[bold]Examples[/bold]
+
+  batchllm run prompts.jsonl -o answers.jsonl
+  batchllm run prompts.jsonl -o answers.jsonl --resume        [dim]# finish a killed run[/dim]
+  batchllm run - -o - < prompts.jsonl | jq -r .text           [dim]# in a pipeline[/dim]
+  batchllm run big.jsonl -o big.out.jsonl --quiet --metrics m.json   [dim]# from cron[/dim]
+  batchllm run chats.jsonl --max-tokens 128 --temperature 0.7 --seed 1
+
+Input lines: {"id", "prompt" | "messages" | "prompt_token_ids", "max_tokens", "temperature", ...}
+or OpenAI batch lines. Exit codes: 0 all succeeded, 3 some lines got error records, 1 fatal, 2 usage,
+130/143 interrupted (rerun with --resume).
+"""
+
+PLAN_EXAMPLES = """
+[bold]Examples[/bold]
+
+  batchllm plan prompts.jsonl --dry-run          [dim]# show sharing statistics, write nothing[/dim]
+  batchllm plan prompts.jsonl -o prompts.plan.json
+  batchllm run prompts.jsonl --plan prompts.plan.json -o answers.jsonl
+"""
+
+
+def _fail(exc: Exception, code: int) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _defaults(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: Optional[int],
+              stop: Optional[list[str]], n: int, ignore_eos: bool) -> SamplingParams:
+    try:
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                              seed=seed, stop=tuple(stop or ()), n=n, ignore_eos=ignore_eos)
+    except ValueError as e:
+        raise _fail(e, EXIT_USAGE) from None
+
+
+def _settings(block_size: int, sharing: str):
+    from batchcli.plan import PlanSettings
+
+    try:
+        return PlanSettings(block_size=block_size, sharing=sharing)
+    except ValueError as e:
+        raise _fail(e, EXIT_USAGE) from None
+
+
+@app.command(epilog=PLAN_EXAMPLES)
+def plan(
+    input: str = typer.Argument(..., help="Input JSONL file, or - for stdin."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Plan file to write (- for stdout). Default: INPUT with .plan.json."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the summary and the top of the prefix tree; write nothing, load no weights."),
+    model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
+    block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
+    sharing: str = typer.Option("multi", "--sharing", help="multi (whole prefix tree), single (one shared level, BatchLLM) or off."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first)."),
+    n: int = typer.Option(1, "--n", help="Default samples per prompt."),
+) -> None:
+    """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
+    from batchcli.models import resolve_model
+    from batchcli.pipeline import prepare
+    from batchcli.plan import plan_to_json
+    from batchcli.render import plan_summary
+
+    try:
+        job = prepare(input, _defaults(max_tokens, 0.0, 1.0, 0, None, None, n, False), _settings(block_size, sharing),
+                      resolve_model(model))
+    except BatchError as e:
+        raise _fail(e, e.exit_code) from None
+    if dry_run:
+        plan_summary(job.plan, out)
+        return
+    data = plan_to_json(job.plan)
+    target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
+    if target == "-":
+        sys.stdout.buffer.write(data + b"\n")
+    else:
+        Path(target).write_bytes(data)
+        plan_summary(job.plan, err)
+        err.print(f"plan written to {target}", highlight=False)
+
+
+@app.command(epilog=RUN_EXAMPLES)
+def run(
+    input: str = typer.Argument(..., help="Input JSONL file, or - for stdin."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input."),
+    order: str = typer.Option("completion", "--order", help="completion (write as each finishes) or input (buffer to input order)."),
+    resume: bool = typer.Option(False, "--resume", help="Append to an existing output, skipping ids already answered."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan` (refused if made for other data)."),
+    model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 where it measures faster)."),
+    attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
+    kv_budget: str = typer.Option("auto", "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
+    token_budget: int = typer.Option(1024, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
+    sharing: str = typer.Option("multi", "--sharing", help="multi, single or off."),
+    block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens."),
+    schedule: str = typer.Option("plan", "--schedule", help="plan (decode-heavy groups first) or input (input order; ablation)."),
+    admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation)."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary on stderr."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Default max_tokens per request."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Default temperature (0 = greedy)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Default nucleus cut."),
+    top_k: int = typer.Option(0, "--top-k", help="Default top-k cut (0 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
+    n: int = typer.Option(1, "--n", help="Default samples per prompt."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past EOS up to max_tokens (benchmarks)."),
+) -> None:
+    """Run every request of INPUT and write one JSON line per request."""
+    from batchcli.engine.config import EngineConfig
+    from batchcli.job import RunOptions, run_job
+
+    defaults = _defaults(max_tokens, temperature, top_p, top_k, seed, stop, n, ignore_eos)
+    settings = _settings(block_size, sharing)
+    try:
+        config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
+                              token_budget=token_budget, schedule=schedule, admission=admission)
+        options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
+                             order=order, resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics)
+    except ValueError as e:
+        raise _fail(e, EXIT_USAGE) from None
+    try:
+        code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet)
+    except BatchError as e:
+        raise _fail(e, e.exit_code) from None
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,32 @@
+"""Engine settings chosen by the user; values known only at run time live in `RuntimeInfo`, not here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "torch", "triton", "gather", "reference")
+SCHEDULES = ("plan", "input")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "auto"
+    kv_budget: str = "auto"  # "2GiB", "500MB", "50000tok" or "auto"
+    token_budget: int = 1024  # tokens computed per step
+    schedule: str = "plan"  # plan | input
+    admission: str = "memory"  # memory | a fixed cap of running requests
+    seed: int | None = None  # run seed for requests without one
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
+                                     ("attention", self.attention, ATTENTION), ("schedule", self.schedule, SCHEDULES)):
+            if value not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.token_budget < 1:
+            raise ValueError(f"--token-budget must be >= 1, got {self.token_budget}")
+        if self.admission != "memory" and not (self.admission.isdigit() and int(self.admission) > 0):
+            raise ValueError(f"--admission must be 'memory' or a positive request cap, got {self.admission!r}")

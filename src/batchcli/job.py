@@ -1,0 +1,100 @@
+"""One whole `run` job as a library call: resolve the model, open the output, prepare, execute, report.
+
+Invariant: every input line is answered exactly once across runs: error lines and results are written
+as they are known, and with `resume` lines already answered in the output are skipped.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+
+from batchcli.engine.config import EngineConfig
+from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, UsageError
+from batchcli.formats import render_error, render_result
+from batchcli.models import resolve_model
+from batchcli.pipeline import prepare
+from batchcli.plan import PlanSettings
+from batchcli.progress import ProgressView
+from batchcli.requests import SamplingParams
+from batchcli.writer import OutputWriter
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    output: str  # path or "-"
+    order: str = "completion"  # completion | input
+    resume: bool = False
+    overwrite: bool = False
+    plan_file: Path | None = None
+    metrics: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.order not in ("completion", "input"):
+            raise ValueError(f"--order must be completion or input, got {self.order!r}")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the first signal stops admitting work, the second stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings,
+            config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool) -> int:
+    """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted)."""
+    from batchcli.engine.engine import Engine
+
+    if options.resume and options.output == "-":
+        raise UsageError("--resume needs an output file (-o FILE), not stdout")
+    started = time.perf_counter()
+    model_dir = resolve_model(model)
+    stop = StopFlag()
+    with OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
+        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, done_ids=set(writer.done_ids()))
+        if options.order == "input":
+            writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
+        for e in job.batch.errors:
+            writer.write(render_error(e, None), key=e.line)
+        engine = Engine(model_dir, config, job.tokenizer.decode)
+        if not quiet:
+            console.print(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
+                          f"{job.skipped:,} already answered; {engine.describe()}", highlight=False)
+        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with ProgressView(console, quiet=quiet) as view:
+                stats = engine.run(job, lambda r: writer.write(render_result(r), key=r.request.line), view.update, stop)
+        except KeyboardInterrupt:
+            stop.signal = stop.signal or signal.SIGINT
+            stats = None
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        counts = writer.counts
+    wall = time.perf_counter() - started
+    if options.metrics is not None and stats is not None:
+        metrics = {"wall_s": wall, **asdict(stats), "errors": counts.errors, "results": counts.successes}
+        options.metrics.write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
+    if stop.requested:
+        # how to resume is worth a line even with --quiet
+        console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "
+                      f"batchllm run {source} -o {options.output} --resume", highlight=False)
+        return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
+    if not quiet and stats is not None:
+        console.print(stats.summary(wall), highlight=False)
+    return EXIT_SOME_FAILED if counts.errors else EXIT_OK

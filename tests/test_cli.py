@@ -1,0 +1,134 @@
+"""The CLI through typer's CliRunner: exit codes, data on stdout only, chatter on stderr, resume."""
+
+from __future__ import annotations
+
+import shutil
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from batchcli.cli import app
+from helpers_models import save_tiny_checkpoint
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, smol_dir):
+    """A tiny random Llama that uses the default model's tokenizer: fast, but a real tokenizer path."""
+    directory = tmp_path_factory.mktemp("tiny-cli")
+    save_tiny_checkpoint(directory, "llama", seed=3, vocab_size=49152, max_position_embeddings=4096,
+                         eos_token_id=2, bos_token_id=1)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (smol_dir / name).is_file():
+            shutil.copy(smol_dir / name, directory / name)
+    return str(directory)
+
+
+def lines(text: str) -> list[dict]:
+    return [orjson.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def write_input(path, rows) -> str:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" if isinstance(r, dict) else r for r in rows))
+    return str(path)
+
+
+ROWS = [
+    {"id": "a", "prompt": "The shared system prompt. Question one?", "max_tokens": 4},
+    {"id": "b", "prompt": "The shared system prompt. Question two?", "max_tokens": 3},
+    {"id": "c", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    {"id": "d", "prompt_token_ids": [5, 6, 7, 8], "max_tokens": 2, "n": 2, "temperature": 0.8, "seed": 1},
+]
+
+
+def test_run_to_file_quiet(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    res = runner.invoke(app, ["run", src, "-o", str(tmp_path / "out.jsonl"), "--model", model, "--quiet", "--dtype", "float32"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == "" and res.stderr == ""
+    out = lines((tmp_path / "out.jsonl").read_text())
+    assert sorted(r["id"] for r in out) == ["a", "b", "c", "d"]
+    by_id = {r["id"]: r for r in out}
+    assert by_id["a"]["usage"]["completion_tokens"] <= 4 and len(by_id["d"]["choices"]) == 2
+    assert by_id["d"]["usage"]["prompt_tokens"] == 4
+
+
+def test_stdin_to_stdout_holds_only_data(tmp_path, model):
+    data = b"".join(orjson.dumps(r) + b"\n" for r in ROWS)
+    res = runner.invoke(app, ["run", "-", "-o", "-", "--model", model, "--order", "input"], input=data)
+    assert res.exit_code == 0, res.stderr
+    assert [r["id"] for r in lines(res.stdout)] == ["a", "b", "c", "d"]  # input order
+    assert "requests" in res.stderr  # the chatter went to stderr
+
+
+def test_bad_lines_give_error_records_and_exit_3(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", [ROWS[0], b"{not json\n", {"id": "t", "prompt": "x", "temperature": -1}, ROWS[1]])
+    res = runner.invoke(app, ["run", src, "-o", str(tmp_path / "out.jsonl"), "--model", model, "--quiet"])
+    assert res.exit_code == 3
+    out = {r["id"]: r for r in lines((tmp_path / "out.jsonl").read_text())}
+    assert out["line-2"]["error"]["code"] == "invalid_json" and out["line-2"]["line"] == 2
+    assert out["t"]["error"]["code"] == "invalid_value" and out["t"]["line"] == 3
+    assert "text" in out["a"] and "text" in out["b"]
+
+
+def test_existing_output_is_refused_then_resumed(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    out_path = tmp_path / "out.jsonl"
+    done = orjson.dumps({"id": "b", "text": "earlier", "finish_reason": "length",
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cached_tokens": 0}})
+    out_path.write_bytes(done + b"\n" + b'{"id": "a", "te')  # one finished, one torn by a kill
+    res = runner.invoke(app, ["run", src, "-o", str(out_path), "--model", model, "--quiet"])
+    assert res.exit_code == 1 and "exists" in res.stderr and "Traceback" not in res.stderr
+    res = runner.invoke(app, ["run", src, "-o", str(out_path), "--model", model, "--quiet", "--resume"])
+    assert res.exit_code == 0, res.stderr
+    out = lines(out_path.read_text())
+    assert sorted(r["id"] for r in out) == ["a", "b", "c", "d"]
+    assert out[0]["text"] == "earlier"  # the finished one was kept, not redone
+
+
+def test_usage_errors_exit_2(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    for args in (["--sharing", "bogus"], ["--temperature", "-1"], ["--order", "random"], ["--kv-budget", "lots"]):
+        res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, *args])
+        assert res.exit_code == 2, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+
+
+def test_fatal_errors_exit_1(tmp_path, model):
+    res = runner.invoke(app, ["run", str(tmp_path / "missing.jsonl"), "-o", "-", "--model", model])
+    assert res.exit_code == 1 and "does not exist" in res.stderr
+    res = runner.invoke(app, ["run", write_input(tmp_path / "in.jsonl", ROWS), "-o", "-", "--model", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "nope" in res.stderr
+
+
+def test_plan_dry_run_and_plan_file(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    res = runner.invoke(app, ["plan", src, "--dry-run", "--model", model, "--block-size", "4"])
+    assert res.exit_code == 0, res.stderr
+    assert "saving ratio" in res.stdout and not (tmp_path / "in.plan.json").exists()
+    res = runner.invoke(app, ["plan", src, "-o", "-", "--model", model])
+    plan = orjson.loads(res.stdout)
+    assert res.exit_code == 0 and plan["version"] == 1
+    (tmp_path / "p.json").write_text(res.stdout)
+    res = runner.invoke(app, ["run", src, "--plan", str(tmp_path / "p.json"), "-o", "-", "--model", model, "--quiet"])
+    assert res.exit_code == 0, res.stderr
+    other = write_input(tmp_path / "other.jsonl", ROWS[:2])
+    res = runner.invoke(app, ["run", other, "--plan", str(tmp_path / "p.json"), "-o", "-", "--model", model])
+    assert res.exit_code == 1 and "other data" in res.stderr
+
+
+def test_openai_batch_lines_get_openai_output(tmp_path, model):
+    row = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
+           "body": {"model": "x", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}}
+    res = runner.invoke(app, ["run", "-", "-o", "-", "--model", model, "--quiet"], input=orjson.dumps(row) + b"\n")
+    assert res.exit_code == 0, res.stderr
+    (out,) = lines(res.stdout)
+    assert out["custom_id"] == "req-1" and out["error"] is None
+    assert out["response"]["status_code"] == 200 and out["response"]["body"]["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_help_teaches():
+    res = runner.invoke(app, ["run", "--help"])
+    assert res.exit_code == 0 and "--resume" in res.stdout and "Examples" in res.stdout
