@@ -105,3 +105,28 @@ def test_batch_invariance_and_seeded_sampling(tiny):
     alone = run_engine(directory, make_job([prompts[3]], [params[3]], "multi"))
     assert alone["r0"] == together["r3"]
     assert len({tuple(v) for v in together.values()}) > 1 and together["r3"][0] != together["r3"][1]
+
+
+@pytest.mark.slow
+def test_default_model_matches_transformers(smol_dir, smol_tokenizer):
+    from transformers import LlamaForCausalLM
+
+    from batchcli.tokenize import tokenize_requests
+
+    system = "You are a helpful assistant who answers questions about the solar system in one sentence. "
+    greedy = SamplingParams(max_tokens=10)
+    items = [Request(id=f"p{i}", line=i, format=InputFormat.SIMPLE, params=greedy, prompt=system + q)
+             for i, q in enumerate(["Which planet is largest?", "Which planet has rings?", "How far is Mars?"])]
+    items += [Request(id=f"c{i}", line=10 + i, format=InputFormat.CHAT, params=greedy,
+                      messages=({"role": "system", "content": system}, {"role": "user", "content": q}))
+              for i, q in enumerate(["What is the Sun?", "Name a moon of Jupiter."])]
+    items.append(Request(id="solo", line=20, format=InputFormat.SIMPLE, params=greedy, prompt="Once upon a time"))
+    batch = tokenize_requests(items, smol_tokenizer)
+    plan = plan_for(batch, PlanSettings(block_size=16, sharing="multi"), "smol", "fp")
+    assert plan.stats.saving_ratio > 0.2
+    job = PreparedJob(model_dir=smol_dir, tokenizer=smol_tokenizer, batch=batch, plan=plan, skipped=0)
+    got = run_engine(smol_dir, job)
+    hf = LlamaForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
+    for i, r in enumerate(batch.requests):
+        prompt = batch.tokens[i].tolist()
+        assert got[r.id][0] == hf_greedy(hf, prompt, 10), r.id
