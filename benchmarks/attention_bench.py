@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from batchcli.engine.attention import AttnMetadata, build_metadata
-from batchcli.engine.attention.torch_backend import step_plan, torch_attention
+from batchcli.engine.attention.torch_backend import torch_attention
+from batchcli.engine.attention.torch_plan import step_plan
 from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
 
 N_HEADS, N_KV, HEAD_DIM, BLOCK = 9, 3, 64, 16

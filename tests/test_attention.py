@@ -17,7 +17,8 @@ import torch
 from batchcli.engine.attention import AttnMetadata, build_metadata, torch_backend
 from batchcli.engine.attention.reference import reference_attention
 from batchcli.engine.attention.gather_backend import gather_attention
-from batchcli.engine.attention.torch_backend import step_plan, torch_attention
+from batchcli.engine.attention.torch_backend import torch_attention
+from batchcli.engine.attention.torch_plan import step_plan
 from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
 
 # Per dtype: bf16 rounds q/k/v, the softmax weights fed to the second matmul, and each part's output.
