@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-all bench bench-quick clean
+.PHONY: demo test bench bench-quick bench-setup clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/batchllm run sample_data/questions.jsonl -o sample_data/out.jsonl --overwrite
+	$(BIN)/batchllm plan sample_data/questions.jsonl --dry-run
+	$(BIN)/batchllm run sample_data/questions.jsonl -o sample_data/questions.out.jsonl --overwrite --order input
+	@echo "--- first results (sample_data/questions.out.jsonl) ---"
+	@head -n 5 sample_data/questions.out.jsonl
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not cuda"
@@ -27,6 +30,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+bench-setup:
+	bash benchmarks/peers/setup_vllm_cpu.sh
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

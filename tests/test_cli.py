@@ -132,3 +132,32 @@ def test_openai_batch_lines_get_openai_output(tmp_path, model):
 def test_help_teaches():
     res = runner.invoke(app, ["run", "--help"])
     assert res.exit_code == 0 and "--resume" in res.stdout and "Examples" in res.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path, model):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = [{"id": f"q{i}", "prompt_token_ids": [7 + i % 5] * (5 + i % 7), "max_tokens": 40, "ignore_eos": True}
+            for i in range(40)]
+    src = write_input(tmp_path / "in.jsonl", rows)
+    out_path = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "batchcli.cli", "run", src, "-o", str(out_path), "--model", model,
+           "--admission", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out_path.exists() and out_path.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "--resume" in err
+    first = lines(out_path.read_text())
+    assert 1 <= len(first) < 40  # stopped admitting: not everything ran
+    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    ids = [r["id"] for r in lines(out_path.read_text())]
+    assert sorted(ids) == sorted(r["id"] for r in rows)  # every id exactly once

@@ -10,18 +10,21 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import orjson
 from rich.console import Console
 
 from batchcli.engine.config import EngineConfig
+from batchcli.engine.engine import Engine, RunStats
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, UsageError
 from batchcli.formats import render_error, render_result
 from batchcli.models import resolve_model
-from batchcli.pipeline import prepare
+from batchcli.pipeline import PreparedJob, prepare
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
 from batchcli.requests import SamplingParams
+from batchcli.results import Result
 from batchcli.writer import OutputWriter
 
 
@@ -58,12 +61,11 @@ class StopFlag:
 def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings,
             config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool) -> int:
     """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted)."""
-    from batchcli.engine.engine import Engine
-
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
     started = time.perf_counter()
     model_dir = resolve_model(model)
+    say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
     stop = StopFlag()
     with OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, done_ids=set(writer.done_ids()))
@@ -71,20 +73,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
         for e in job.batch.errors:
             writer.write(render_error(e, None), key=e.line)
-        engine = Engine(model_dir, config, job.tokenizer.decode)
-        if not quiet:
-            console.print(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
-                          f"{job.skipped:,} already answered; {engine.describe()}", highlight=False)
-        old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            with ProgressView(console, quiet=quiet) as view:
-                stats = engine.run(job, lambda r: writer.write(render_result(r), key=r.request.line), view.update, stop)
-        except KeyboardInterrupt:
-            stop.signal = stop.signal or signal.SIGINT
-            stats = None
-        finally:
-            for s, handler in old.items():
-                signal.signal(s, handler)
+        stats = _execute(job, config, writer, stop, console, quiet, say)
         counts = writer.counts
     wall = time.perf_counter() - started
     if options.metrics is not None and stats is not None:
@@ -95,6 +84,29 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "
                       f"batchllm run {source} -o {options.output} --resume", highlight=False)
         return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
-    if not quiet and stats is not None:
-        console.print(stats.summary(wall), highlight=False)
+    if stats is not None:
+        say(stats.summary(wall))
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
+
+
+def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop: StopFlag, console: Console,
+             quiet: bool, say: Callable[[str], None]) -> RunStats | None:
+    """Load the engine and run the plan, writing results as they finish; None if stopped at once."""
+    engine = Engine(job.model_dir, config, job.tokenizer.decode)
+    say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
+        f"{job.skipped:,} already answered; {engine.describe()}")
+    created = int(time.time())
+
+    def emit(result: Result) -> None:
+        writer.write(render_result(result, model=job.model_dir.name, created=created), key=result.request.line)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ProgressView(console, quiet=quiet) as view:
+            return engine.run(job, emit, view.update, stop, log=say)
+    except KeyboardInterrupt:
+        stop.signal = stop.signal or signal.SIGINT
+        return None
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -75,8 +75,23 @@ def pick_device(name: str) -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    # bf16 measured faster on both kinds here: AMX on recent x86 CPUs (~3.5x fp32 matmuls), tensor cores on GPU
-    return torch.bfloat16 if name == "auto" else DTYPES[name]
+    """The asked dtype; for "auto", bf16 on GPU, and on CPU whichever of bf16/fp32 multiplies faster here
+    (bf16 is ~3.5x faster with AMX, but slower than fp32 on CPUs that emulate it)."""
+    if name != "auto":
+        return DTYPES[name]
+    if device.type != "cpu":
+        return torch.bfloat16
+    return min((torch.bfloat16, torch.float32), key=_matmul_seconds)
+
+
+def _matmul_seconds(dtype: torch.dtype, reps: int = 3) -> float:
+    a = torch.randn(256, 576).to(dtype)  # a step-sized activation of a small model
+    w = torch.randn(1536, 576).to(dtype)
+    a @ w.T  # warm-up: first calls pick kernels
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ w.T
+    return time.perf_counter() - started
 
 
 class Engine:
@@ -111,11 +126,14 @@ class Engine:
         return blocks
 
     def run(self, job: PreparedJob, on_result: Callable[[Result], None], on_progress: Callable[[Progress], None],
-            stop: StopRequest) -> RunStats:
+            stop: StopRequest, log: Callable[[str], None] = lambda line: None) -> RunStats:
         """Execute the job's plan; call `on_result` once per finished request."""
         started = time.perf_counter()
         block_size = job.plan.settings.block_size
         num_blocks = self._pool_blocks(job, block_size)
+        per_block = block_size * kv_bytes_per_token(self.model.spec)
+        log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
+            f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step")
         pool = BlockPool(num_blocks)
         runner = ModelRunner(self.model, allocate_kv(self.model.spec, num_blocks, block_size, self.device),
                              block_size, self.device)

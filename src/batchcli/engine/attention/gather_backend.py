@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batchcli.engine.attention.metadata import AttnMetadata
+from batchcli.engine.attention.metadata import AttnMetadata, take_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +59,8 @@ def gather_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     keys, values = k_cache.view(-1, n_kv, d), v_cache.view(-1, n_kv, d)
     out = torch.empty_like(q)
     for c in chunks:
-        k = keys.index_select(0, c.slots).transpose(0, 1)  # [n_kv, L, d]
-        v = values.index_select(0, c.slots).transpose(0, 1)  # [n_kv, L, d]
+        k = take_rows(keys, c.slots).transpose(0, 1)  # [n_kv, L, d]
+        v = take_rows(values, c.slots).transpose(0, 1)  # [n_kv, L, d]
         o = F.scaled_dot_product_attention(q[c.rows].transpose(0, 1), k, v, attn_mask=c.mask, scale=scale,
                                            enable_gqa=True)  # [H, q_len, d]
         out[c.rows] = o.transpose(0, 1)

@@ -47,6 +47,16 @@ class AttnMetadata:
         return int(self.seg_len.shape[0])
 
 
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`x.index_select(0, index)` for a contiguous x, moving each row as int64 words when its bytes
+    allow: CPU index_select copies bf16 elements one by one, ~3x slower than the same bytes as int64."""
+    row_bytes = x[0].numel() * x.element_size() if x.shape[0] else 0
+    if x.device.type != "cpu" or not x.is_contiguous() or row_bytes % 8:
+        return x.index_select(0, index)
+    words = x.view(x.shape[0], -1).view(torch.int64)  # [rows, row_bytes / 8]
+    return words.index_select(0, index).view(x.dtype).view(len(index), *x.shape[1:])
+
+
 def _pad_table(rows: list[tuple[int, ...]]) -> np.ndarray:
     width = max((len(r) for r in rows), default=0)
     table = np.zeros((len(rows), max(width, 1)), dtype=np.int32)

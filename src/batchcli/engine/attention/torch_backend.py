@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from batchcli.engine.attention.metadata import AttnMetadata
+from batchcli.engine.attention.metadata import AttnMetadata, take_rows
 from batchcli.engine.attention.torch_plan import Bucket, StepPlan, step_plan
 
 # (q, k, v, mask, causal, scale) -> (out [B, h, Lq, d] in q's dtype, lse float32 [B, h, Lq])
@@ -66,13 +66,13 @@ def _keys(cache: torch.Tensor, b: Bucket) -> torch.Tensor:
         first, distance = b.kv_view
         flat = cache.view(-1, n_kv, d)[first:]  # [slots - first, n_kv, d]
         return flat.as_strided((n_b, n_kv, n_l, d), (distance * n_kv * d, d, n_kv * d, 1))
-    rows = cache.view(-1, n_kv * d).index_select(0, b.kv_slots.view(-1))  # [B*L, n_kv*d]
+    rows = take_rows(cache.view(-1, n_kv * d), b.kv_slots.view(-1))  # [B*L, n_kv*d]
     return rows.view(n_b, n_l, n_kv, d).transpose(1, 2)  # [B, n_kv, L, d]
 
 
 def _queries(q: torch.Tensor, b: Bucket) -> torch.Tensor:
     n_b, n_q = b.q_index.shape
-    rows = q.reshape(q.shape[0], -1).index_select(0, b.q_index.view(-1))  # [B*Q, H*d]
+    rows = take_rows(q.reshape(q.shape[0], -1), b.q_index.view(-1))  # [B*Q, H*d]
     return rows.view(n_b, n_q, *q.shape[1:])  # [B, Q, H, d]
 
 
@@ -114,12 +114,12 @@ def _merge(results: list[tuple[torch.Tensor, torch.Tensor]], plan: StepPlan) -> 
     outs = torch.cat([o for o, _ in results] + [first.new_zeros(1, n_heads, d)])  # [E+1, H, d]
     index = plan.parts_of_row  # [K, T]
     if index.shape[0] == 1:  # every row has one part: its output is the answer
-        return outs.index_select(0, index[0])
+        return take_rows(outs, index[0])
     lses = torch.cat([lse for _, lse in results] + [torch.full((1, n_heads), float("-inf"), device=first.device)])
     weight = torch.softmax(lses[index], dim=0)  # [K, T, H]: exp(lse_k - logsumexp over the row's parts)
-    merged = outs.index_select(0, index[0]).float() * weight[0, ..., None]  # [T, H, d]
+    merged = take_rows(outs, index[0]).float() * weight[0, ..., None]  # [T, H, d]
     for k in range(1, index.shape[0]):
-        merged += outs.index_select(0, index[k]).float() * weight[k, ..., None]
+        merged += take_rows(outs, index[k]).float() * weight[k, ..., None]
     return merged.to(first.dtype)
 
 

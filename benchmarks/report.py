@@ -1,0 +1,209 @@
+"""Turns measured runs into benchmarks/results.json and benchmarks/RESULTS.md.
+
+Invariant: every number written comes from a RunOutcome of this invocation or from the machine
+measured in it; an engine with no successful run shows its error, never a guessed number.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.flops import ModelSize, mfu
+from benchmarks.machine import MachineInfo
+from benchmarks.peers.base import RunOutcome
+from benchmarks.workloads import Built
+
+MFU_FORMULA = ("MFU = FLOPs / (wall without start-up x measured torch.mm peak of the run's dtype), "
+               "FLOPs = 2 x body x (C + O) + 2 x head x O; body = weights other than the token embedding and "
+               "LM head, head = vocab x hidden, C = prompt tokens computed (batchllm: prompt x (1 - its plan's saving "
+               "ratio); others: prompt - prefix-cache hits), O = output tokens. "
+               "Attention-score FLOPs and padding are not counted.")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """The median over the successful runs of one engine (and variant) on one workload."""
+
+    workload: str
+    peer: str
+    variant: str
+    runs: int
+    error: str | None
+    total_s: float = 0.0
+    gen_s: float = 0.0
+    prompt_tps: float = 0.0
+    output_tps: float = 0.0
+    saving_ratio: float = 0.0  # 1 - computed / prompt tokens
+    peak_rss_mib: float = 0.0
+    peak_kv_mib: float | None = None
+    mfu: float = 0.0
+    others_share: float = 0.0  # worst run
+    agreement: float | None = None  # share of outputs identical to batchllm's (same variant-free run)
+    extra: dict | None = None
+
+
+def same_outputs(a: str, b: str) -> float | None:
+    """Share of request ids whose outputs match: token ids where both files have them, else text."""
+    def load(path: str) -> dict[str, dict]:
+        with open(path) as f:
+            return {r["id"]: r for r in map(json.loads, filter(str.strip, f))}
+
+    try:
+        ra, rb = load(a), load(b)
+    except (OSError, ValueError, KeyError):
+        return None
+    ids = ra.keys() & rb.keys()
+    if not ids:
+        return None
+
+    def key(x: dict, y: dict) -> str:
+        return "token_ids" if "token_ids" in x and "token_ids" in y else "text"
+
+    return sum(ra[i].get(key(ra[i], rb[i])) == rb[i].get(key(ra[i], rb[i])) for i in ids) / len(ids)
+
+
+def summarise(runs: list[RunOutcome], size: ModelSize, peak_gflops: float) -> list[Row]:
+    groups: dict[tuple[str, str, str], list[RunOutcome]] = {}
+    for r in runs:
+        groups.setdefault((r.workload, r.peer.split("-kv")[0], r.variant), []).append(r)
+    rows = []
+    for (workload, peer, variant), rs in groups.items():
+        ok = [r for r in rs if r.ok]
+        if not ok:
+            rows.append(Row(workload, peer, variant, 0, rs[-1].error))
+            continue
+        gen = statistics.median(r.gen_s for r in ok)
+        first = ok[0]
+        computed = first.computed_prompt_tokens
+        kv = [r.extra["peak_kv_bytes"] for r in ok if "peak_kv_bytes" in r.extra]
+        extra = {k: v for k, v in first.extra.items() if k not in ("pass", "peak_kv_bytes")}
+        rows.append(Row(
+            workload, peer, variant, len(ok), None,
+            total_s=statistics.median(r.total_s for r in ok), gen_s=gen,
+            prompt_tps=first.prompt_tokens / gen, output_tps=first.completion_tokens / gen,
+            saving_ratio=1 - computed / max(first.prompt_tokens, 1),
+            peak_rss_mib=max(r.peak_rss_mib for r in ok), peak_kv_mib=max(kv) / 2**20 if kv else None,
+            mfu=mfu(size, computed, first.completion_tokens, gen, peak_gflops),
+            others_share=max(r.others_share for r in ok), extra=extra,
+        ))
+    return with_agreement(rows, runs)
+
+
+def with_agreement(rows: list[Row], runs: list[RunOutcome]) -> list[Row]:
+    """Compare each engine's first successful output file with batchllm's on the same workload."""
+    first_out = {}
+    for r in runs:
+        if r.ok and r.variant in ("", "default"):
+            first_out.setdefault((r.workload, r.peer.split("-kv")[0]), r.out_path)
+    out = []
+    for row in rows:
+        mine, ref = first_out.get((row.workload, row.peer)), first_out.get((row.workload, "batchllm"))
+        agree = same_outputs(mine, ref) if row.peer != "batchllm" and mine and ref else None
+        out.append(Row(**{**asdict(row), "agreement": agree}))
+    return out
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+BENCH_COLUMNS = ("engine", "runs", "wall with start-up (s)", "wall without (s)", "prompt tok/s", "output tok/s",
+                 "batchllm speed-up without / with start-up", "saving ratio", "peak RSS (MiB)", "peak KV (MiB)",
+                 "MFU", "others' CPU", "outputs = batchllm's")
+ABLATION_COLUMNS = ("variant", "wall without start-up (s)", "total tok/s", "vs default", "saving ratio",
+                    "peak KV (MiB)", "steps", "preemptions")
+
+
+def header(columns: tuple[str, ...]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def error_row(label: str, error: str | None, columns: int) -> str:
+    first_line = error.splitlines()[0][:160] if error else ""
+    return f"| {label} | error: {first_line} |" + " |" * (columns - 2)
+
+
+def bench_table(rows: list[Row]) -> list[str]:
+    ref = next((r for r in rows if r.peer == "batchllm" and r.runs), None)
+    lines = header(BENCH_COLUMNS)
+    for r in rows:
+        if not r.runs:
+            lines.append(error_row(r.peer, r.error, len(BENCH_COLUMNS)))
+            continue
+        speed = "–" if ref is None or r is ref else f"{r.gen_s / ref.gen_s:.2f}x / {r.total_s / ref.total_s:.2f}x"
+        lines.append(
+            f"| {r.peer} | {r.runs} | {r.total_s:.1f} | {r.gen_s:.1f} | {r.prompt_tps:.0f} | {r.output_tps:.0f} | "
+            f"{speed} | {r.saving_ratio:.3f} | {r.peak_rss_mib:.0f} | {fmt(r.peak_kv_mib, '.1f')} | {r.mfu:.1%} | "
+            f"{r.others_share:.1%} | {fmt(r.agreement, '.0%')} |")
+    return lines
+
+
+def ablation_table(rows: list[Row]) -> list[str]:
+    base = next((r for r in rows if r.variant == "default" and r.runs), None)
+    lines = header(ABLATION_COLUMNS)
+    for r in rows:
+        if not r.runs:
+            lines.append(error_row(r.variant, r.error, len(ABLATION_COLUMNS)))
+            continue
+        e = r.extra or {}
+        vs = "–" if base is None else f"{base.gen_s / r.gen_s:.2f}x"
+        lines.append(f"| {r.variant} | {r.gen_s:.1f} | {r.prompt_tps + r.output_tps:.0f} | {vs} | {r.saving_ratio:.3f} | "
+                     f"{fmt(r.peak_kv_mib, '.1f')} | {e.get('steps', '–')} | {e.get('preemptions', '–')} |")
+    return lines
+
+
+def intro(meta: dict) -> list[str]:
+    m = meta["machine"]
+    peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peak_gflops"].items())
+    return [
+        "# batchllm benchmark results", "",
+        (f"Written by `{meta['command']}` on {meta['started']} ({meta['elapsed_s']:.0f} s). Every number below was "
+         "measured in that run; engines alternate run by run, and a value is the median of the runs shown. A run "
+         f"during which other processes used more than {meta['noise_limit']:.0%} of the machine's CPU was re-run once."),
+        "",
+        (f"Machine: {m['cpu_model']}, {m['cores']} CPUs, {m['mem_gib']} GiB; Python {m['python']}, torch {m['torch']}. "
+         f"Matmul peak (torch.mm 1024^3, 2 threads): {peaks}. Model: `{meta['model']}`, dtype {meta['dtype']} for "
+         "every engine."),
+        "", MFU_FORMULA, "",
+        ("Wall with start-up: batchllm = the whole `batchllm run` process; vLLM and transformers = engine start-up "
+         "(paid once per process) + the job. Wall without start-up: batchllm = its metrics' wall_s - model_load_s; "
+         "others = the job alone. Token rates use the wall without start-up. vLLM's start-up includes "
+         "torch.compile of the model unless its cache (~/.cache/vllm) already held this configuration."),
+        "",
+    ]
+
+
+def markdown(meta: dict, built: list[Built], rows: list[Row]) -> str:
+    out = intro(meta)
+    for b in built:
+        mine = [r for r in rows if r.workload == b.bench.name]
+        if not mine:
+            continue
+        out += [f"## {b.bench.name}", "", f"{b.bench.title}. {b.requests} requests, {b.prompt_tokens} prompt tokens "
+                f"({b.shared_tokens} with each shared prefix once), {b.output_tokens} output tokens"
+                + (f", KV budget {b.kv_budget_tokens} tokens." if b.kv_budget_tokens else "."), ""]
+        out += ablation_table(mine) if b.bench.name == "ablation" else bench_table(mine)
+        out.append("")
+    return "\n".join(out)
+
+
+def workload_facts(b: Built) -> dict:
+    return {"name": b.bench.name, "title": b.bench.title, "path": str(b.path), "requests": b.requests,
+            "prompt_tokens": b.prompt_tokens, "shared_tokens": b.shared_tokens, "output_tokens": b.output_tokens,
+            "kv_budget_tokens": b.kv_budget_tokens, "peers": list(b.bench.peers)}
+
+
+def write(folder: Path, meta: dict, machine: MachineInfo, built: list[Built], runs: list[RunOutcome],
+          size: ModelSize) -> tuple[Path, Path]:
+    meta = meta | {"machine": asdict(machine), "mfu_formula": MFU_FORMULA,
+                   "model_params": {"body": size.body, "head": size.head}}
+    rows = summarise(runs, size, machine.peak_gflops[meta["dtype"]])
+    data = {**meta, "workloads": [workload_facts(b) for b in built],
+            "summary": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]}
+    json_path, md_path = folder / "results.json", folder / "RESULTS.md"
+    json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    md_path.write_text(markdown(meta, built, rows) + "\n")
+    return json_path, md_path

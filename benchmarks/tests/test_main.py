@@ -1,0 +1,37 @@
+"""The harness end to end with a fake `batchllm` CLI: the report comes from the runs it made."""
+
+import json
+from pathlib import Path
+
+from benchmarks.__main__ import main
+
+
+def run_main(tmp_path, fake_cli, tiny_model, *extra):
+    argv = ["--quick", "--peers", "batchllm", "--model", str(tiny_model), "--batchllm", str(fake_cli),
+            "--out", str(tmp_path / "report"), "--work-dir", str(tmp_path / "work"), "--dtype", "float32", *extra]
+    return main(argv), json.loads((tmp_path / "report" / "results.json").read_text()), (tmp_path / "report" / "RESULTS.md").read_text()
+
+
+def test_report_is_filled_from_measured_runs(tmp_path, fake_cli, tiny_model):
+    rc, data, md = run_main(tmp_path, fake_cli, tiny_model, "--only", "paper,ablation")
+    assert rc == 0
+    paper = next(r for r in data["summary"] if r["workload"] == "paper")
+    facts = next(w for w in data["workloads"] if w["name"] == "paper")
+    assert paper["gen_s"] == 1.5  # the fake's wall_s - model_load_s
+    assert paper["prompt_tps"] == facts["prompt_tokens"] / 1.5
+    variants = [r["variant"] for r in data["summary"] if r["workload"] == "ablation"]
+    assert variants == ["default", "sharing-off", "sharing-single", "schedule-input", "admission-16",
+                        "attention-torch", "attention-gather"]
+    flags = [json.loads(Path(r["out_path"]).with_suffix(".metrics.json").read_text())["argv"]
+             for r in data["runs"] if r["variant"] == "attention-gather"]
+    assert flags and flags[0][-2:] == ["--attention", "gather"]
+    assert "## paper" in md and "## ablation" in md and "python -m benchmarks --quick" in md
+    assert data["machine"]["peak_gflops"]["float32"] > 0
+
+
+def test_broken_batchllm_is_recorded_not_a_crash(tmp_path, fake_cli, tiny_model, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "fail")
+    rc, data, md = run_main(tmp_path, fake_cli, tiny_model, "--only", "no-sharing")
+    assert rc == 3
+    assert [r["error"] for r in data["runs"]] and all("exit 1" in r["error"] for r in data["runs"])
+    assert "error: exit 1" in md
