@@ -118,7 +118,7 @@ def run(
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 where it measures faster)."),
     attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
     kv_budget: str = typer.Option("auto", "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
-    token_budget: int = typer.Option(1024, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
+    token_budget: int = typer.Option(4096, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
     sharing: str = typer.Option("multi", "--sharing", help="multi, single or off."),
     block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens."),
     schedule: str = typer.Option("plan", "--schedule", help="plan (decode-heavy groups first) or input (input order; ablation)."),

@@ -16,7 +16,7 @@ class EngineConfig:
     dtype: str = "auto"
     attention: str = "auto"
     kv_budget: str = "auto"  # "2GiB", "500MB", "50000tok" or "auto"
-    token_budget: int = 1024  # tokens computed per step
+    token_budget: int = 4096  # tokens computed per step (4096 measured fastest on the 2-core CPU vs 512-2048)
     schedule: str = "plan"  # plan | input
     admission: str = "memory"  # memory | a fixed cap of running requests
     seed: int | None = None  # run seed for requests without one
