@@ -205,5 +205,14 @@ def write(folder: Path, meta: dict, machine: MachineInfo, built: list[Built], ru
             "summary": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]}
     json_path, md_path = folder / "results.json", folder / "RESULTS.md"
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    md_path.write_text(markdown(meta, built, rows) + "\n")
+    md_path.write_text(markdown(meta, built, rows) + "\n" + kept_section(md_path))
     return json_path, md_path
+
+
+KEEP_MARKER = "<!-- measured by hand below this line: kept when the harness rewrites this file -->"
+
+
+def kept_section(md_path: Path) -> str:
+    """The hand-written part of an existing RESULTS.md (component benchmarks with their commands)."""
+    old = md_path.read_text() if md_path.is_file() else ""
+    return old[old.index(KEEP_MARKER):] if KEEP_MARKER in old else ""

@@ -161,3 +161,13 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path, model):
     assert res.returncode == 0, res.stderr
     ids = [r["id"] for r in lines(out_path.read_text())]
     assert sorted(ids) == sorted(r["id"] for r in rows)  # every id exactly once
+
+
+def test_nothing_to_run_loads_no_model(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", [b"\n", b"[1, 2]\n"])
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model])
+    assert res.exit_code == 3 and lines(res.stdout)[0]["error"]["code"] == "not_an_object"
+    assert "nothing to run" in res.stderr
+    empty = write_input(tmp_path / "empty.jsonl", [])
+    res = runner.invoke(app, ["run", empty, "-o", "-", "--model", model])
+    assert res.exit_code == 0 and res.stdout == ""

@@ -73,8 +73,10 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
         for e in job.batch.errors:
             writer.write(render_error(e, None), key=e.line)
-        stats = _execute(job, config, writer, stop, console, quiet, say)
+        stats = _execute(job, config, writer, stop, console, quiet, say) if job.batch.requests else None
         counts = writer.counts
+    if not job.batch.requests:
+        say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
     wall = time.perf_counter() - started
     if options.metrics is not None and stats is not None:
         metrics = {"wall_s": wall, **asdict(stats), "errors": counts.errors, "results": counts.successes}

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from batchcli.plan import Plan
+from batchcli.plan import Plan, TreeNode, top_segments
 
 TREE_CHILDREN = 5  # children shown per node
 TREE_DEPTH = 3
@@ -31,22 +31,22 @@ def stats_table(plan: Plan) -> Table:
 
 
 def prefix_tree(plan: Plan) -> Tree:
-    children: dict[int, list[int]] = {}
-    for seg in plan.segments:
-        children.setdefault(seg.parent, []).append(seg.id)
+    """The head of the prefix tree in execution order (plan.top_segments), as a rich Tree."""
+    nodes, left_out = top_segments(plan, limit=TREE_CHILDREN, depth=TREE_DEPTH)
     root = Tree(f"[bold]all requests[/bold] ({plan.stats.sequences:,} sequences)")
 
-    def add(node: Tree, parent: int, depth: int) -> None:
-        kids = sorted(children.get(parent, []), key=lambda g: -plan.segments[g].sequences)
-        for g in kids[:TREE_CHILDREN]:
-            seg = plan.segments[g]
-            branch = node.add(f"{seg.length:,} tokens at {seg.start:,} shared by {seg.sequences:,} sequences")
-            if depth < TREE_DEPTH:
-                add(branch, g, depth + 1)
-        if len(kids) > TREE_CHILDREN:
-            node.add(f"[dim]... {len(kids) - TREE_CHILDREN:,} more[/dim]")
+    def add(branch: Tree, node: TreeNode) -> None:
+        seg = node.segment
+        sub = branch.add(f"{seg.length:,} tokens at {seg.start:,} shared by {seg.sequences:,} sequences")
+        for child in node.children:
+            add(sub, child)
+        if node.hidden:
+            sub.add(f"[dim]... {node.hidden:,} more[/dim]")
 
-    add(root, -1, 1)
+    for node in nodes:
+        add(root, node)
+    if left_out:
+        root.add(f"[dim]... {left_out:,} more[/dim]")
     return root
 
 
