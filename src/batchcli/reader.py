@@ -19,10 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import numpy as np
 import orjson
 
 from batchcli.errors import InputError
+from batchcli.fields import (
+    SAMPLING_KEYS, BadField, as_int, as_messages, as_text, as_token_ids, sampling_overrides, show,
+)
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
@@ -30,13 +32,12 @@ _CHUNK = 1 << 20
 _PARAMS_CACHE_SIZE = 4096
 _BOM = b"\xef\xbb\xbf"
 _PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
-_SAMPLING_KEYS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
-_LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | _SAMPLING_KEYS
+_LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | SAMPLING_KEYS
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT}
 _BODY_KEYS = {
-    InputFormat.OPENAI_COMPLETION: frozenset({"prompt"}) | _SAMPLING_KEYS,
-    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens"}) | _SAMPLING_KEYS,
+    InputFormat.OPENAI_COMPLETION: frozenset({"prompt"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens"}) | SAMPLING_KEYS,
 }
 # Body fields with no effect on the tokens we produce.
 _IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
@@ -57,15 +58,6 @@ class ReaderError(InputError):
 
 class InputUnreadableError(ReaderError):
     """The input path cannot be opened (missing, a directory, no permission)."""
-
-
-class _BadLine(Exception):
-    """Internal: a line check failed; becomes a `LineError` with this code and message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def read_requests(
@@ -166,7 +158,7 @@ class _LineParser:
                 return LineError(f"line-{line}", line, "invalid_encoding", f"not valid UTF-8 at byte {bad.start}")
             return LineError(f"line-{line}", line, "invalid_json", f"not valid JSON: {exc}")
         if type(obj) is not dict:
-            return LineError(f"line-{line}", line, "not_an_object", f"expected a JSON object, got {_show(obj)}")
+            return LineError(f"line-{line}", line, "not_an_object", f"expected a JSON object, got {show(obj)}")
         openai = not _OPENAI_KEYS.isdisjoint(obj)
         id_key = "custom_id" if openai else "id"
         rid = obj.get(id_key, f"line-{line}")
@@ -174,7 +166,7 @@ class _LineParser:
             rid = str(rid)
         elif type(rid) is not str:
             fallback = f"line-{line}"
-            message = f"{id_key} must be a string or an integer, got {_show(rid)}"
+            message = f"{id_key} must be a string or an integer, got {show(rid)}"
             return LineError(fallback, line, "invalid_type", message, fallback if openai else None)
         custom_id = rid if openai else None
         first = self.seen.setdefault(rid, line)
@@ -182,58 +174,58 @@ class _LineParser:
             return LineError(rid, line, "duplicate_id", f"{id_key} {rid!r} already used on line {first}", custom_id)
         try:
             return self._openai(obj, rid, line) if openai else self._plain(obj, rid, line)
-        except _BadLine as bad:
+        except BadField as bad:
             return LineError(rid, line, bad.code, bad.message, custom_id)
 
     def _plain(self, obj: dict, rid: str, line: int) -> Request:
         if not obj.keys() <= _LINE_KEYS:
             unknown = ", ".join(sorted(obj.keys() - _LINE_KEYS))
-            raise _BadLine("unknown_field", f"unknown field(s): {unknown}; known: {', '.join(sorted(_LINE_KEYS))}")
+            raise BadField("unknown_field", f"unknown field(s): {unknown}; known: {', '.join(sorted(_LINE_KEYS))}")
         forms = ("prompt" in obj) + ("messages" in obj) + ("prompt_token_ids" in obj)
         if forms != 1:
-            raise _BadLine("missing_prompt", f"need exactly one of prompt, messages, prompt_token_ids; got {forms}")
-        params = self._params(_overrides(obj))
+            raise BadField("missing_prompt", f"need exactly one of prompt, messages, prompt_token_ids; got {forms}")
+        params = self._params(sampling_overrides(obj))
         if "prompt" in obj:
-            return Request(rid, line, InputFormat.SIMPLE, params, prompt=_text(obj["prompt"], "prompt"))
+            return Request(rid, line, InputFormat.SIMPLE, params, prompt=as_text(obj["prompt"], "prompt"))
         if "messages" in obj:
-            return Request(rid, line, InputFormat.CHAT, params, messages=_messages(obj["messages"], "messages"))
-        token_ids = _token_ids(obj["prompt_token_ids"], "prompt_token_ids")
+            return Request(rid, line, InputFormat.CHAT, params, messages=as_messages(obj["messages"], "messages"))
+        token_ids = as_token_ids(obj["prompt_token_ids"], "prompt_token_ids")
         return Request(rid, line, InputFormat.TOKENS, params, prompt_token_ids=token_ids)
 
     def _openai(self, obj: dict, rid: str, line: int) -> Request:
         if not obj.keys() <= _OPENAI_KEYS:
             unknown = ", ".join(sorted(obj.keys() - _OPENAI_KEYS))
-            raise _BadLine("unknown_field", f"unknown field(s): {unknown}; an OpenAI batch line has custom_id, method, url, body")
+            raise BadField("unknown_field", f"unknown field(s): {unknown}; an OpenAI batch line has custom_id, method, url, body")
         url = obj.get("url")
         fmt = _OPENAI_URLS.get(url) if type(url) is str else None
         if fmt is None:
-            raise _BadLine("unsupported", f"url must be \"/v1/completions\" or \"/v1/chat/completions\", got {_show(url)}")
+            raise BadField("unsupported", f"url must be \"/v1/completions\" or \"/v1/chat/completions\", got {show(url)}")
         if obj.get("method") != "POST":
-            raise _BadLine("unsupported", f"method must be \"POST\", got {_show(obj.get('method'))}")
+            raise BadField("unsupported", f"method must be \"POST\", got {show(obj.get('method'))}")
         body = obj.get("body")
         if type(body) is not dict:
-            raise _BadLine("invalid_type", f"body must be an object, got {_show(body)}")
+            raise BadField("invalid_type", f"body must be an object, got {show(body)}")
         _check_body_extras(body, _BODY_KEYS[fmt])
         model = body.get("model")
         if model is not None and type(model) is not str:
-            raise _BadLine("invalid_type", f"body.model must be a string, got {_show(model)}")
-        changes = _overrides(body)
+            raise BadField("invalid_type", f"body.model must be a string, got {show(model)}")
+        changes = sampling_overrides(body)
         if fmt is InputFormat.OPENAI_CHAT:
             if body.get("max_completion_tokens") is not None:  # the newer name wins, as in OpenAI's API
-                changes["max_tokens"] = _int(body["max_completion_tokens"], "body.max_completion_tokens")
+                changes["max_tokens"] = as_int(body["max_completion_tokens"], "body.max_completion_tokens")
             if "messages" not in body:
-                raise _BadLine("missing_prompt", "body.messages is required for /v1/chat/completions")
-            messages = _messages(body["messages"], "body.messages")
+                raise BadField("missing_prompt", "body.messages is required for /v1/chat/completions")
+            messages = as_messages(body["messages"], "body.messages")
             return Request(rid, line, fmt, self._params(changes), messages=messages, custom_id=rid, model=model)
         if "prompt" not in body:
-            raise _BadLine("missing_prompt", "body.prompt is required for /v1/completions")
+            raise BadField("missing_prompt", "body.prompt is required for /v1/completions")
         prompt, params = body["prompt"], self._params(changes)
         if type(prompt) is list:
             if not all(type(t) is int for t in prompt):
-                raise _BadLine("unsupported", "body.prompt as a list must hold token ids; put one prompt per line")
-            token_ids = _token_ids(prompt, "body.prompt")
+                raise BadField("unsupported", "body.prompt as a list must hold token ids; put one prompt per line")
+            token_ids = as_token_ids(prompt, "body.prompt")
             return Request(rid, line, fmt, params, prompt_token_ids=token_ids, custom_id=rid, model=model)
-        return Request(rid, line, fmt, params, prompt=_text(prompt, "body.prompt"), custom_id=rid, model=model)
+        return Request(rid, line, fmt, params, prompt=as_text(prompt, "body.prompt"), custom_id=rid, model=model)
 
     def _params(self, changes: dict) -> SamplingParams:
         if not changes:
@@ -244,7 +236,7 @@ class _LineParser:
             try:
                 params = dataclasses.replace(self.defaults, **changes)
             except ValueError as exc:
-                raise _BadLine("invalid_value", str(exc)) from None
+                raise BadField("invalid_value", str(exc)) from None
             if len(self.params_cache) >= _PARAMS_CACHE_SIZE:  # e.g. a distinct seed per line
                 self.params_cache.clear()
             self.params_cache[key] = params
@@ -257,103 +249,7 @@ def _check_body_extras(body: dict, used: frozenset[str]) -> None:
             continue
         neutral = _NEUTRAL_BODY.get(key)
         if neutral is None:
-            raise _BadLine("unknown_field", f"body.{key} is not a field this tool knows")
+            raise BadField("unknown_field", f"body.{key} is not a field this tool knows")
         if body[key] not in neutral:
-            allowed = " or ".join(_show(v) for v in neutral)
-            raise _BadLine("unsupported", f"body.{key} = {_show(body[key])} is not supported (only {allowed})")
-
-
-def _overrides(fields: dict) -> dict:
-    """Type-checked sampling fields of a line or body; JSON null means "use the default"."""
-    changes = {}
-    for key in fields.keys() & _SAMPLING_KEYS:
-        value = fields[key]
-        if value is not None:
-            changes[key] = _CHECKS[key](value, key)
-    return changes
-
-
-def _int(value: object, name: str) -> int:
-    if type(value) is not int:
-        raise _BadLine("invalid_type", f"{name} must be an integer, got {_show(value)}")
-    return value
-
-
-def _float(value: object, name: str) -> float:
-    if type(value) is not float and type(value) is not int:
-        raise _BadLine("invalid_type", f"{name} must be a number, got {_show(value)}")
-    return float(value)
-
-
-def _bool(value: object, name: str) -> bool:
-    if type(value) is not bool:
-        raise _BadLine("invalid_type", f"{name} must be true or false, got {_show(value)}")
-    return value
-
-
-def _stop(value: object, name: str) -> tuple[str, ...]:
-    stops = [value] if type(value) is str else value
-    if type(stops) is not list or not all(type(s) is str for s in stops):
-        raise _BadLine("invalid_type", f"{name} must be a string or a list of strings, got {_show(value)}")
-    if "" in stops:
-        raise _BadLine("invalid_value", f"{name} must not contain an empty string, got {_show(value)}")
-    return tuple(stops)
-
-
-_CHECKS = {
-    "max_tokens": _int, "temperature": _float, "top_p": _float, "top_k": _int,
-    "seed": _int, "stop": _stop, "n": _int, "ignore_eos": _bool,
-}
-assert _CHECKS.keys() == _SAMPLING_KEYS, f"every SamplingParams field needs a check: {_CHECKS.keys() ^ _SAMPLING_KEYS}"
-
-
-def _text(value: object, name: str) -> str:
-    if type(value) is not str:
-        raise _BadLine("invalid_type", f"{name} must be a string, got {_show(value)}")
-    if not value:
-        raise _BadLine("empty_prompt", f"{name} is an empty string")
-    return value
-
-
-def _messages(value: object, name: str) -> tuple[dict, ...]:
-    if type(value) is not list:
-        raise _BadLine("invalid_type", f"{name} must be a list of {{role, content}} objects, got {_show(value)}")
-    if not value:
-        raise _BadLine("empty_prompt", f"{name} is an empty list")
-    out = []
-    for i, message in enumerate(value):
-        if type(message) is not dict:
-            raise _BadLine("invalid_type", f"{name}[{i}] must be an object, got {_show(message)}")
-        if not message.keys() <= {"role", "content"}:
-            unknown = ", ".join(sorted(message.keys() - {"role", "content"}))
-            raise _BadLine("unknown_field", f"{name}[{i}] has unknown field(s): {unknown}; known: content, role")
-        role, content = message.get("role"), message.get("content")
-        if type(role) is not str or type(content) is not str:
-            field, bad = ("role", role) if type(role) is not str else ("content", content)
-            raise _BadLine("invalid_type", f"{name}[{i}].{field} must be a string, got {_show(bad)}")
-        out.append({"role": role, "content": content})
-    return tuple(out)
-
-
-def _token_ids(value: object, name: str) -> tuple[int, ...]:
-    if type(value) is not list:
-        raise _BadLine("invalid_type", f"{name} must be a list of token ids, got {_show(value)}")
-    if not value:
-        raise _BadLine("empty_prompt", f"{name} is an empty list")
-    try:
-        ids = np.array(value)  # one C pass for the common, valid case
-    except (ValueError, OverflowError):
-        ids = None
-    if ids is None or ids.dtype.kind != "i" or ids.ndim != 1 or ids.min() < 0 or ids.max() >= 2**31:
-        for i, token in enumerate(value):  # slow path only to name the bad element
-            if type(token) is not int:
-                raise _BadLine("invalid_type", f"{name}[{i}] must be an integer, got {_show(token)}")
-            if not 0 <= token < 2**31:
-                raise _BadLine("invalid_value", f"{name}[{i}] must be in [0, 2**31), got {token}")
-    return tuple(value)
-
-
-def _show(value: object) -> str:
-    """A JSON value as the user wrote it, cut short; a missing field shows as null."""
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 60 else text[:57] + "..."
+            allowed = " or ".join(show(v) for v in neutral)
+            raise BadField("unsupported", f"body.{key} = {show(body[key])} is not supported (only {allowed})")
