@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from batchcli.errors import EXIT_USAGE, BatchError
+from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError
 from batchcli.requests import SamplingParams
 
 app = typer.Typer(
@@ -151,6 +151,10 @@ def run(
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet)
     except BatchError as e:
         raise _fail(e, e.exit_code) from None
+    except KeyboardInterrupt:  # while reading, tokenizing or loading, before the engine's own handler
+        err.print("batchllm: interrupted before any request ran; rerun the same command (add --resume if the "
+                  "output file was created: error lines may already be in it)", highlight=False)
+        raise typer.Exit(EXIT_SIGINT) from None
     raise typer.Exit(code)
 
 
