@@ -86,11 +86,12 @@ def test_greedy_matches_transformers(tiny, sharing):
     assert {k: v[0] for k, v in got.items()} == expected
 
 
+@pytest.mark.parametrize("sharing", ["multi", "single", "off"])
 @pytest.mark.parametrize("config", [dict(token_budget=5), dict(kv_budget="48tok", token_budget=16, admission="8")],
                          ids=["chunked-prefill", "preemption"])
-def test_greedy_matches_transformers_under_pressure(tiny, config):
+def test_greedy_matches_transformers_under_pressure(tiny, config, sharing):
     directory, prompts, max_new, expected = tiny
-    job = make_job(prompts, [SamplingParams(max_tokens=m) for m in max_new], "multi")
+    job = make_job(prompts, [SamplingParams(max_tokens=m) for m in max_new], sharing)
     stats: list = []
     got = run_engine(directory, job, stats, **config)
     assert {k: v[0] for k, v in got.items()} == expected
