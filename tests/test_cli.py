@@ -171,3 +171,10 @@ def test_nothing_to_run_loads_no_model(tmp_path, model):
     empty = write_input(tmp_path / "empty.jsonl", [])
     res = runner.invoke(app, ["run", empty, "-o", "-", "--model", model])
     assert res.exit_code == 0 and res.stdout == ""
+
+
+def test_version():
+    from batchcli import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"batchllm {__version__}"

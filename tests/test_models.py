@@ -65,3 +65,12 @@ def test_conversion_killed_midway_leaves_nothing_half_done(tmp_path):
     assert Path(out.stdout.strip()) == target
     assert (target / "config.json").is_file() and (target / "model.safetensors").is_file()
     assert [p.name for p in parent.iterdir()] == [models.DEFAULT_MODEL]  # no temporary left over
+
+
+def test_pending_conversion_is_announced_only_when_needed(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCHLLM_CACHE", str(tmp_path))
+    monkeypatch.delenv("BATCHLLM_MODEL", raising=False)
+    assert "converting the default model" in models.pending_conversion(None)
+    (tmp_path / "models" / models.DEFAULT_MODEL).mkdir(parents=True)
+    assert models.pending_conversion(None) is None
+    assert models.pending_conversion(str(tmp_path)) is None  # a directory needs no conversion

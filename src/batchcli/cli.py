@@ -47,6 +47,21 @@ PLAN_EXAMPLES = """
 """
 
 
+def _version(value: bool) -> None:
+    if value:
+        from batchcli import __version__
+
+        out.print(f"batchllm {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out."""
+
+
 def _fail(exc: Exception, code: int) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
@@ -82,11 +97,13 @@ def plan(
     n: int = typer.Option(1, "--n", help="Default samples per prompt."),
 ) -> None:
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
-    from batchcli.models import resolve_model
+    from batchcli.models import pending_conversion, resolve_model
     from batchcli.pipeline import prepare
     from batchcli.plan import plan_to_json
     from batchcli.render import plan_summary
 
+    if (note := pending_conversion(model)) is not None:
+        err.print(note, highlight=False)
     try:
         job = prepare(input, _defaults(max_tokens, 0.0, 1.0, 0, None, None, n, False), _settings(block_size, sharing),
                       resolve_model(model))

