@@ -1,8 +1,8 @@
 """Checkpoint loading: a local Hugging Face directory (config.json + safetensors) -> `CausalLM`.
 
-Invariants: only safetensors are read (never pickle); the config goes through transformers'
-AutoConfig offline and without remote code; every tensor of the checkpoint is used exactly once, so
-a missing or unexpected tensor (a bias we would not apply, a module we do not know) is an error
+Invariants: only safetensors are read (never pickle); config.json is read with transformers'
+defaults filled in (hf_config.py), never with remote code; every tensor of the checkpoint is used
+exactly once, so a missing or unexpected tensor (a bias we would not apply, a module we do not know) is an error
 rather than a silently wrong model. Weights are fused (q|k|v, gate|up) and cast while loading, one
 layer at a time, so peak host memory stays near the size of the loaded model.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, PretrainedConfig
 
 from batchcli.engine.attention import Backend
+from batchcli.engine.hf_config import read_hf_config
 from batchcli.engine.model import (
     SUPPORTED_DTYPES, ArchConfig, CausalLM, LayerWeights, ModelWeights, RopeConfig,
     UnsupportedModelError, check_model_type,
@@ -47,7 +47,7 @@ _ROPE_KEYS = {
 }
 
 
-def _rope_config(config: PretrainedConfig) -> RopeConfig:
+def _rope_config(config: object) -> RopeConfig:
     params = dict(getattr(config, "rope_parameters", None) or {})
     kind = params.get("rope_type", "default")
     if params.get("partial_rotary_factor", 1.0) != 1.0:
@@ -63,7 +63,7 @@ def _rope_config(config: PretrainedConfig) -> RopeConfig:
     )
 
 
-def arch_from_config(config: PretrainedConfig) -> ArchConfig:
+def arch_from_config(config: object) -> ArchConfig:
     """Check a transformers config against what the model code implements and keep its numbers."""
     check_model_type(config.model_type)
     if config.hidden_act != "silu":
@@ -169,9 +169,9 @@ def load_config(path: str | Path) -> ArchConfig:
     directory = Path(path)
     if not (directory / "config.json").is_file():
         raise ModelNotFoundError(f"no model at {str(directory)!r}: config.json not found")
-    check_model_type(_read_json(directory / "config.json").get("model_type"))  # before AutoConfig: it may not know it
-    config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    return arch_from_config(config)
+    model_type = _read_json(directory / "config.json").get("model_type")
+    check_model_type(model_type)
+    return arch_from_config(read_hf_config(directory, model_type))
 
 
 def load_model(
