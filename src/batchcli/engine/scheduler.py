@@ -288,9 +288,9 @@ class Scheduler:
         assert cand.new_blocks + 1 <= self._pool.num_free, f"sequence {seq.seq_id} cannot start in an idle pool"
 
     def _check_prompt_fits(self, seq: Sequence) -> None:
-        need = self._shared_blocks(seq) + self._blocks(seq.prompt_len - seq.private_start)
-        if need > self._pool.num_total:
-            raise KVBudgetError(self._too_small(seq, self._blocks(seq.prompt_len - seq.private_start)))
+        private = self._blocks(seq.prompt_len - seq.private_start)
+        if self._shared_blocks(seq) + private > self._pool.num_total:
+            raise KVBudgetError(self._too_small(seq, private))
 
     def _shared_blocks(self, seq: Sequence) -> int:
         return sum(self._segs[g].length for g in seq.chain) // self._cfg.block_size
