@@ -49,8 +49,10 @@ def make_job(prompts: list[list[int]], params: list[SamplingParams], sharing: st
     return PreparedJob(model_dir=None, tokenizer=None, batch=batch, plan=plan, skipped=0)
 
 
-def run_engine(model_dir, job: PreparedJob, stats: list | None = None, **config) -> dict[str, list[tuple[int, ...]]]:
-    engine = Engine(model_dir, EngineConfig(dtype="float32", attention="torch", **config), decode=lambda ids: "")
+def run_engine(model_dir, job: PreparedJob, stats: list | None = None, cache=None,
+               **config) -> dict[str, list[tuple[int, ...]]]:
+    engine = Engine(model_dir, EngineConfig(**{"dtype": "float32", "attention": "torch", **config}),
+                    decode=lambda ids: "", cache=cache)
     got: dict[str, list[tuple[int, ...]]] = {}
     run = engine.run(job, lambda r: got.__setitem__(r.request.id, [c.token_ids for c in r.completions]),
                      lambda p: None, _Never())

@@ -1,4 +1,5 @@
-"""`kernels/` ships as `batchcli.kernels`, importable from the editable install and from a built wheel."""
+"""`kernels/` ships as `batchcli.kernels` (importable from the editable install and from a built wheel), and
+the fused CPU ops' C++ source ships with the package, since it is built on the user's machine."""
 
 from __future__ import annotations
 
@@ -29,3 +30,4 @@ def test_built_wheel_ships_kernels(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().startswith(str(tmp_path / "site"))
+    assert (tmp_path / "site" / "batchcli" / "engine" / "native" / "ops.cpp").is_file()  # built on first use

@@ -133,7 +133,8 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 where it measures faster)."),
-    attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
+    attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, native (fused CPU ops), torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
+    compile: str = typer.Option("auto", "--compile", help="Fused CPU ops (C++, built once per machine in about a second, kept in the cache): auto (when already built or the job is big enough), on, off."),
     kv_budget: str = typer.Option("auto", "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
     token_budget: int = typer.Option(4096, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
     sharing: str = typer.Option("multi", "--sharing", help="multi, single or off."),
@@ -159,7 +160,8 @@ def run(
     settings = _settings(block_size, sharing)
     try:
         config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
-                              token_budget=token_budget, schedule=schedule, admission=admission)
+                              token_budget=token_budget, schedule=schedule, admission=admission,
+                              compile=compile)
         options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
                              order=order, resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics)
     except ValueError as e:

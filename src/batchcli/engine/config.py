@@ -1,4 +1,4 @@
-"""Engine settings chosen by the user; values known only at run time live in `RuntimeInfo`, not here."""
+"""Engine settings chosen by the user; values known only at run time (KV blocks, eos ids) live in the engine."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION = ("auto", "torch", "triton", "gather", "reference")
+ATTENTION = ("auto", "native", "torch", "triton", "gather", "reference")
 SCHEDULES = ("plan", "input")
+COMPILE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +21,12 @@ class EngineConfig:
     schedule: str = "plan"  # plan | input
     admission: str = "memory"  # memory | a fixed cap of running requests
     seed: int | None = None  # run seed for requests without one
+    compile: str = "auto"  # fused C++ ops: auto (when the job is big enough to gain) | on | off
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
-                                     ("attention", self.attention, ATTENTION), ("schedule", self.schedule, SCHEDULES)):
+                                     ("attention", self.attention, ATTENTION), ("schedule", self.schedule, SCHEDULES),
+                                     ("compile", self.compile, COMPILE)):
             if value not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.token_budget < 1:

@@ -15,8 +15,9 @@ import torch
 
 from batchcli.engine.attention import get_backend, resolve_backend
 from batchcli.engine.config import EngineConfig
+from batchcli.engine.fused import choose_fused, wants_fused
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
-from batchcli.engine.model import allocate_kv, kv_bytes_per_token
+from batchcli.engine.model import CausalLM, allocate_kv, kv_bytes_per_token
 from batchcli.engine.runner import ModelRunner
 from batchcli.engine.sampler import Sampler
 from batchcli.engine.step import StepBatch
@@ -25,6 +26,7 @@ from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
 from batchcli.engine.weights import eos_token_ids, load_model
 from batchcli.errors import UsageError
+from batchcli.models import cache_dir
 from batchcli.pipeline import PreparedJob
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams
@@ -57,6 +59,7 @@ class RunStats:
     device: str
     dtype: str
     attention: str
+    native_build_s: float  # seconds spent loading (or building, on first use) the fused CPU ops
 
     def summary(self, wall: float) -> str:
         total = self.prompt_tokens + self.completion_tokens
@@ -95,21 +98,39 @@ def _matmul_seconds(dtype: torch.dtype, reps: int = 3) -> float:
 
 
 class Engine:
-    def __init__(self, model_dir: Path, config: EngineConfig, decode: Callable[[list[int]], str]) -> None:
+    def __init__(self, model_dir: Path, config: EngineConfig, decode: Callable[[list[int]], str],
+                 cache: Path | None = None) -> None:
+        """`cache`: where the fused CPU ops are built and kept; default batchcli's cache (BATCHLLM_CACHE)."""
         started = time.perf_counter()
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
+        self.try_fused = wants_fused(config.compile, config.attention, self.device)
         try:
-            self.attention = resolve_backend(config.attention, self.device)
+            self.attention = resolve_backend("auto" if config.attention == "native" else config.attention, self.device)
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.model = load_model(model_dir, self.dtype, self.device, get_backend(self.attention))
+        self.cache = cache_dir() if cache is None else cache
         self.stopper = StopChecker(decode, frozenset(eos_token_ids(model_dir)))
         self.load_s = time.perf_counter() - started
+        self.build_s = 0.0
 
     def describe(self) -> str:
-        return f"device {self.device.type}, {str(self.dtype).removeprefix('torch.')}, attention {self.attention}"
+        return f"device {self.device.type}, {str(self.dtype).removeprefix('torch.')}"
+
+    def _model_for(self, job: PreparedJob, block_size: int, log: Callable[[str], None]) -> tuple[CausalLM, str]:
+        """The model to run this job with, and its attention's name: fused where it pays (see engine.fused)."""
+        if self.try_fused:
+            outputs = sum(r.params.max_tokens * r.params.n for r in job.batch.requests)
+            work = job.plan.stats.physical_prefill_tokens + outputs
+            started = time.perf_counter()
+            ops = choose_fused(self.config.compile, self.config.attention, self.model.arch, self.dtype, block_size,
+                               work, self.cache, log)
+            self.build_s = time.perf_counter() - started
+            if ops is not None:
+                return CausalLM(self.model.arch, self.model.weights, self.model.backend, ops), "native"
+        return self.model, self.attention
 
     def _pool_blocks(self, job: PreparedJob, block_size: int) -> int:
         per_token = kv_bytes_per_token(self.model.spec)
@@ -130,12 +151,14 @@ class Engine:
         """Execute the job's plan; call `on_result` once per finished request."""
         started = time.perf_counter()
         block_size = job.plan.settings.block_size
+        model, attention = self._model_for(job, block_size, log)
         num_blocks = self._pool_blocks(job, block_size)
         per_block = block_size * kv_bytes_per_token(self.model.spec)
         log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
-            f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step")
+            f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step, "
+            f"attention {attention}")
         pool = BlockPool(num_blocks)
-        runner = ModelRunner(self.model, allocate_kv(self.model.spec, num_blocks, block_size, self.device),
+        runner = ModelRunner(model, allocate_kv(self.model.spec, num_blocks, block_size, self.device),
                              block_size, self.device)
         sched = Scheduler(job.plan, job.batch.tokens, [r.params for r in job.batch.requests], pool,
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
@@ -160,7 +183,7 @@ class Engine:
             decode_tokens=c.decode_tokens, saving_ratio=job.plan.stats.saving_ratio, steps=c.steps,
             preemptions=c.preemptions, kv_blocks=num_blocks, peak_kv_blocks=c.peak_blocks,
             peak_kv_bytes=c.peak_blocks * block_size * kv_bytes_per_token(self.model.spec), device=self.device.type,
-            dtype=str(self.dtype).removeprefix("torch."), attention=self.attention,
+            dtype=str(self.dtype).removeprefix("torch."), attention=attention, native_build_s=self.build_s,
         )
 
     def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, sampler: Sampler, results: _Results) -> None:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from batchcli.engine.attention import AttnMetadata, Backend, attention
+from batchcli.engine.native.ops import NativeOps
+from batchcli.engine.native.work import attention_work
 from batchcli.errors import BatchError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -167,9 +169,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalLM:
-    """A loaded decoder: `model(input_ids, positions, kv, meta, sample_rows) -> float32 logits`."""
+    """A loaded decoder: `model(input_ids, positions, kv, meta, sample_rows) -> float32 logits`.
 
-    def __init__(self, arch: ArchConfig, weights: ModelWeights, backend: Backend) -> None:
+    Two forward passes compute the same function: the eager one (torch ops, any attention backend,
+    KV in the standard layout) and, when `fused` ops are given, one where each layer's element-wise
+    work runs as three fused CPU ops and attention as the native paged kernel (keys in the native
+    layout, see batchcli.engine.native.ops); the engine picks one per run and never mixes them.
+    """
+
+    def __init__(self, arch: ArchConfig, weights: ModelWeights, backend: Backend,
+                 fused: NativeOps | None = None) -> None:
         if len(weights.layers) != arch.num_layers:
             raise ValueError(f"{len(weights.layers)} layer weights for {arch.num_layers} layers")
         if weights.embed.dtype not in SUPPORTED_DTYPES:
@@ -177,6 +186,7 @@ class CausalLM:
         self.arch = arch
         self.weights = weights
         self.backend = backend
+        self.fused = fused
         self.scale = arch.head_dim**-0.5
         # the whole table up front: max_position_embeddings x d/2 is at most a few tens of MB
         pos = torch.arange(arch.max_position_embeddings, dtype=torch.float32)  # [P]
@@ -207,6 +217,8 @@ class CausalLM:
         Returns float32 logits [N, vocab] for the sampled rows; writes all T rows' K/V into `kv`.
         Positions must be < max_position_embeddings (the engine rejects longer prompts up front).
         """
+        if self.fused is not None:
+            return self._forward_fused(self.fused, input_ids, positions, kv, meta, sample_rows)
         w = self.weights
         h = F.embedding(input_ids, w.embed)  # [T, D]
         cos = self.cos[positions].unsqueeze(1)  # [T, 1, d/2]
@@ -215,6 +227,30 @@ class CausalLM:
             h += self._attention(lw, rms_norm(h, lw.input_norm, self.arch.rms_norm_eps), cos, sin, layer_kv, meta)
             h += self._mlp(lw, rms_norm(h, lw.post_norm, self.arch.rms_norm_eps))
         x = rms_norm(h[sample_rows], w.norm, self.arch.rms_norm_eps)  # [N, D]
+        return F.linear(x, w.lm_head).float()  # [N, V]
+
+    def _forward_fused(self, ops: NativeOps, input_ids: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,
+                       meta: AttnMetadata, sample_rows: torch.Tensor) -> torch.Tensor:
+        """The same function as the eager pass, with each layer's residual add folded into the next norm."""
+        a, w = self.arch, self.weights
+        n_q, n_kv, d, eps = a.num_heads, a.num_kv_heads, a.head_dim, a.rms_norm_eps
+        tokens = input_ids.shape[0]
+        work = attention_work(meta, n_kv, n_q // n_kv)
+        h = F.embedding(input_ids, w.embed)  # [T, D]: the residual stream
+        delta = None  # the last MLP's output, added to h by the next norm
+        for lw, layer_kv in zip(w.layers, kv, strict=True):
+            x = ops.add_rms_norm(h, delta, lw.input_norm, eps)  # [T, D]
+            qkv = F.linear(x, lw.qkv, lw.qkv_bias).view(tokens, n_q + 2 * n_kv, d)  # [T, H + 2 n_kv, d]
+            if lw.qk_norm is not None:
+                qkv[:, : n_q + n_kv] = rms_norm(qkv[:, : n_q + n_kv], lw.qk_norm, eps)
+            k_cache = layer_kv[0].view(layer_kv.shape[1], n_kv, d, meta.block_size)  # [blocks, n_kv, d, bs]
+            q = ops.rope_store_kv(qkv, self.cos, self.sin, positions, meta.slot_mapping, k_cache, layer_kv[1], n_q)
+            out = ops.paged_attention(q, k_cache, layer_kv[1], work, self.scale)  # [T, H, d]
+            o = F.linear(out.view(tokens, n_q * d), lw.o_proj, lw.o_bias)  # [T, D]
+            x = ops.add_rms_norm(h, o, lw.post_norm, eps)  # h += o
+            delta = F.linear(ops.silu_mul(F.linear(x, lw.gate_up, lw.gate_up_bias)), lw.down, lw.down_bias)  # [T, D]
+        h += delta
+        x = rms_norm(h[sample_rows], w.norm, eps)  # [N, D]
         return F.linear(x, w.lm_head).float()  # [N, V]
 
     def _attention(self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -1,0 +1,491 @@
+// batchllm's fused CPU ops (AVX-512), built once per machine by batchcli.engine.native.build and called
+// through ctypes with raw pointers; shapes, dtypes and contiguity are checked by the Python wrappers.
+//
+// Element types: E = uint16_t holds bfloat16, E = float holds float32. Every op computes in float32;
+// element-wise ops round their intermediates to E exactly where the eager torch code rounds, so for
+// bfloat16 they reproduce the eager model bit for bit (float32 results differ only by summation order).
+//
+// KV cache layout of the native path (one layer): keys [blocks, n_kv, d, bs] (a block's keys stored
+// dimension-major, so 16 consecutive keys of one dimension are one vector load), values
+// [blocks, bs, n_kv, d] (the standard layout). bs is a multiple of 16.
+//
+// Threads: OpenMP, the same libgomp (soname libgomp.so.1) that torch has already loaded, so these ops
+// share torch's thread pool and respect torch.set_num_threads through omp_set_num_threads.
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
+
+namespace {
+
+constexpr int kTile = 16;     // keys per score vector
+constexpr int kQBlock = 4;    // query vectors scored together (independent FMA chains)
+constexpr int kMaxDim = 256;  // largest head_dim supported
+
+inline float bf16_to_f32(uint16_t x) {
+    uint32_t u = static_cast<uint32_t>(x) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {  // round to nearest even, as torch does; NaN stays NaN
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
+
+template <typename E> inline float to_f32(E x);
+template <> inline float to_f32<float>(float x) { return x; }
+template <> inline float to_f32<uint16_t>(uint16_t x) { return bf16_to_f32(x); }
+
+template <typename E> inline E from_f32(float x);
+template <> inline float from_f32<float>(float x) { return x; }
+template <> inline uint16_t from_f32<uint16_t>(float x) { return f32_to_bf16(x); }
+
+// 16 elements of E -> float32 lanes
+template <typename E> inline __m512 load16(const E* p);
+template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <> inline __m512 load16<uint16_t>(const uint16_t* p) {
+    __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// 2^x lane-wise: floor split, a degree-6 polynomial on the fraction, scalef (overflow gives inf;
+// x is clamped below at -126, where the attention callers mask or the result is negligible)
+inline __m512 exp2_v(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);  // [0, 1)
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// float32 lanes rounded as if stored in E, and stored as E
+template <typename E> inline __m512 vround(__m512 x);
+template <> inline __m512 vround<float>(__m512 x) { return x; }
+template <> inline __m512 vround<uint16_t>(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd);
+    r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);  // NaN stays NaN (quiet)
+    r = _mm512_mask_or_epi32(r, nan, _mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0xffff0000u))),
+                             _mm512_set1_epi32(0x400000));
+    return _mm512_castsi512_ps(r);
+}
+
+template <typename E> inline void store16(E* p, __m512 x);
+template <> inline void store16<float>(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
+template <> inline void store16<uint16_t>(uint16_t* p, __m512 x) {  // x already rounded (vround)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(x), 16)));
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm with the residual add: x += delta (if any, rounded to E), out = w * E(x * rsqrt(mean(x^2) + eps)).
+// dim is a multiple of 16.
+
+template <typename E>
+void add_rms_norm(E* x, const E* delta, const E* w, E* out, int64_t rows, int64_t dim, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        E* xr = x + r * dim;
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t i = 0; i < dim; i += 16) {
+            __m512 v = load16<E>(xr + i);
+            if (delta != nullptr) {
+                v = vround<E>(_mm512_add_ps(v, load16<E>(delta + r * dim + i)));
+                store16<E>(xr + i, v);
+            }
+            sum = _mm512_fmadd_ps(v, v, sum);
+        }
+        const __m512 inv = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sum) / static_cast<float>(dim) + eps));
+        E* o = out + r * dim;
+        for (int64_t i = 0; i < dim; i += 16) {
+            const __m512 normed = vround<E>(_mm512_mul_ps(load16<E>(xr + i), inv));
+            store16<E>(o + i, vround<E>(_mm512_mul_ps(load16<E>(w + i), normed)));
+        }
+    }
+}
+
+// out = E(silu(gate)) * up, rounded; gate_up rows are [gate (inter) | up (inter)]; inter % 16 == 0
+template <typename E>
+void silu_mul(const E* gate_up, E* out, int64_t rows, int64_t inter) {
+    const __m512 minus_log2e = _mm512_set1_ps(-1.4426950408889634f), one = _mm512_set1_ps(1.0f);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const E* g = gate_up + r * 2 * inter;
+        E* o = out + r * inter;
+        for (int64_t i = 0; i < inter; i += 16) {
+            const __m512 gv = load16<E>(g + i);
+            const __m512 e = exp2_v(_mm512_mul_ps(gv, minus_log2e));  // exp(-g)
+            const __m512 s = vround<E>(_mm512_div_ps(gv, _mm512_add_ps(one, e)));
+            store16<E>(o + i, vround<E>(_mm512_mul_ps(s, load16<E>(g + inter + i))));
+        }
+    }
+}
+
+// RoPE on q and k of a fused qkv row [(H + 2 n_kv), d], halves rotated as in transformers, each
+// product and sum rounded to E as the eager code does; q goes to q_out [T, H, d], k (rotated) and v
+// to their cache slots in the native layout. d / 2 is a multiple of 16.
+template <typename E>
+void rope_store_kv(const E* qkv, const E* cos_t, const E* sin_t, const int64_t* positions, const int64_t* slots,
+                   E* q_out, E* k_cache, E* v_cache, int64_t tokens, int64_t n_q, int64_t n_kv, int64_t d,
+                   int64_t block_size) {
+    const int64_t half = d / 2;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tokens; ++t) {
+        const E* row = qkv + t * (n_q + 2 * n_kv) * d;
+        const E* c = cos_t + positions[t] * half;
+        const E* s = sin_t + positions[t] * half;
+        const int64_t block = slots[t] / block_size, off = slots[t] % block_size;
+        for (int64_t h = 0; h < n_q + n_kv; ++h) {
+            const E* x = row + h * d;
+            for (int64_t i = 0; i < half; i += 16) {
+                const __m512 x1 = load16<E>(x + i), x2 = load16<E>(x + half + i);
+                const __m512 cv = load16<E>(c + i), sv = load16<E>(s + i);
+                const __m512 lo = vround<E>(_mm512_sub_ps(vround<E>(_mm512_mul_ps(x1, cv)), vround<E>(_mm512_mul_ps(x2, sv))));
+                const __m512 hi = vround<E>(_mm512_add_ps(vround<E>(_mm512_mul_ps(x2, cv)), vround<E>(_mm512_mul_ps(x1, sv))));
+                if (h < n_q) {
+                    E* qo = q_out + (t * n_q + h) * d;
+                    store16<E>(qo + i, lo);
+                    store16<E>(qo + half + i, hi);
+                } else {  // keys [.., d, bs]: dimension-major within the block
+                    E* ko = k_cache + ((block * n_kv + (h - n_q)) * d) * block_size + off;
+                    alignas(64) E tmp[32];
+                    store16<E>(tmp, lo);
+                    store16<E>(tmp + 16, hi);
+                    for (int j = 0; j < 16; ++j) {
+                        ko[(i + j) * block_size] = tmp[j];
+                        ko[(half + i + j) * block_size] = tmp[16 + j];
+                    }
+                }
+            }
+        }
+        const E* v = row + (n_q + n_kv) * d;
+        memcpy(v_cache + (block * block_size + off) * n_kv * d, v, sizeof(E) * n_kv * d);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paged attention over a chunk's key list (its shared segments' blocks, then its private blocks).
+// Row i of a chunk (0-based) sees keys 0 .. nkeys - q_len + i: every segment key and its private
+// history causally. One work item = (chunk, kv head, a block of the chunk's rows); the G query heads
+// of the kv head are stacked, so every key tile is loaded once for all of them.
+
+struct Item {
+    int32_t group, kv_head, row0, rows;  // rows row0 .. row0 + rows - 1 of every chunk of the group
+};
+
+template <typename E>
+struct AttnArgs {
+    const E* q;        // [T, H, d]
+    const E* k_cache;  // [blocks, n_kv, d, bs]
+    const E* v_cache;  // [blocks, bs, n_kv, d]
+    E* out;            // [T, H, d]
+    const Item* items;
+    int64_t n_items;
+    int64_t max_vectors;              // most query vectors (rows x heads of a group) of any item
+    const int64_t* group_chunks_start;  // [G + 1]: the group's chunks are group_chunks[start[g]:start[g+1]]
+    const int32_t* group_chunks;
+    const int64_t* shared_start;      // [G + 1]: the group's shared key blocks (all visible to all its rows)
+    const int32_t* shared_blocks;
+    const int32_t* chunk_row;         // [S]: first flat row
+    const int32_t* chunk_qlen;        // [S]
+    const int32_t* chunk_ctx;         // [S]: private keys, this step's included (row i sees ctx - qlen + i + 1)
+    const int64_t* private_start;     // [S + 1]: the chunk's private key blocks
+    const int32_t* private_blocks;
+    int64_t n_q, n_kv, d, block_size;
+    float scale;
+};
+
+// Scratch of one thread: the item's queries and running output, and one key/value tile re-laid.
+struct Scratch {
+    float* q;    // [M, d]: float32 queries, scaled to log2 units (FmaTiles)
+    float* acc;  // [M, d]: running output
+    float* mx;   // [M]: running max of the scores (log2 units)
+    float* den;  // [M]: running softmax denominator
+    float* kbuf;  // the tile's keys (FmaTiles: float32 [d, 16]; DotTiles: bf16 pairs [d/2, 16, 2])
+    float* vbuf;  // the tile's values (FmaTiles: float32 [16, d]; DotTiles: bf16 pairs [8, d/16, 16, 2])
+    int64_t* limit;      // [M]: keys of the current key list each query vector sees
+    const void** qptr;   // [M]: each query vector in the q tensor
+};
+
+// Tiles computed with float32 FMAs: float32 caches read in place, bfloat16 ones converted per tile.
+template <typename E>
+struct FmaTiles {
+    const float *kf, *vf;
+    int64_t kstride, vstride;
+
+    void load(const E* kt, const E* vt, int64_t d, int64_t bs, int64_t v_row, const Scratch& w) {
+        if constexpr (sizeof(E) == sizeof(float)) {
+            kf = reinterpret_cast<const float*>(kt), kstride = bs;
+            vf = reinterpret_cast<const float*>(vt), vstride = v_row;
+        } else {
+            for (int64_t i = 0; i < d; ++i) _mm512_store_ps(w.kbuf + i * kTile, load16<E>(kt + i * bs));
+            for (int64_t key = 0; key < kTile; ++key)
+                for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(w.vbuf + key * d + c, load16<E>(vt + key * v_row + c));
+            kf = w.kbuf, kstride = kTile, vf = w.vbuf, vstride = d;
+        }
+    }
+
+    // s[j] = scores of query m0 + j against the tile's 16 keys, in log2 units
+    void scores(const Scratch& w, const E* const*, int64_t m0, int64_t mn, int64_t d, float, __m512* s) const {
+        const float* qb = w.q + m0 * d;
+        for (int j = 0; j < kQBlock; ++j) s[j] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < d; ++i) {
+            const __m512 kv = _mm512_loadu_ps(kf + i * kstride);
+            for (int j = 0; j < kQBlock; ++j) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(qb[(j < mn ? j : 0) * d + i]), kv, s[j]);
+        }
+    }
+
+    // acc[j] = acc[j] * alpha[j] + sum_key p[j][key] * v[key], for NC 16-float chunks of d from c0
+    template <int NC>
+    void accumulate(float* acc, int64_t d, int64_t c0, int64_t mn, const float* alpha, const float* p) const {
+        __m512 o[kQBlock][NC];
+        for (int j = 0; j < kQBlock; ++j)
+            for (int c = 0; c < NC; ++c)
+                o[j][c] = j < mn ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
+                                 : _mm512_setzero_ps();
+        for (int key = 0; key < kTile; ++key)
+            for (int c = 0; c < NC; ++c) {
+                const __m512 v = _mm512_loadu_ps(vf + key * vstride + c0 + 16 * c);
+                for (int j = 0; j < kQBlock; ++j) o[j][c] = _mm512_fmadd_ps(_mm512_set1_ps(p[j * kTile + key]), v, o[j][c]);
+            }
+        for (int j = 0; j < mn; ++j)
+            for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + j * d + c0 + 16 * c, o[j][c]);
+    }
+};
+
+#ifdef __AVX512BF16__
+// Tiles of a bfloat16 cache computed with bf16 pair dot products (vdpbf16ps: 32 products a lane-pair
+// per instruction, twice the FMA rate): keys re-laid as [d/2][16 keys][2 dims], values as
+// [8 key pairs][d/16][16 dims][2 keys]; queries and the softmax weights are bf16 (the weights rounded
+// from float32, as bf16 flash kernels do), every sum is float32.
+struct DotTiles {
+    const __m512i* kp;
+    const __m512i* vp;
+    int64_t chunks;
+
+    static __m512i interleave(const uint16_t* a, const uint16_t* b) {  // a0 b0 a1 b1 ... a15 b15
+        const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                             23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i ab = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
+        return _mm512_permutexvar_epi16(idx, ab);
+    }
+
+    void load(const uint16_t* kt, const uint16_t* vt, int64_t d, int64_t bs, int64_t v_row, const Scratch& w) {
+        __m512i* kb = reinterpret_cast<__m512i*>(w.kbuf);
+        __m512i* vb = reinterpret_cast<__m512i*>(w.vbuf);
+        for (int64_t i = 0; i < d / 2; ++i) kb[i] = interleave(kt + 2 * i * bs, kt + (2 * i + 1) * bs);
+        chunks = d / 16;
+        for (int64_t k = 0; k < kTile / 2; ++k)
+            for (int64_t c = 0; c < chunks; ++c)
+                vb[k * chunks + c] = interleave(vt + 2 * k * v_row + 16 * c, vt + (2 * k + 1) * v_row + 16 * c);
+        kp = kb, vp = vb;
+    }
+
+    void scores(const Scratch&, const uint16_t* const* q, int64_t, int64_t, int64_t d, float qscale, __m512* s) const {
+        for (int j = 0; j < kQBlock; ++j) s[j] = _mm512_setzero_ps();
+        for (int64_t i = 0; i < d / 2; ++i) {
+            const __m512bh kv = (__m512bh)kp[i];
+            for (int j = 0; j < kQBlock; ++j) {
+                int32_t pair;
+                memcpy(&pair, q[j] + 2 * i, 4);
+                s[j] = _mm512_dpbf16_ps(s[j], (__m512bh)_mm512_set1_epi32(pair), kv);
+            }
+        }
+        for (int j = 0; j < kQBlock; ++j) s[j] = _mm512_mul_ps(s[j], _mm512_set1_ps(qscale));
+    }
+
+    template <int NC>
+    void accumulate(float* acc, int64_t d, int64_t c0, int64_t mn, const float* alpha, const float* p) const {
+        alignas(64) uint16_t pb[kQBlock][kTile];
+        for (int j = 0; j < kQBlock; ++j)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(pb[j]), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(p + j * kTile)));
+        __m512 o[kQBlock][NC];
+        for (int j = 0; j < kQBlock; ++j)
+            for (int c = 0; c < NC; ++c)
+                o[j][c] = j < mn ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
+                                 : _mm512_setzero_ps();
+        for (int k = 0; k < kTile / 2; ++k)
+            for (int c = 0; c < NC; ++c) {
+                const __m512bh v = (__m512bh)vp[k * chunks + c0 / 16 + c];
+                for (int j = 0; j < kQBlock; ++j) {
+                    int32_t pair;
+                    memcpy(&pair, pb[j] + 2 * k, 4);
+                    o[j][c] = _mm512_dpbf16_ps(o[j][c], (__m512bh)_mm512_set1_epi32(pair), v);
+                }
+            }
+        for (int j = 0; j < mn; ++j)
+            for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + j * d + c0 + 16 * c, o[j][c]);
+    }
+};
+template <typename E> struct TilesFor { using type = FmaTiles<E>; };
+template <> struct TilesFor<uint16_t> { using type = DotTiles; };
+#else
+template <typename E> struct TilesFor { using type = FmaTiles<E>; };
+#endif
+
+// Online softmax of query vectors [m_begin, m_end) over one key list (a group's shared blocks, or a
+// chunk's private blocks), vector m seeing its first limit[m] keys; 4 vectors share every tile load.
+template <typename E, typename Tiles>
+void attend_keys(const AttnArgs<E>& a, const Scratch& w, Tiles& tiles, const int32_t* blocks, int64_t kv_head,
+                 int64_t m_begin, int64_t m_end) {
+    const int64_t d = a.d, bs = a.block_size, v_row = a.n_kv * d;
+    const float qscale = a.scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
+    const E* const* qp = reinterpret_cast<const E* const*>(w.qptr);
+    int64_t last_key = 0;
+    for (int64_t m = m_begin; m < m_end; ++m) last_key = w.limit[m] > last_key ? w.limit[m] : last_key;
+    alignas(64) float p[kQBlock * kTile];
+    float alpha[kQBlock];
+    const E* q_of[kQBlock];
+    for (int64_t k0 = 0; k0 < last_key; k0 += kTile) {
+        const int64_t block = blocks[k0 / bs], off = k0 % bs;
+        tiles.load(a.k_cache + (block * a.n_kv + kv_head) * d * bs + off,  // keys [d, bs] from off
+                   a.v_cache + (block * bs + off) * v_row + kv_head * d, d, bs, v_row, w);
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += kQBlock) {
+            const int64_t mn = m_end - m0 < kQBlock ? m_end - m0 : kQBlock;
+            for (int j = 0; j < kQBlock; ++j) q_of[j] = qp[m0 + (j < mn ? j : 0)];
+            __m512 s[kQBlock];
+            tiles.scores(w, q_of, m0, mn, d, qscale, s);
+            for (int j = 0; j < kQBlock; ++j) {
+                const int64_t m = m0 + j;
+                int64_t visible = j < mn ? w.limit[m] - k0 : 0;  // keys of this tile the vector sees
+                if (visible > kTile) visible = kTile;
+                if (visible <= 0) {
+                    alpha[j] = 1.0f;
+                    _mm512_store_ps(p + j * kTile, _mm512_setzero_ps());
+                    continue;
+                }
+                const __mmask16 live = static_cast<__mmask16>((1u << visible) - 1u);
+                const float tile_max = _mm512_mask_reduce_max_ps(live, s[j]);
+                const float new_max = tile_max > w.mx[m] ? tile_max : w.mx[m];
+                alpha[j] = new_max == w.mx[m] ? 1.0f : exp2f(w.mx[m] - new_max);  // 0 on its first keys (mx = -inf)
+                const __m512 pj = _mm512_maskz_mov_ps(live, exp2_v(_mm512_sub_ps(s[j], _mm512_set1_ps(new_max))));
+                w.den[m] = w.den[m] * alpha[j] + _mm512_reduce_add_ps(pj);
+                w.mx[m] = new_max;
+                _mm512_store_ps(p + j * kTile, pj);
+            }
+            float* acc = w.acc + m0 * d;
+            int64_t c0 = 0;
+            for (; c0 + 64 <= d; c0 += 64) tiles.template accumulate<4>(acc, d, c0, mn, alpha, p);
+            if (c0 < d) tiles.template accumulate<2>(acc, d, c0, mn, alpha, p);  // d % 32 == 0
+        }
+    }
+}
+
+// One work item: the query vectors of the group's rows for one KV head attend first to the group's
+// shared keys, all together (each shared tile loaded once for every member), then each chunk's
+// vectors continue over that chunk's private keys, causally. The softmax state carries across both.
+template <typename E>
+void attend_item(const AttnArgs<E>& a, const Item& it, const Scratch& w) {
+    using Tiles = typename TilesFor<E>::type;
+    const int64_t d = a.d, group = a.n_q / a.n_kv;
+    const int64_t c_begin = a.group_chunks_start[it.group], c_end = a.group_chunks_start[it.group + 1];
+    int64_t m = 0;
+    for (int64_t ci = c_begin; ci < c_end; ++ci) {
+        const int64_t c = a.group_chunks[ci];
+        for (int64_t r = it.row0; r < it.row0 + it.rows; ++r)
+            for (int64_t g = 0; g < group; ++g, ++m) {
+                const E* src = a.q + ((a.chunk_row[c] + r) * a.n_q + it.kv_head * group + g) * d;
+                w.qptr[m] = src;
+                if constexpr (std::is_same_v<Tiles, FmaTiles<E>>)
+                    for (int64_t i = 0; i < d; ++i) w.q[m * d + i] = to_f32(src[i]) * a.scale * 1.4426950408889634f;
+                w.mx[m] = -INFINITY;
+                w.den[m] = 0.0f;
+            }
+    }
+    const int64_t m_count = m;
+    memset(w.acc, 0, sizeof(float) * m_count * d);
+    Tiles tiles;
+    const int64_t shared_keys = (a.shared_start[it.group + 1] - a.shared_start[it.group]) * a.block_size;
+    if (shared_keys > 0) {
+        for (int64_t i = 0; i < m_count; ++i) w.limit[i] = shared_keys;
+        attend_keys<E, Tiles>(a, w, tiles, a.shared_blocks + a.shared_start[it.group], it.kv_head, 0, m_count);
+    }
+    m = 0;
+    for (int64_t ci = c_begin; ci < c_end; ++ci) {
+        const int64_t c = a.group_chunks[ci], m_first = m;
+        for (int64_t r = it.row0; r < it.row0 + it.rows; ++r)
+            for (int64_t g = 0; g < group; ++g, ++m) w.limit[m] = a.chunk_ctx[c] - a.chunk_qlen[c] + r + 1;
+        attend_keys<E, Tiles>(a, w, tiles, a.private_blocks + a.private_start[c], it.kv_head, m_first, m);
+    }
+    for (int64_t i = 0; i < m_count; ++i) {
+        E* dst = const_cast<E*>(static_cast<const E*>(w.qptr[i])) - a.q + a.out;  // same row of out
+        const float inv = 1.0f / w.den[i];
+        for (int64_t k = 0; k < d; ++k) dst[k] = from_f32<E>(w.acc[i * d + k] * inv);
+    }
+}
+
+template <typename E>
+void paged_attention(const AttnArgs<E>& a) {
+    const int64_t vectors = a.max_vectors, d = a.d;
+#pragma omp parallel
+    {
+        // [q | acc] floats, then the two tile buffers (64-byte aligned), then mx, den, limit, qptr
+        const size_t floats = 2 * vectors * d + 2 * kTile * d + 2 * vectors;
+        char* mem = static_cast<char*>(aligned_alloc(64, (sizeof(float) * floats + 16 * vectors + 63) / 64 * 64));
+        float* f = reinterpret_cast<float*>(mem);
+        Scratch w{};
+        w.q = f;
+        w.acc = f + vectors * d;
+        w.kbuf = f + 2 * vectors * d;  // 2 * vectors * d is a multiple of 16 floats: d % 32 == 0
+        w.vbuf = w.kbuf + kTile * d;
+        w.mx = w.vbuf + kTile * d;
+        w.den = w.mx + vectors;
+        w.limit = reinterpret_cast<int64_t*>(mem + sizeof(float) * floats);
+        w.qptr = reinterpret_cast<const void**>(w.limit + vectors);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < a.n_items; ++i) attend_item(a, a.items[i], w);
+        free(mem);
+    }
+}
+
+}  // namespace
+
+#define BATCHLLM_EXPORT(SUFFIX, E)                                                                          \
+    extern "C" void batchllm_add_rms_norm_##SUFFIX(E* x, const E* delta, const E* w, E* out, int64_t rows,  \
+                                                   int64_t dim, float eps) {                                \
+        add_rms_norm<E>(x, delta, w, out, rows, dim, eps);                                                  \
+    }                                                                                                       \
+    extern "C" void batchllm_silu_mul_##SUFFIX(const E* gate_up, E* out, int64_t rows, int64_t inter) {     \
+        silu_mul<E>(gate_up, out, rows, inter);                                                             \
+    }                                                                                                       \
+    extern "C" void batchllm_rope_store_kv_##SUFFIX(const E* qkv, const E* cos_t, const E* sin_t,           \
+                                                    const int64_t* positions, const int64_t* slots,         \
+                                                    E* q_out, E* k_cache, E* v_cache, int64_t tokens,       \
+                                                    int64_t n_q, int64_t n_kv, int64_t d, int64_t bs) {     \
+        rope_store_kv<E>(qkv, cos_t, sin_t, positions, slots, q_out, k_cache, v_cache, tokens, n_q, n_kv,   \
+                         d, bs);                                                                            \
+    }                                                                                                       \
+    extern "C" void batchllm_paged_attention_##SUFFIX(                                                      \
+        const E* q, const E* k_cache, const E* v_cache, E* out, const int32_t* items, int64_t n_items,      \
+        int64_t max_vectors, const int64_t* group_chunks_start, const int32_t* group_chunks,                \
+        const int64_t* shared_start, const int32_t* shared_blocks, const int32_t* chunk_row,                \
+        const int32_t* chunk_qlen, const int32_t* chunk_ctx, const int64_t* private_start,                  \
+        const int32_t* private_blocks, int64_t n_q, int64_t n_kv, int64_t d, int64_t bs, float scale) {     \
+        AttnArgs<E> a{q, k_cache, v_cache, out, reinterpret_cast<const Item*>(items), n_items, max_vectors, \
+                      group_chunks_start, group_chunks, shared_start, shared_blocks, chunk_row, chunk_qlen, \
+                      chunk_ctx, private_start, private_blocks, n_q, n_kv, d, bs, scale};                   \
+        paged_attention<E>(a);                                                                              \
+    }
+
+BATCHLLM_EXPORT(bf16, uint16_t)
+BATCHLLM_EXPORT(f32, float)
+
+extern "C" int batchllm_max_head_dim() { return kMaxDim; }
