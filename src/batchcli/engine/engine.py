@@ -128,8 +128,12 @@ class Engine:
             ops = choose_fused(self.config.compile, self.config.attention, self.model.arch, self.dtype, block_size,
                                work, self.cache, log)
             self.build_s = time.perf_counter() - started
-            if ops is not None:
-                return CausalLM(self.model.arch, self.model.weights, self.model.backend, ops), "native"
+            if ops is not None:  # kept for later runs: packing replaced the row-major weights
+                self.model = CausalLM(self.model.arch, self.model.weights, self.model.backend, ops)
+                self.try_fused = False
+                return self.model, "native"
+        if self.model.fused is not None:
+            return self.model, "native"
         return self.model, self.attention
 
     def _pool_blocks(self, job: PreparedJob, block_size: int) -> int:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from batchcli.engine.attention import AttnMetadata, Backend, attention
+from batchcli.engine.native.linear import pack_weights, project
 from batchcli.engine.native.ops import NativeOps
 from batchcli.engine.native.work import attention_work
 from batchcli.errors import BatchError
@@ -173,8 +174,9 @@ class CausalLM:
 
     Two forward passes compute the same function: the eager one (torch ops, any attention backend,
     KV in the standard layout) and, when `fused` ops are given, one where each layer's element-wise
-    work runs as three fused CPU ops and attention as the native paged kernel (keys in the native
-    layout, see batchcli.engine.native.ops); the engine picks one per run and never mixes them.
+    work runs as three fused CPU ops, attention as the native paged kernel (keys in the native
+    layout, see batchcli.engine.native.ops) and bf16 projections on weights packed once
+    (batchcli.engine.native.linear); the engine picks one per run and never mixes them.
     """
 
     def __init__(self, arch: ArchConfig, weights: ModelWeights, backend: Backend,
@@ -184,7 +186,7 @@ class CausalLM:
         if weights.embed.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype {weights.embed.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
         self.arch = arch
-        self.weights = weights
+        self.weights = weights if fused is None else pack_weights(weights)
         self.backend = backend
         self.fused = fused
         self.scale = arch.head_dim**-0.5
@@ -233,25 +235,25 @@ class CausalLM:
                        meta: AttnMetadata, sample_rows: torch.Tensor) -> torch.Tensor:
         """The same function as the eager pass, with each layer's residual add folded into the next norm."""
         a, w = self.arch, self.weights
-        n_q, n_kv, d, eps = a.num_heads, a.num_kv_heads, a.head_dim, a.rms_norm_eps
+        n_q, n_kv, d, eps = a.num_heads, a.num_kv_heads, a.head_dim, a.rms_norm_eps  # weights may be packed: project()
         tokens = input_ids.shape[0]
         work = attention_work(meta, n_kv, n_q // n_kv)
         h = F.embedding(input_ids, w.embed)  # [T, D]: the residual stream
         delta = None  # the last MLP's output, added to h by the next norm
         for lw, layer_kv in zip(w.layers, kv, strict=True):
             x = ops.add_rms_norm(h, delta, lw.input_norm, eps)  # [T, D]
-            qkv = F.linear(x, lw.qkv, lw.qkv_bias).view(tokens, n_q + 2 * n_kv, d)  # [T, H + 2 n_kv, d]
+            qkv = project(x, lw.qkv, lw.qkv_bias).view(tokens, n_q + 2 * n_kv, d)  # [T, H + 2 n_kv, d]
             if lw.qk_norm is not None:
                 qkv[:, : n_q + n_kv] = rms_norm(qkv[:, : n_q + n_kv], lw.qk_norm, eps)
             k_cache = layer_kv[0].view(layer_kv.shape[1], n_kv, d, meta.block_size)  # [blocks, n_kv, d, bs]
             q = ops.rope_store_kv(qkv, self.cos, self.sin, positions, meta.slot_mapping, k_cache, layer_kv[1], n_q)
             out = ops.paged_attention(q, k_cache, layer_kv[1], work, self.scale)  # [T, H, d]
-            o = F.linear(out.view(tokens, n_q * d), lw.o_proj, lw.o_bias)  # [T, D]
+            o = project(out.view(tokens, n_q * d), lw.o_proj, lw.o_bias)  # [T, D]
             x = ops.add_rms_norm(h, o, lw.post_norm, eps)  # h += o
-            delta = F.linear(ops.silu_mul(F.linear(x, lw.gate_up, lw.gate_up_bias)), lw.down, lw.down_bias)  # [T, D]
+            delta = project(ops.silu_mul(project(x, lw.gate_up, lw.gate_up_bias)), lw.down, lw.down_bias)  # [T, D]
         h += delta
         x = rms_norm(h[sample_rows], w.norm, eps)  # [N, D]
-        return F.linear(x, w.lm_head).float()  # [N, V]
+        return project(x, w.lm_head, None).float()  # [N, V]
 
     def _attention(self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    layer_kv: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:

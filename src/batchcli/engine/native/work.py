@@ -5,8 +5,9 @@ under, all visible, in any order: attention does not depend on the order of the 
 private keys (row i of a chunk of q_len rows with ctx private keys sees the first ctx - q_len + i + 1).
 Chunks are put in groups that share their shared keys: the decodes under one segment list (each
 shared tile is then loaded once for all of them, the stacked-queries idea of the torch backend), and
-every other chunk alone. A work item is (group, kv head, block of rows); items go kv head first, then
-by segment, so the items that read one segment's KV for one head run while it is hot in cache.
+every other chunk alone. A work item is (group, kv head, block of rows); a group's KV heads come one
+after another, so the lines of a block that hold the other heads' KV are still in cache for them
+(measured: 1.2x on decode steps without sharing against KV-head-major order).
 
 Invariant: built from `meta.host` only (numpy), cached in `meta.prepared`, reused by every layer.
 """
@@ -89,7 +90,7 @@ def attention_work(meta: AttnMetadata, num_kv_heads: int, group: int) -> Attenti
     per_head = [(g, r0, min(rows_per_item, int(q_len[m[0]]) - r0)) if len(m) == 1 else (g, 0, 1)
                 for g, m in enumerate(groups)
                 for r0 in (range(0, int(q_len[m[0]]), rows_per_item) if len(m) == 1 else (0,))]
-    items = np.array([(g, kv, r0, n) for kv in range(num_kv_heads) for g, r0, n in per_head],
+    items = np.array([(g, kv, r0, n) for g, r0, n in per_head for kv in range(num_kv_heads)],
                      dtype=np.int32).reshape(-1, 4)
     vectors = max((len(groups[g]) * n * group for g, _, n in per_head), default=1)
     group_chunks_start, group_chunks = _concat([np.array(m) for m in groups])
