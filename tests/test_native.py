@@ -226,3 +226,16 @@ def test_native_engine_matches_transformers(tiny32, cache, config):
     assert {k: v[0] for k, v in got.items()} == expected
     if "kv_budget" in config:
         assert stats[0].preemptions > 0, "the KV budget was meant to force preemption"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_attention_with_large_scores(lib, dtype):
+    """Scores in the hundreds: the running max moves many times (each move rescales), and a weight
+    computed against a stale max must never overflow. Rounding scores that large moves the softmax
+    of the reference too, hence 10x the tolerance (as for the torch backend)."""
+    step, num_blocks = make_step("nested", 16)
+    meta = build_metadata(step, 16)
+    q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 64, dtype)
+    q = q * 60.0
+    out = NativeOps(lib, dtype).paged_attention(q, native_layout(k_cache), v_cache, attention_work(meta, 2, 3), 0.125)
+    assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.125), dtype, loosen=10.0)

@@ -24,7 +24,8 @@ namespace {
 constexpr int kTile = 16;     // keys per score vector
 constexpr int kQBlock = 4;    // query vectors scored together (independent FMA chains)
 constexpr int kMaxDim = 256;  // largest head_dim supported
-constexpr int kPrefetch = 3;  // tiles of keys and values asked for ahead of use (blocks lie anywhere in memory)
+constexpr int kPrefetch = 3;
+constexpr float kRescale = 8.0f;  // see attend_keys  // tiles of keys and values asked for ahead of use (blocks lie anywhere in memory)
 
 inline float bf16_to_f32(uint16_t x) {
     uint32_t u = static_cast<uint32_t>(x) << 16;
@@ -217,7 +218,7 @@ struct Scratch {
     float* q;    // [M, d]: float32 queries, scaled to log2 units (FmaTiles)
     float* acc;  // [M, d]: running output
     float* mx;   // [M]: running max of the scores (log2 units)
-    float* den;  // [M]: running softmax denominator
+    float* den;  // [M, 16]: running softmax denominator, per lane
     float* kbuf;  // the tile's keys (FmaTiles: float32 [d, 16]; DotTiles: bf16 pairs [d/2, 16, 2])
     float* vbuf;  // the tile's values (FmaTiles: float32 [16, d]; DotTiles: bf16 pairs [8, d/16, 16, 2])
     int64_t* limit;      // [M]: keys of the current key list each query vector sees
@@ -252,14 +253,15 @@ struct FmaTiles {
         }
     }
 
-    // acc[j] = acc[j] * alpha[j] + sum_key p[j][key] * v[key], for NC 16-float chunks of d from c0
+    // acc[j] = acc[j] * alpha[j] (alpha null: all 1) + sum_key p[j][key] * v[key], for NC 16-float chunks of d from c0
     template <int NC>
     void accumulate(float* acc, int64_t d, int64_t c0, int64_t mn, const float* alpha, const float* p) const {
         __m512 o[kQBlock][NC];
         for (int j = 0; j < kQBlock; ++j)
             for (int c = 0; c < NC; ++c)
-                o[j][c] = j < mn ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
-                                 : _mm512_setzero_ps();
+                o[j][c] = j >= mn ? _mm512_setzero_ps()
+                          : alpha ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
+                                  : _mm512_loadu_ps(acc + j * d + c0 + 16 * c);
         for (int key = 0; key < kTile; ++key)
             for (int c = 0; c < NC; ++c) {
                 const __m512 v = _mm512_loadu_ps(vf + key * vstride + c0 + 16 * c);
@@ -321,8 +323,9 @@ struct DotTiles {
         __m512 o[kQBlock][NC];
         for (int j = 0; j < kQBlock; ++j)
             for (int c = 0; c < NC; ++c)
-                o[j][c] = j < mn ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
-                                 : _mm512_setzero_ps();
+                o[j][c] = j >= mn ? _mm512_setzero_ps()
+                          : alpha ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
+                                  : _mm512_loadu_ps(acc + j * d + c0 + 16 * c);
         for (int k = 0; k < kTile / 2; ++k)
             for (int c = 0; c < NC; ++c) {
                 const __m512bh v = (__m512bh)vp[k * chunks + c0 / 16 + c];
@@ -385,6 +388,7 @@ void attend_keys(const AttnArgs<E>& a, const Scratch& w, Tiles& tiles, const int
             for (int j = 0; j < kQBlock; ++j) q_of[j] = qp[m0 + (j < mn ? j : 0)];
             __m512 s[kQBlock];
             tiles.scores(w, q_of, m0, mn, d, qscale, s);
+            bool rescale = false;
             for (int j = 0; j < kQBlock; ++j) {
                 const int64_t m = m0 + j;
                 int64_t visible = j < mn ? w.limit[m] - k0 : 0;  // keys of this tile the vector sees
@@ -395,18 +399,25 @@ void attend_keys(const AttnArgs<E>& a, const Scratch& w, Tiles& tiles, const int
                     continue;
                 }
                 const __mmask16 live = static_cast<__mmask16>((1u << visible) - 1u);
-                const float tile_max = _mm512_mask_reduce_max_ps(live, s[j]);
-                const float new_max = tile_max > w.mx[m] ? tile_max : w.mx[m];
-                alpha[j] = new_max == w.mx[m] ? 1.0f : exp2f(w.mx[m] - new_max);  // 0 on its first keys (mx = -inf)
-                const __m512 pj = _mm512_maskz_mov_ps(live, exp2_v(_mm512_sub_ps(s[j], _mm512_set1_ps(new_max))));
-                w.den[m] = w.den[m] * alpha[j] + _mm512_reduce_add_ps(pj);
-                w.mx[m] = new_max;
+                // The reference max moves only when a score passes it by kRescale (log2 units): the
+                // weights stay <= 2^kRescale, and most tiles need no horizontal max at all.
+                alpha[j] = 1.0f;
+                if (_mm512_mask_cmp_ps_mask(live, s[j], _mm512_set1_ps(w.mx[m] + kRescale), _CMP_GT_OQ)) {
+                    const float tile_max = _mm512_mask_reduce_max_ps(live, s[j]);
+                    alpha[j] = exp2f(w.mx[m] - tile_max);  // 0 on the vector's first keys (mx = -inf)
+                    w.mx[m] = tile_max;
+                    rescale = true;
+                }
+                const __m512 pj = _mm512_maskz_mov_ps(live, exp2_v(_mm512_sub_ps(s[j], _mm512_set1_ps(w.mx[m]))));
+                float* den = w.den + m * kTile;  // per lane: summed across lanes once, at the end
+                _mm512_store_ps(den, _mm512_fmadd_ps(_mm512_load_ps(den), _mm512_set1_ps(alpha[j]), pj));
                 _mm512_store_ps(p + j * kTile, pj);
             }
             float* acc = w.acc + m0 * d;
             int64_t c0 = 0;
-            for (; c0 + 64 <= d; c0 += 64) tiles.template accumulate<4>(acc, d, c0, mn, alpha, p);
-            if (c0 < d) tiles.template accumulate<2>(acc, d, c0, mn, alpha, p);  // d % 32 == 0
+            const float* scale_by = rescale ? alpha : nullptr;  // nullptr: every alpha is 1
+            for (; c0 + 64 <= d; c0 += 64) tiles.template accumulate<4>(acc, d, c0, mn, scale_by, p);
+            if (c0 < d) tiles.template accumulate<2>(acc, d, c0, mn, scale_by, p);  // d % 32 == 0
         }
     }
 }
@@ -429,7 +440,7 @@ void attend_item(const AttnArgs<E>& a, const Item& it, const Scratch& w) {
                 if constexpr (std::is_same_v<Tiles, FmaTiles<E>>)
                     for (int64_t i = 0; i < d; ++i) w.q[m * d + i] = to_f32(src[i]) * a.scale * 1.4426950408889634f;
                 w.mx[m] = -INFINITY;
-                w.den[m] = 0.0f;
+                _mm512_store_ps(w.den + m * kTile, _mm512_setzero_ps());
             }
     }
     const int64_t m_count = m;
@@ -449,7 +460,7 @@ void attend_item(const AttnArgs<E>& a, const Item& it, const Scratch& w) {
     }
     for (int64_t i = 0; i < m_count; ++i) {
         E* dst = const_cast<E*>(static_cast<const E*>(w.qptr[i])) - a.q + a.out;  // same row of out
-        const float inv = 1.0f / w.den[i];
+        const float inv = 1.0f / _mm512_reduce_add_ps(_mm512_load_ps(w.den + i * kTile));
         for (int64_t k = 0; k < d; ++k) dst[k] = from_f32<E>(w.acc[i * d + k] * inv);
     }
 }
@@ -459,8 +470,8 @@ void paged_attention(const AttnArgs<E>& a) {
     const int64_t vectors = a.max_vectors, d = a.d;
 #pragma omp parallel
     {
-        // [q | acc] floats, then the two tile buffers (64-byte aligned), then mx, den, limit, qptr
-        const size_t floats = 2 * vectors * d + 2 * kTile * d + 2 * vectors;
+        // [q | acc] floats, then the two tile buffers and den (64-byte aligned), then mx, limit, qptr
+        const size_t floats = 2 * vectors * d + 2 * kTile * d + kTile * vectors + vectors;
         char* mem = static_cast<char*>(aligned_alloc(64, (sizeof(float) * floats + 16 * vectors + 63) / 64 * 64));
         float* f = reinterpret_cast<float*>(mem);
         Scratch w{};
@@ -468,8 +479,8 @@ void paged_attention(const AttnArgs<E>& a) {
         w.acc = f + vectors * d;
         w.kbuf = f + 2 * vectors * d;  // 2 * vectors * d is a multiple of 16 floats: d % 32 == 0
         w.vbuf = w.kbuf + kTile * d;
-        w.mx = w.vbuf + kTile * d;
-        w.den = w.mx + vectors;
+        w.den = w.vbuf + kTile * d;
+        w.mx = w.den + kTile * vectors;
         w.limit = reinterpret_cast<int64_t*>(mem + sizeof(float) * floats);
         w.qptr = reinterpret_cast<const void**>(w.limit + vectors);
 #pragma omp for schedule(dynamic, 1)

@@ -44,7 +44,8 @@ def _ptr(t: torch.Tensor | np.ndarray | None) -> int | None:
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
-    if t.device.type != "cpu" or not t.is_contiguous() or t.dtype != dtype:
+    # called ~20 times per layer: the cheapest attribute reads first, the message only on failure
+    if t.dtype is not dtype or not t.is_cpu or not t.is_contiguous():
         raise ValueError(f"{name}: want a contiguous CPU {dtype} tensor, got {t.dtype} on {t.device} "
                          f"(contiguous={t.is_contiguous()})")
 
@@ -111,11 +112,7 @@ class NativeOps:
         tokens, n_q, d = q.shape
         n_kv, bs = k_cache.shape[1], k_cache.shape[3]
         out = torch.empty_like(q)
-        self._fn["paged_attention"](
-            _ptr(q), _ptr(k_cache), _ptr(v_cache), _ptr(out), _ptr(work.items), len(work.items), work.max_vectors,
-            _ptr(work.group_chunks_start), _ptr(work.group_chunks), _ptr(work.shared_start), _ptr(work.shared_blocks),
-            _ptr(work.chunk_row), _ptr(work.chunk_qlen), _ptr(work.chunk_ctx), _ptr(work.private_start),
-            _ptr(work.private_blocks), n_q, n_kv, d, bs, scale,
-        )
+        self._fn["paged_attention"](_ptr(q), _ptr(k_cache), _ptr(v_cache), _ptr(out), work.addresses[0], len(work.items),
+                                    work.max_vectors, *work.addresses[1:], n_q, n_kv, d, bs, scale)
         return out
 

@@ -37,6 +37,14 @@ class AttentionWork:
     private_start: np.ndarray  # int64 [S + 1]: chunk s's private blocks are private_blocks[start[s]:start[s+1]]
     private_blocks: np.ndarray  # int32
 
+    addresses: tuple[int, ...] = ()  # of items, then the index arrays in the order the kernel takes them
+
+    def __post_init__(self) -> None:
+        arrays = (self.items, self.group_chunks_start, self.group_chunks, self.shared_start, self.shared_blocks,
+                  self.chunk_row, self.chunk_qlen, self.chunk_ctx, self.private_start, self.private_blocks)
+        assert all(a.flags.c_contiguous for a in arrays), "the kernel reads the index arrays as flat C arrays"
+        object.__setattr__(self, "addresses", tuple(a.ctypes.data for a in arrays))  # read once per layer
+
 
 def _chunk_segments(meta: AttnMetadata) -> list[tuple[int, ...]]:
     """Segment indices (into the step's segment arrays) each chunk attends, from the per-segment row lists."""
