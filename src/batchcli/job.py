@@ -1,11 +1,14 @@
 """One whole `run` job as a library call: resolve the model, open the output, prepare, execute, report.
 
 Invariant: every input line is answered exactly once across runs: error lines and results are written
-as they are known, and with `resume` lines already answered in the output are skipped.
+as they are known, and with `resume` lines already answered in the output are skipped. While the job
+runs it holds the output's lock, and the output is bound to the job (output_meta), so neither a second
+run nor another job's resume can write into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +22,9 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, UsageError
 from batchcli.formats import render_error, render_result
+from batchcli.lock import OutputLock
 from batchcli.models import pending_conversion, resolve_model
+from batchcli.output_meta import bind_output, refuse_output_is_input
 from batchcli.pipeline import PreparedJob, prepare
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
@@ -68,9 +73,14 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if (note := pending_conversion(model)) is not None:
         say(note)
     model_dir = resolve_model(model)
+    refuse_output_is_input(source, options.output)
     stop = StopFlag()
-    with OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
-        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, done_ids=set(writer.done_ids()))
+    with _locked(options.output), \
+            OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
+        answered = writer.answered()
+        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered)
+        if options.output != "-":
+            bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source)
         if options.order == "input":
             writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
         for e in job.batch.errors:
@@ -91,6 +101,10 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if stats is not None:
         say(stats.summary(wall))
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
+
+
+def _locked(output: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if output == "-" else OutputLock(output)
 
 
 def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop: StopFlag, console: Console,

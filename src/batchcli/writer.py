@@ -48,6 +48,21 @@ class CorruptOutputError(WriterError):
 
 
 @dataclass(frozen=True, slots=True)
+class Answered:
+    """What an earlier run's output already answers: success records by id, error records by line.
+
+    Error records go by input line because their id may be a fallback or another line's duplicate,
+    so it does not say which line they answer; success ids are unique per job (the reader's rule).
+    """
+
+    ids: frozenset[str] = frozenset()
+    lines: frozenset[int] = frozenset()
+
+    def __len__(self) -> int:
+        return len(self.ids) + len(self.lines)
+
+
+@dataclass(frozen=True, slots=True)
 class WriteCounts:
     """Records written by this writer (not counting those of an earlier run that was resumed)."""
 
@@ -66,7 +81,7 @@ class OutputWriter:
         if resume and overwrite:
             raise ConflictingOptionsError("resume and overwrite exclude each other; choose one")
         self._order = order
-        self._done: frozenset[str] = frozenset()
+        self._done = Answered()
         self._queue: deque[int] = deque()  # declared keys in emit order, not yet emitted
         self._waiting: set[int] = set()  # declared keys not yet written
         self._held: dict[int, tuple[bytes, bool]] = {}  # written keys waiting for earlier ones
@@ -102,8 +117,8 @@ class OutputWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def done_ids(self) -> frozenset[str]:
-        """Ids (custom_id for OpenAI lines) answered in the output before this writer opened it."""
+    def answered(self) -> Answered:
+        """Records already in the output when this writer opened it (resume)."""
         return self._done
 
     def expect(self, keys: Iterable[int]) -> None:
@@ -162,9 +177,10 @@ class OutputWriter:
             self._successes += 1
 
 
-def _scan_answered(path: Path) -> tuple[frozenset[str], int]:
-    """Ids answered in an earlier run's output, and the byte length of its complete lines."""
-    done: set[str] = set()
+def _scan_answered(path: Path) -> tuple[Answered, int]:
+    """What an earlier run's output answers, and the byte length of its complete lines."""
+    ids: set[str] = set()
+    lines: set[int] = set()
     end = 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -177,13 +193,17 @@ def _scan_answered(path: Path) -> tuple[frozenset[str], int]:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise CorruptOutputError(f"{path}:{number}: not a JSON line ({exc}); will not resume into it") from None
-            done.add(_answered_id(record, path, number))
-    return frozenset(done), end
+            if type(record) is dict and record.get("error") is not None and type(record.get("line")) is int:
+                lines.add(record["line"])
+            else:
+                ids.add(_answered_id(record, path, number))
+    return Answered(frozenset(ids), frozenset(lines)), end
 
 
 def _answered_id(record: object, path: Path, number: int) -> str:
-    if type(record) is dict:
+    if type(record) is dict and record.get("error") is None:
         rid = record.get("custom_id", record.get("id"))
         if type(rid) is str:
             return rid
-    raise CorruptOutputError(f"{path}:{number}: not an output record of this tool (no string id); will not resume into it")
+    raise CorruptOutputError(f"{path}:{number}: not an output record of this tool (no string id, or an error "
+                             "without its line); will not resume into it")
