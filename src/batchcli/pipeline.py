@@ -34,7 +34,7 @@ class PreparedJob:
     batch: TokenizedRequests  # valid requests still to run, their tokens, and error lines to report
     plan: Plan
     skipped: int  # requests and error lines already answered in the output (--resume)
-    identity: str  # the job identity (see the module docstring), over the whole input
+    identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
 
 
 def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
