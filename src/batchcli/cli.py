@@ -6,6 +6,7 @@ logs and errors go to stderr. Library errors become one line on stderr and an ex
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -176,6 +177,10 @@ def run(
 
 
 def main() -> None:
+    # The command is offline by contract; in its own process it says so to the HF libraries too (the
+    # library itself only passes local_files_only and leaves the environment alone).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     app()
 
 

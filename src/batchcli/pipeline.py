@@ -91,6 +91,14 @@ def _without(batch: TokenizedRequests, done: Answered) -> tuple[TokenizedRequest
     return TokenizedRequests([batch.requests[i] for i in keep], tokens, errors), skipped
 
 
+def keep_requests(job: PreparedJob, keep: list[int]) -> PreparedJob:
+    """`job` with only the requests at indices `keep` (ascending), replanned with the same settings."""
+    tokens = TokenArrays.from_lists([job.batch.tokens[i] for i in keep])
+    batch = TokenizedRequests([job.batch.requests[i] for i in keep], tokens, job.batch.errors)
+    plan = plan_for(batch, job.plan.settings, job.plan.model, job.plan.fingerprint)
+    return replace(job, batch=batch, plan=plan)
+
+
 def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError]:
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input file {source} does not exist")

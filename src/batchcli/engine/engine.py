@@ -1,7 +1,9 @@
 """The engine loop: schedule -> run -> postprocess, until every sequence of the plan has finished.
 
-Invariant: each request's result is emitted exactly once, as soon as its last sample finishes; a stop
-request (SIGINT/SIGTERM) stops admission, and the loop ends when the running sequences are done.
+Invariant: each request gets exactly one event, a Result as soon as its last sample finishes, or a
+Failure (it cannot fit the KV budget even alone; a sample's logits were not finite) while the others
+go on; a stop request (SIGINT/SIGTERM) stops admission, and the loop ends when the running sequences
+are done.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
 from batchcli.engine.weights import eos_token_ids, load_model
 from batchcli.errors import UsageError
-from batchcli.pipeline import PreparedJob
+from batchcli.pipeline import PreparedJob, keep_requests
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams
-from batchcli.results import Completion, Result
+from batchcli.results import Completion, Failure, Result
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -125,12 +127,14 @@ class Engine:
             blocks = max(1, min(blocks, -(-need // block_size)))
         return blocks
 
-    def run(self, job: PreparedJob, on_result: Callable[[Result], None], on_progress: Callable[[Progress], None],
-            stop: StopRequest, log: Callable[[str], None] = lambda line: None) -> RunStats:
-        """Execute the job's plan; call `on_result` once per finished request."""
+    def run(self, job: PreparedJob, on_result: Callable[[Result | Failure], None],
+            on_progress: Callable[[Progress], None], stop: StopRequest,
+            log: Callable[[str], None] = lambda line: None) -> RunStats:
+        """Execute the job's plan; call `on_result` once per request, with its Result or Failure."""
         started = time.perf_counter()
         block_size = job.plan.settings.block_size
         num_blocks = self._pool_blocks(job, block_size)
+        job = _without_misfits(job, num_blocks, block_size, on_result)
         per_block = block_size * kv_bytes_per_token(self.model.spec)
         log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
             f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step")
@@ -164,18 +168,49 @@ class Engine:
         )
 
     def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, sampler: Sampler, results: _Results) -> None:
-        """Run one step, sample, and retire the sequences that finished."""
+        """Run one step, sample, and retire the sequences that finished (or whose logits broke)."""
         logits = runner.run(step)  # [num_sampling_chunks, vocab]
         seqs = [sched.seq(c.seq_id) for c in step.chunks if c.sample]
         params = [results.params(s.request) for s in seqs]
-        tokens = sampler.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs])
+        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [num_sampling_chunks]
+        good = [i for i, f in enumerate(finite) if f]
+        tokens = [0] * len(seqs)  # a placeholder for a broken row: its sequence is failed below
+        rows = logits if len(good) == len(seqs) else logits[good]  # [len(good), vocab]
+        drawn = sampler.sample(rows, [params[i] for i in good], [seqs[i].seq_id for i in good], [seqs[i].sample for i in good])
+        for i, token in zip(good, drawn):
+            tokens[i] = token
         sched.on_step_done(step, {s.seq_id: t for s, t in zip(seqs, tokens)})
-        for s, p in zip(seqs, params):
-            completion = self.stopper.check(s.generated, p)
-            if completion is not None:
+        for s, p, ok in zip(seqs, params, finite):
+            completion = self.stopper.check(s.generated, p) if ok else None
+            if completion is not None or not ok:
                 sched.finish(s.seq_id)
                 sampler.release(s.seq_id)
+            if not ok:
+                results.fail(s.request, "non_finite_logits",
+                             f"the model gave non-finite logits at output token {len(s.generated)} of sample {s.sample}; "
+                             "try --dtype float32")
+            elif completion is not None:
                 results.add(s.request, s.sample, completion, s.private_start)
+
+
+def _without_misfits(job: PreparedJob, num_blocks: int, block_size: int,
+                     on_result: Callable[[Result | Failure], None]) -> PreparedJob:
+    """Fail the requests one sample of which cannot fit the pool even alone, and drop them from the job.
+
+    A sample alone needs its prompt + max_tokens of KV (shared segments are whole blocks, so counting
+    them with its private tail rounds the same); any sample that fits alone finishes, by preemption.
+    """
+    need = -(-(job.batch.tokens.lengths + [r.params.max_tokens for r in job.batch.requests]) // block_size)  # [R]
+    misfits = set((need > num_blocks).nonzero()[0].tolist())
+    for i in sorted(misfits):
+        request = job.batch.requests[i]
+        on_result(Failure(request, "kv_budget_exceeded",
+                          f"prompt of {int(job.batch.tokens.lengths[i])} tokens + max_tokens {request.params.max_tokens} "
+                          f"needs {int(need[i])} KV blocks of {block_size} tokens, the KV budget holds {num_blocks}; "
+                          "raise --kv-budget or lower max_tokens"))
+    if not misfits:
+        return job
+    return keep_requests(job, [i for i in range(len(job.batch.requests)) if i not in misfits])
 
 
 class _Results:
@@ -186,12 +221,24 @@ class _Results:
         self._lengths = job.batch.tokens.lengths
         self._on_result = on_result
         self._pending: dict[int, dict[int, Completion]] = {}
+        self._failed: set[int] = set()
         self.done = self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def params(self, request: int) -> SamplingParams:
         return self._requests[request].params
 
+    def fail(self, request: int, code: str, message: str) -> None:
+        """Answer `request` with a Failure now; its other samples are dropped when they finish."""
+        if request in self._failed:
+            return
+        self._failed.add(request)
+        self._pending.pop(request, None)
+        self._on_result(Failure(self._requests[request], code, message))
+        self.done += 1
+
     def add(self, request: int, sample: int, completion: Completion, cached: int) -> None:
+        if request in self._failed:
+            return
         got = self._pending.setdefault(request, {})
         got[sample] = completion
         n = self._requests[request].params.n

@@ -7,6 +7,8 @@ generator, seeded from (request seed, sample index).
 
 from __future__ import annotations
 
+import secrets
+
 import torch
 
 from batchcli.requests import SamplingParams
@@ -22,7 +24,8 @@ def seed_for(seed: int | None, sample_index: int, fallback: int) -> int:
 
 class Sampler:
     def __init__(self, run_seed: int | None = None) -> None:
-        self._run_seed = int(torch.seed()) if run_seed is None else run_seed
+        # from the OS, not torch.seed(): that would reseed torch's global generator under the caller
+        self._run_seed = secrets.randbits(63) if run_seed is None else run_seed
         self._generators: dict[int, torch.Generator] = {}
 
     def sample(self, logits: torch.Tensor, params: list[SamplingParams], seq_ids: list[int],
