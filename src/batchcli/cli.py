@@ -133,7 +133,7 @@ def run(
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan` (refused if made for other data)."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 where it measures faster)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
     attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
     kv_budget: str = typer.Option("auto", "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
     token_budget: int = typer.Option(4096, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),

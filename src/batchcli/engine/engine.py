@@ -17,6 +17,7 @@ import torch
 
 from batchcli.engine.attention import get_backend, resolve_backend
 from batchcli.engine.config import EngineConfig
+from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import allocate_kv, kv_bytes_per_token
 from batchcli.engine.runner import ModelRunner
@@ -31,9 +32,6 @@ from batchcli.pipeline import PreparedJob, keep_requests
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams
 from batchcli.results import Completion, Failure, Result
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class StopRequest(Protocol):
     @property
@@ -66,34 +64,6 @@ class RunStats:
                 f"{total / max(wall, 1e-9):,.0f} tok/s total, {self.completion_tokens / max(self.run_s, 1e-9):,.0f} "
                 f"output tok/s; prefix sharing saved {100 * self.saving_ratio:.1f}% of prefill; "
                 f"{self.steps:,} steps, {self.preemptions} preemptions, peak KV {self.peak_kv_bytes / 2**20:,.0f} MiB")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The asked dtype; for "auto", bf16 on GPU, and on CPU whichever of bf16/fp32 multiplies faster here
-    (bf16 is ~3.5x faster with AMX, but slower than fp32 on CPUs that emulate it)."""
-    if name != "auto":
-        return DTYPES[name]
-    if device.type != "cpu":
-        return torch.bfloat16
-    return min((torch.bfloat16, torch.float32), key=_matmul_seconds)
-
-
-def _matmul_seconds(dtype: torch.dtype, reps: int = 3) -> float:
-    a = torch.randn(256, 576).to(dtype)  # a step-sized activation of a small model
-    w = torch.randn(1536, 576).to(dtype)
-    a @ w.T  # warm-up: first calls pick kernels
-    started = time.perf_counter()
-    for _ in range(reps):
-        a @ w.T
-    return time.perf_counter() - started
 
 
 class Engine:
