@@ -72,7 +72,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
     if (note := pending_conversion(model)) is not None:
         say(note)
-    model_dir = resolve_model(model)
+    model_dir = resolve_model(model, quiet=quiet)
     refuse_output_is_input(source, options.output)
     stop = StopFlag()
     with _locked(options.output), \

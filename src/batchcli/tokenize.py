@@ -20,6 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
+from batchcli.errors import ModelNotFoundError
 from batchcli.requests import InputFormat, LineError, Request
 from batchcli.tokens import TokenArrays
 
@@ -52,15 +53,21 @@ def _load_tokenizer(model_dir: Path):  # noqa: ANN202 - a transformers tokenizer
 
 
 class PromptTokenizer:
-    """A transformers tokenizer loaded from a local model directory, plus the model's context length."""
+    """A transformers tokenizer loaded from a local model directory, plus the model's context length
+    and vocabulary size, read through the engine's own config reader so the two never disagree."""
 
     def __init__(self, model_dir: Path, max_context: int | None = None) -> None:
+        from batchcli.engine.weights import load_config
+
         self.model_dir = Path(model_dir)
-        self.tok = _load_tokenizer(self.model_dir)
-        if max_context is None:
-            max_context = int(_read_json(self.model_dir / "config.json").get("max_position_embeddings") or 0)
-        self.max_context = max_context or 1 << 62
-        self.vocab_size = len(self.tok)
+        arch = load_config(self.model_dir)
+        try:
+            self.tok = _load_tokenizer(self.model_dir)
+        except Exception as e:  # transformers raises many kinds (OSError, ValueError, JSON errors) for bad files
+            raise ModelNotFoundError(f"cannot load the tokenizer of {self.model_dir}: "
+                                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self.max_context = max_context or arch.max_position_embeddings
+        self.vocab_size = min(len(self.tok), arch.vocab_size)  # an id past either has no embedding or no text
         # x2: a normalizer may fold characters (e.g. strip accents) before the vocabulary is matched
         self._chars_per_token = 2 * max(map(len, self.tok.get_vocab()), default=1)
 
