@@ -16,6 +16,7 @@ from rich.console import Console
 
 from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError
 from batchcli.requests import SamplingParams
+from batchcli.streams import install_lenient_stderr
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
@@ -102,10 +103,14 @@ def plan(
     from batchcli.pipeline import prepare
     from batchcli.plan import plan_to_json
     from batchcli.render import plan_summary
+    from batchcli.side_files import check_writable, write_file
 
+    target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
     if (note := pending_conversion(model)) is not None:
         err.print(note, highlight=False)
     try:
+        if target != "-" and not dry_run:
+            check_writable(Path(target), "plan file")
         job = prepare(input, _defaults(max_tokens, 0.0, 1.0, 0, None, None, n, False), _settings(block_size, sharing),
                       resolve_model(model))
     except BatchError as e:
@@ -114,11 +119,13 @@ def plan(
         plan_summary(job.plan, out)
         return
     data = plan_to_json(job.plan)
-    target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
     if target == "-":
         sys.stdout.buffer.write(data + b"\n")
     else:
-        Path(target).write_bytes(data)
+        try:
+            write_file(Path(target), data, "plan file")
+        except BatchError as e:
+            raise _fail(e, e.exit_code) from None
         plan_summary(job.plan, err)
         err.print(f"plan written to {target}", highlight=False)
 
@@ -155,6 +162,7 @@ def run(
     """Run every request of INPUT and write one JSON line per request."""
     from batchcli.engine.config import EngineConfig
     from batchcli.job import RunOptions, run_job
+    from batchcli.writer import OutputWriteError
 
     defaults = _defaults(max_tokens, temperature, top_p, top_k, seed, stop, n, ignore_eos)
     settings = _settings(block_size, sharing)
@@ -168,6 +176,8 @@ def run(
     try:
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet)
     except BatchError as e:
+        if options.output == "-" and isinstance(e, OutputWriteError):
+            _drop_stdout()
         raise _fail(e, e.exit_code) from None
     except KeyboardInterrupt:  # while reading, tokenizing or loading, before the engine's own handler
         err.print("batchllm: interrupted before any request ran; rerun the same command (add --resume if the "
@@ -176,11 +186,22 @@ def run(
     raise typer.Exit(code)
 
 
+def _drop_stdout() -> None:
+    """Point a dead stdout at /dev/null, so the interpreter's flush at exit does not fail again (exit 120)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout has no descriptor (a test runner's buffer): nothing will flush to it at exit
+
+
 def main() -> None:
     # The command is offline by contract; in its own process it says so to the HF libraries too (the
     # library itself only passes local_files_only and leaves the environment alone).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    install_lenient_stderr()
     app()
 
 

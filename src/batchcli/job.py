@@ -25,7 +25,9 @@ from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
 from batchcli.models import pending_conversion, resolve_model
 from batchcli.output_meta import bind_output, refuse_output_is_input
-from batchcli.pipeline import PreparedJob, prepare
+from batchcli.engine.devices import pick_device
+from batchcli.pipeline import PreparedJob, check_input, prepare
+from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
 from batchcli.requests import LineError, SamplingParams
@@ -72,6 +74,10 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
     if (note := pending_conversion(model)) is not None:
         say(note)
+    check_input(source)
+    pick_device(config.device)
+    if options.metrics is not None:
+        check_writable(options.metrics, "--metrics")
     model_dir = resolve_model(model, quiet=quiet)
     refuse_output_is_input(source, options.output)
     stop = StopFlag()
@@ -92,7 +98,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     wall = time.perf_counter() - started
     if options.metrics is not None and stats is not None:
         metrics = {"wall_s": wall, **asdict(stats), "errors": counts.errors, "results": counts.successes}
-        options.metrics.write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
+        write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
     if stop.requested:
         # how to resume is worth a line even with --quiet
         console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "

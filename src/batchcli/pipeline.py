@@ -99,9 +99,19 @@ def keep_requests(job: PreparedJob, keep: list[int]) -> PreparedJob:
     return replace(job, batch=batch, plan=plan)
 
 
-def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError]:
-    if source != "-" and not Path(source).is_file():
+def check_input(source: str) -> None:
+    """Refuse a missing input or a directory; any other file (a FIFO, /dev/stdin, `<(...)`) is read."""
+    if source == "-":
+        return
+    path = Path(source)
+    if path.is_dir():
+        raise InputError(f"input {source} is a directory, not a JSONL file")
+    if not path.exists():
         raise InputError(f"input file {source} does not exist")
+
+
+def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError]:
+    check_input(source)
     try:
         yield from read_requests(source, defaults)
     except OSError as e:

@@ -2,7 +2,9 @@
 
 Invariant: a record's line reaches the output whole, or (if the process dies mid-write) as an
 unterminated tail that the next `resume=True` open cuts off; so a killed run loses at most the records
-in flight. An existing non-empty output is never overwritten unless `overwrite=True`.
+in flight. An existing non-empty output is never overwritten unless `overwrite=True`. A write that
+fails (a full disk, a closed pipe) raises `OutputWriteError` naming the output and the reason; an
+output file this writer created is removed again if it is left because of an error before any record.
 
 Order: "completion" writes each record as it comes; "input" holds a record back until every key
 declared before it with `expect()` has been written, and at `close()` writes whatever it still holds
@@ -16,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Callable, Literal
 
 import orjson
 
@@ -41,6 +43,10 @@ class ConflictingOptionsError(WriterError):
 
 class OutputUnwritableError(WriterError):
     """The output path cannot be opened for writing (a directory, no permission, no such folder)."""
+
+
+class OutputWriteError(WriterError):
+    """Writing a record failed (disk full, stdout closed); the records before it are in the output."""
 
 
 class CorruptOutputError(WriterError):
@@ -88,13 +94,20 @@ class OutputWriter:
         self._successes = 0
         self._errors = 0
         self._closed = False
+        self._broken = False  # a write failed: nothing more can be written
+        self._path: Path | None = None
+        self._created = False
         if str(target) == "-":
             if resume:
                 raise ConflictingOptionsError("resume needs an output file, not stdout")
+            if sys.stdout is None:  # the process was started with stdout closed
+                raise OutputUnwritableError("stdout is closed; give an output file with -o FILE")
             self._file: IO[bytes] = sys.stdout.buffer
             self._owned = False
         else:
-            self._file = self._open(Path(target), resume=resume, overwrite=overwrite)
+            self._path = Path(target)
+            self._created = not self._path.exists()
+            self._file = self._open(self._path, resume=resume, overwrite=overwrite)
             self._owned = True
 
     def _open(self, path: Path, *, resume: bool, overwrite: bool) -> IO[bytes]:
@@ -114,8 +127,10 @@ class OutputWriter:
     def __enter__(self) -> OutputWriter:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc_info: object) -> None:
         self.close()
+        if exc_type is not None and self._created and self._successes + self._errors == 0:
+            self._path.unlink(missing_ok=True)  # a run that failed before its first record leaves no file
 
     def answered(self) -> Answered:
         """Records already in the output when this writer opened it (resume)."""
@@ -141,16 +156,31 @@ class OutputWriter:
         data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         failed = record.get("error") is not None
         if self._order == "completion":
-            self._emit(data, failed)
-            self._file.flush()
+            self._guarded(lambda: self._emit(data, failed))
             return
         if key not in self._waiting:
             raise ValueError(f"key {key!r} was not declared with expect() or was already written")
         self._waiting.remove(key)
         self._held[key] = (data, failed)
-        while self._queue and self._queue[0] in self._held:
-            self._emit(*self._held.pop(self._queue.popleft()))
-        self._file.flush()
+
+        def ready() -> None:
+            while self._queue and self._queue[0] in self._held:
+                self._emit(*self._held.pop(self._queue.popleft()))
+
+        self._guarded(ready)
+
+    def _guarded(self, emit: Callable[[], None]) -> None:
+        """Run `emit` and flush; a failing write becomes OutputWriteError and stops all later writes."""
+        if self._broken:
+            raise OutputWriteError("output write after an earlier write failed")
+        try:
+            emit()
+            self._file.flush()
+        except OSError as exc:
+            self._broken = True
+            where = "stdout" if self._path is None else repr(str(self._path))
+            hint = "" if self._path is None else "; the records before it are kept: finish with --resume once fixed"
+            raise OutputWriteError(f"cannot write output {where}: {exc.strerror or exc}{hint}") from None
 
     @property
     def counts(self) -> WriteCounts:
@@ -161,13 +191,22 @@ class OutputWriter:
         if self._closed:
             return
         self._closed = True
-        for key in self._queue:
-            if key in self._held:
-                self._emit(*self._held.pop(key))
-        self._queue.clear()
-        self._file.flush()
-        if self._owned:
-            self._file.close()
+
+        def rest() -> None:
+            for key in self._queue:
+                if key in self._held:
+                    self._emit(*self._held.pop(key))
+
+        try:
+            if not self._broken:
+                self._guarded(rest)
+        finally:
+            self._queue.clear()
+            if self._owned:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass  # its write failure was already raised; closing cannot lose more
 
     def _emit(self, data: bytes, failed: bool) -> None:
         self._file.write(data)

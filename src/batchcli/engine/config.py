@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from batchcli.engine.kv_pool import parse_kv_budget
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "torch", "triton", "gather", "reference")
@@ -26,6 +28,8 @@ class EngineConfig:
                                      ("attention", self.attention, ATTENTION), ("schedule", self.schedule, SCHEDULES)):
             if value not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.kv_budget.strip().lower() != "auto":
+            parse_kv_budget(self.kv_budget, 1, 1, 0)  # the syntax, before any input is read; the size needs the model
         if self.token_budget < 1:
             raise ValueError(f"--token-budget must be >= 1, got {self.token_budget}")
         if self.admission != "memory" and not (self.admission.isdigit() and int(self.admission) > 0):

@@ -27,7 +27,7 @@ from batchcli.engine.policies import SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
 from batchcli.engine.weights import eos_token_ids, load_model
-from batchcli.errors import UsageError
+from batchcli.errors import KVBudgetError, UsageError
 from batchcli.pipeline import PreparedJob, keep_requests
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams
@@ -83,19 +83,35 @@ class Engine:
     def describe(self) -> str:
         return f"device {self.device.type}, {str(self.dtype).removeprefix('torch.')}, attention {self.attention}"
 
+    def _available_bytes(self) -> int:
+        return torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else mem_available_bytes()
+
     def _pool_blocks(self, job: PreparedJob, block_size: int) -> int:
         per_token = kv_bytes_per_token(self.model.spec)
-        available = (torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else mem_available_bytes())
+        available = self._available_bytes()
         try:
             blocks = parse_kv_budget(self.config.kv_budget, per_token, block_size, available)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        if blocks * block_size * per_token > available:
+            raise KVBudgetError(f"--kv-budget {self.config.kv_budget} asks for {_gib(blocks * block_size * per_token)} "
+                                f"of KV cache, but only {_gib(available)} of memory is available")
         if self.config.kv_budget == "auto":  # never more than the whole job could ever hold at once
             outputs = sum(r.params.max_tokens * r.params.n for r in job.batch.requests)
             seqs = job.plan.stats.sequences
             need = job.plan.stats.physical_prefill_tokens + outputs + seqs * block_size
             blocks = max(1, min(blocks, -(-need // block_size)))
         return blocks
+
+    def _allocate_kv(self, num_blocks: int, block_size: int) -> torch.Tensor:
+        try:
+            return allocate_kv(self.model.spec, num_blocks, block_size, self.device)
+        except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (CUDA: its OOM subclass)
+            if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+                raise
+            asked = num_blocks * block_size * kv_bytes_per_token(self.model.spec)
+            raise KVBudgetError(f"cannot allocate {_gib(asked)} of KV cache (--kv-budget {self.config.kv_budget}); "
+                                f"{_gib(self._available_bytes())} of memory is available; lower --kv-budget") from None
 
     def run(self, job: PreparedJob, on_result: Callable[[Result | Failure], None],
             on_progress: Callable[[Progress], None], stop: StopRequest,
@@ -109,8 +125,7 @@ class Engine:
         log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
             f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step")
         pool = BlockPool(num_blocks)
-        runner = ModelRunner(self.model, allocate_kv(self.model.spec, num_blocks, block_size, self.device),
-                             block_size, self.device)
+        runner = ModelRunner(self.model, self._allocate_kv(num_blocks, block_size), block_size, self.device)
         sched = Scheduler(job.plan, job.batch.tokens, [r.params for r in job.batch.requests], pool,
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
                                           order=self.config.schedule, admission=self.config.admission))
@@ -161,6 +176,10 @@ class Engine:
                              "try --dtype float32")
             elif completion is not None:
                 results.add(s.request, s.sample, completion, s.private_start)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB"
 
 
 def _without_misfits(job: PreparedJob, num_blocks: int, block_size: int,
