@@ -148,6 +148,7 @@ def run(
     block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens."),
     schedule: str = typer.Option("plan", "--schedule", help="plan (decode-heavy groups first) or input (input order; ablation)."),
     admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation)."),
+    checkpoint_every: float = typer.Option(30.0, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary on stderr."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Default max_tokens per request."),
@@ -168,7 +169,8 @@ def run(
     settings = _settings(block_size, sharing)
     try:
         config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
-                              token_budget=token_budget, schedule=schedule, admission=admission)
+                              token_budget=token_budget, schedule=schedule, admission=admission,
+                              checkpoint_every=checkpoint_every)
         options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
                              order=order, resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics)
     except ValueError as e:

@@ -18,8 +18,10 @@ from typing import Callable
 import orjson
 from rich.console import Console
 
+from batchcli.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
+from batchcli.engine.resume import Checkpointing
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, UsageError
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
@@ -91,7 +93,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
         for e in job.batch.errors:
             writer.write(render_error(e, None), key=e.line)
-        stats = _execute(job, config, writer, stop, console, quiet, say) if job.batch.requests else None
+        checkpointing = _checkpointing(job, config, options, say)
+        stats = _execute(job, config, writer, stop, console, quiet, say, checkpointing) if job.batch.requests else None
         counts = writer.counts
     if not job.batch.requests:
         say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
@@ -113,8 +116,27 @@ def _locked(output: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if output == "-" else OutputLock(output)
 
 
+def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
+                   say: Callable[[str], None]) -> Checkpointing | None:
+    """Checkpoints beside a file output (a resume first takes over what the last one left in flight)."""
+    if options.output == "-":
+        return None
+    path = checkpoint_path(Path(options.output))
+    restored = {}
+    if options.resume:
+        restored = load_checkpoint(path, job.identity, job.batch.requests, job.tokenizer.vocab_size, say)
+        if restored:
+            say(f"batchllm: continuing {len(restored):,} requests from checkpoint {path.name}")
+    else:
+        path.unlink(missing_ok=True)  # another job's, or this output's before --overwrite
+    if config.checkpoint_every <= 0 and not restored:
+        return None
+    return Checkpointing(config.checkpoint_every,
+                         lambda in_flight: save_checkpoint(path, job.identity, job.batch.requests, in_flight), restored)
+
+
 def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop: StopFlag, console: Console,
-             quiet: bool, say: Callable[[str], None]) -> RunStats | None:
+             quiet: bool, say: Callable[[str], None], checkpointing: Checkpointing | None) -> RunStats | None:
     """Load the engine and run the plan, writing results as they finish; None if stopped at once."""
     engine = Engine(job.model_dir, config, job.tokenizer.decode)
     say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
@@ -132,7 +154,7 @@ def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop:
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressView(console, quiet=quiet) as view:
-            return engine.run(job, emit, view.update, stop, log=say)
+            return engine.run(job, emit, view.update, stop, log=say, checkpoint=checkpointing)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
         return None

@@ -20,6 +20,7 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import allocate_kv, kv_bytes_per_token
+from batchcli.engine.resume import Checkpointing, restore, snapshot
 from batchcli.engine.runner import ModelRunner
 from batchcli.engine.sampler import Sampler
 from batchcli.engine.step import StepBatch
@@ -115,12 +116,15 @@ class Engine:
 
     def run(self, job: PreparedJob, on_result: Callable[[Result | Failure], None],
             on_progress: Callable[[Progress], None], stop: StopRequest,
-            log: Callable[[str], None] = lambda line: None) -> RunStats:
-        """Execute the job's plan; call `on_result` once per request, with its Result or Failure."""
+            log: Callable[[str], None] = lambda line: None, checkpoint: Checkpointing | None = None) -> RunStats:
+        """Execute the job's plan; call `on_result` once per request, with its Result or Failure.
+
+        With `checkpoint`, start from its restored samples, and hand it the in-flight state every
+        `checkpoint.every_s` seconds and once when the loop ends (empty when everything finished)."""
         started = time.perf_counter()
         block_size = job.plan.settings.block_size
         num_blocks = self._pool_blocks(job, block_size)
-        job = _without_misfits(job, num_blocks, block_size, on_result)
+        job, kept = _without_misfits(job, num_blocks, block_size, on_result)  # kept[new index] = index in the job given
         per_block = block_size * kv_bytes_per_token(self.model.spec)
         log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
             f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step")
@@ -131,6 +135,11 @@ class Engine:
                                           order=self.config.schedule, admission=self.config.admission))
         results = _Results(job, on_result)
         sampler = Sampler(self.config.seed)
+        if checkpoint is not None:
+            renumber = {old: new for new, old in enumerate(kept)}
+            restored = {renumber[r]: s for r, s in checkpoint.restored.items() if r in renumber}
+            results.started.update(restored)
+            restore(restored, sched, sampler, self.stopper, results.params, results.add)
         while True:
             if stop.requested:
                 sched.stop_admitting()
@@ -138,9 +147,13 @@ class Engine:
             if step is None:
                 break
             self._step(step, runner, sched, sampler, results)
+            if checkpoint is not None and checkpoint.due():
+                checkpoint.save(snapshot(results.started, sched, sampler, kept))
             c = sched.counters
             on_progress(Progress(results.done, len(job.batch.requests), c.prefill_tokens, c.decode_tokens,
                                  pool.num_used, num_blocks, time.perf_counter() - started))
+        if checkpoint is not None:
+            checkpoint.save(snapshot(results.started, sched, sampler, kept))
         c = sched.counters
         return RunStats(
             model_load_s=self.load_s, run_s=time.perf_counter() - started, requests=results.done,
@@ -165,6 +178,7 @@ class Engine:
         for i, token in zip(good, drawn):
             tokens[i] = token
         sched.on_step_done(step, {s.seq_id: t for s, t in zip(seqs, tokens)})
+        results.started.update(s.request for s in seqs)
         for s, p, ok in zip(seqs, params, finite):
             completion = self.stopper.check(s.generated, p) if ok else None
             if completion is not None or not ok:
@@ -183,8 +197,9 @@ def _gib(n: int) -> str:
 
 
 def _without_misfits(job: PreparedJob, num_blocks: int, block_size: int,
-                     on_result: Callable[[Result | Failure], None]) -> PreparedJob:
-    """Fail the requests one sample of which cannot fit the pool even alone, and drop them from the job.
+                     on_result: Callable[[Result | Failure], None]) -> tuple[PreparedJob, list[int]]:
+    """Fail the requests one sample of which cannot fit the pool even alone, and drop them from the job;
+    also returns, per request kept, its index in `job`.
 
     A sample alone needs its prompt + max_tokens of KV (shared segments are whole blocks, so counting
     them with its private tail rounds the same); any sample that fits alone finishes, by preemption.
@@ -197,9 +212,8 @@ def _without_misfits(job: PreparedJob, num_blocks: int, block_size: int,
                           f"prompt of {int(job.batch.tokens.lengths[i])} tokens + max_tokens {request.params.max_tokens} "
                           f"needs {int(need[i])} KV blocks of {block_size} tokens, the KV budget holds {num_blocks}; "
                           "raise --kv-budget or lower max_tokens"))
-    if not misfits:
-        return job
-    return keep_requests(job, [i for i in range(len(job.batch.requests)) if i not in misfits])
+    kept = [i for i in range(len(job.batch.requests)) if i not in misfits]
+    return (keep_requests(job, kept) if misfits else job), kept
 
 
 class _Results:
@@ -211,6 +225,7 @@ class _Results:
         self._on_result = on_result
         self._pending: dict[int, dict[int, Completion]] = {}
         self._failed: set[int] = set()
+        self.started: set[int] = set()  # requests with a sampled token and no event yet (what a checkpoint holds)
         self.done = self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def params(self, request: int) -> SamplingParams:
@@ -222,6 +237,7 @@ class _Results:
             return
         self._failed.add(request)
         self._pending.pop(request, None)
+        self.started.discard(request)
         self._on_result(Failure(self._requests[request], code, message))
         self.done += 1
 
@@ -234,6 +250,7 @@ class _Results:
         if len(got) < n:
             return
         del self._pending[request]
+        self.started.discard(request)
         result = Result(self._requests[request], tuple(got[i] for i in range(n)), int(self._lengths[request]), cached)
         self._on_result(result)
         self.done += 1
