@@ -14,7 +14,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError
+from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError, UsageError
+from batchcli.reader import openai_body_fields
 from batchcli.requests import SamplingParams
 from batchcli.streams import install_lenient_stderr
 
@@ -23,7 +24,7 @@ app = typer.Typer(
     help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
     "Shared prompt prefixes are found across the whole file first, computed once, and kept exactly as long as needed.",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a log line is one line, whatever the width (cron, log files)
 out = Console()
 
 RUN_EXAMPLES = """
@@ -31,14 +32,16 @@ RUN_EXAMPLES = """
 
   batchllm run prompts.jsonl -o answers.jsonl
   batchllm run prompts.jsonl -o answers.jsonl --resume        [dim]# finish a killed run[/dim]
-  batchllm run - -o - < prompts.jsonl | jq -r .text           [dim]# in a pipeline[/dim]
+  batchllm run - -o - < prompts.jsonl | jq -r '[.id, .text] | @tsv'   [dim]# in a pipeline, ids kept[/dim]
   batchllm run big.jsonl -o big.out.jsonl --quiet --metrics m.json   [dim]# from cron[/dim]
   batchllm run chats.jsonl --max-tokens 128 --temperature 0.7 --seed 1
 
 Input lines: {"id", "prompt" | "messages" | "prompt_token_ids", "max_tokens", "temperature", ...}
-or OpenAI batch lines. Exit codes: 0 all succeeded, 3 some lines got error records, 1 fatal, 2 usage,
+or OpenAI batch lines ({OPENAI_FIELDS}). Exit codes: 0 all succeeded, 3 some lines got error records, 1 fatal, 2 usage,
 130/143 interrupted (rerun with --resume).
 """
+
+RUN_EXAMPLES = RUN_EXAMPLES.replace("{OPENAI_FIELDS}", openai_body_fields())
 
 PLAN_EXAMPLES = """
 [bold]Examples[/bold]
@@ -59,7 +62,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out."""
 
@@ -89,9 +92,10 @@ def _settings(block_size: int, sharing: str):
 
 @app.command(epilog=PLAN_EXAMPLES)
 def plan(
-    input: str = typer.Argument(..., help="Input JSONL file, or - for stdin."),
+    input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Plan file to write (- for stdout). Default: INPUT with .plan.json."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the summary and the top of the prefix tree; write nothing, load no weights."),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Print the summary and the top of the prefix tree; write nothing, load no weights."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the statistics as one JSON object on stdout (for scripts) instead of the summary."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
     sharing: str = typer.Option("multi", "--sharing", help="multi (whole prefix tree), single (one shared level, BatchLLM) or off."),
@@ -102,7 +106,7 @@ def plan(
     from batchcli.models import pending_conversion, resolve_model
     from batchcli.pipeline import prepare
     from batchcli.plan import plan_to_json
-    from batchcli.render import plan_summary
+    from batchcli.render import plan_summary, stats_json
     from batchcli.side_files import check_writable, write_file
 
     target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
@@ -115,10 +119,15 @@ def plan(
                       resolve_model(model))
     except BatchError as e:
         raise _fail(e, e.exit_code) from None
+    if as_json:
+        sys.stdout.buffer.write(stats_json(job) + b"\n")
+    elif dry_run:
+        plan_summary(job, out)
     if dry_run:
-        plan_summary(job.plan, out)
         return
     data = plan_to_json(job.plan)
+    if target == "-" and as_json:
+        raise _fail(UsageError("--json prints the statistics on stdout; write the plan to a file with -o FILE"), EXIT_USAGE)
     if target == "-":
         sys.stdout.buffer.write(data + b"\n")
     else:
@@ -126,17 +135,18 @@ def plan(
             write_file(Path(target), data, "plan file")
         except BatchError as e:
             raise _fail(e, e.exit_code) from None
-        plan_summary(job.plan, err)
+        if not as_json:
+            plan_summary(job, err)
         err.print(f"plan written to {target}", highlight=False)
 
 
 @app.command(epilog=RUN_EXAMPLES)
 def run(
-    input: str = typer.Argument(..., help="Input JSONL file, or - for stdin."),
+    input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input."),
     order: str = typer.Option("completion", "--order", help="completion (write as each finishes) or input (buffer to input order)."),
-    resume: bool = typer.Option(False, "--resume", help="Append to an existing output, skipping ids already answered."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Append to an existing output, skipping ids already answered."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan` (refused if made for other data)."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -150,7 +160,7 @@ def run(
     admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation)."),
     checkpoint_every: float = typer.Option(30.0, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Default max_tokens per request."),
     temperature: float = typer.Option(0.0, "--temperature", help="Default temperature (0 = greedy)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Default nucleus cut."),
@@ -158,7 +168,7 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
     n: int = typer.Option(1, "--n", help="Default samples per prompt."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past EOS up to max_tokens (benchmarks)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""
     from batchcli.engine.config import EngineConfig

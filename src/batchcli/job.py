@@ -94,15 +94,19 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         for e in job.batch.errors:
             writer.write(render_error(e, None), key=e.line)
         checkpointing = _checkpointing(job, config, options, say)
-        stats = _execute(job, config, writer, stop, console, quiet, say, checkpointing) if job.batch.requests else None
-        counts = writer.counts
+        stats, complete = (_execute(job, config, writer, stop, console, quiet, say, checkpointing)
+                           if job.batch.requests else (None, True))
+        counts, codes = writer.counts, writer.error_codes
     if not job.batch.requests:
         say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
     wall = time.perf_counter() - started
-    if options.metrics is not None and stats is not None:
-        metrics = {"wall_s": wall, **asdict(stats), "errors": counts.errors, "results": counts.successes}
+    if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
+        metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
+                   "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
-    if stop.requested:
+    if codes:
+        say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
+    if stop.requested and not complete:
         # how to resume is worth a line even with --quiet
         console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "
                       f"batchllm run {source} -o {options.output} --resume", highlight=False)
@@ -136,14 +140,20 @@ def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
 
 
 def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop: StopFlag, console: Console,
-             quiet: bool, say: Callable[[str], None], checkpointing: Checkpointing | None) -> RunStats | None:
-    """Load the engine and run the plan, writing results as they finish; None if stopped at once."""
+             quiet: bool, say: Callable[[str], None],
+             checkpointing: Checkpointing | None) -> tuple[RunStats | None, bool]:
+    """Load the engine and run the plan, writing results as they finish. Returns the stats (None if
+    stopped at once) and whether every request got its line (a stop that came after the work is no stop)."""
     engine = Engine(job.model_dir, config, job.tokenizer.decode)
     say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
         f"{job.skipped:,} already answered; {engine.describe()}")
     created = int(time.time())
 
+    answered = 0
+
     def emit(event: Result | Failure) -> None:
+        nonlocal answered
+        answered += 1
         request = event.request
         if isinstance(event, Failure):
             error = LineError(request.id, request.line, event.code, event.message, request.custom_id)
@@ -154,10 +164,11 @@ def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop:
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressView(console, quiet=quiet) as view:
-            return engine.run(job, emit, view.update, stop, log=say, checkpoint=checkpointing)
+            stats = engine.run(job, emit, view.update, stop, log=say, checkpoint=checkpointing)
+        return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
-        return None
+        return None, False
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

@@ -90,9 +90,10 @@ class OutputWriter:
         self._done = Answered()
         self._queue: deque[int] = deque()  # declared keys in emit order, not yet emitted
         self._waiting: set[int] = set()  # declared keys not yet written
-        self._held: dict[int, tuple[bytes, bool]] = {}  # written keys waiting for earlier ones
+        self._held: dict[int, tuple[bytes, str | None]] = {}  # written keys waiting for earlier ones, with error code
         self._successes = 0
         self._errors = 0
+        self._codes: dict[str, int] = {}
         self._closed = False
         self._broken = False  # a write failed: nothing more can be written
         self._path: Path | None = None
@@ -154,14 +155,15 @@ class OutputWriter:
         if self._closed:
             raise ValueError("write() on a closed OutputWriter")
         data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        failed = record.get("error") is not None
+        error = record.get("error")
+        code = None if error is None else str(error.get("code")) if isinstance(error, dict) else "error"
         if self._order == "completion":
-            self._guarded(lambda: self._emit(data, failed))
+            self._guarded(lambda: self._emit(data, code))
             return
         if key not in self._waiting:
             raise ValueError(f"key {key!r} was not declared with expect() or was already written")
         self._waiting.remove(key)
-        self._held[key] = (data, failed)
+        self._held[key] = (data, code)
 
         def ready() -> None:
             while self._queue and self._queue[0] in self._held:
@@ -186,6 +188,11 @@ class OutputWriter:
     def counts(self) -> WriteCounts:
         return WriteCounts(self._successes, self._errors)
 
+    @property
+    def error_codes(self) -> dict[str, int]:
+        """Error lines written by this writer, by error code, most frequent first."""
+        return dict(sorted(self._codes.items(), key=lambda item: (-item[1], item[0])))
+
     def close(self) -> None:
         """Write what is still held (skipping keys never written), flush, and close a file we opened."""
         if self._closed:
@@ -208,10 +215,11 @@ class OutputWriter:
                 except OSError:
                     pass  # its write failure was already raised; closing cannot lose more
 
-    def _emit(self, data: bytes, failed: bool) -> None:
+    def _emit(self, data: bytes, code: str | None) -> None:
         self._file.write(data)
-        if failed:
+        if code is not None:
             self._errors += 1
+            self._codes[code] = self._codes.get(code, 0) + 1
         else:
             self._successes += 1
 
