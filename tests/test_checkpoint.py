@@ -22,7 +22,7 @@ from test_engine import EOS, _Never, make_job, shared_prompts
 
 
 def _run(directory, job, checkpoint=None):
-    got, stats = {}, []
+    got = {}
     engine = Engine(directory, EngineConfig(dtype="float32", attention="torch", seed=7), decode=lambda ids: "")
     stats = engine.run(job, lambda r: got.__setitem__(r.request.id, [c.token_ids for c in r.completions]),
                        lambda p: None, _Never(), checkpoint=checkpoint)

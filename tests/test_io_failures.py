@@ -51,7 +51,8 @@ def test_failures_before_the_first_line_leave_no_output(tmp_path, model):
     src, out = write_input(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl"
     cases = [(["run", str(tmp_path / "missing.jsonl")], 1, "does not exist"), (["run", str(tmp_path)], 1, "is a directory"),
              (["run", src, "--kv-budget", "lots"], 2, "cannot parse KV budget"),
-             (["run", src, "--kv-budget", "10TiB"], 1, "of memory is available")]
+             (["run", src, "--kv-budget", "10TiB"], 1, "of memory is available"),
+             (["run", src, "--plan", str(tmp_path / "no-plan.json")], 1, "plan file")]
     if not torch.cuda.is_available():
         cases.append((["run", src, "--device", "cuda"], 2, "no CUDA device"))
     for args, code, needle in cases:

@@ -22,7 +22,7 @@ from batchcli.checkpoint import checkpoint_path, load_checkpoint, save_checkpoin
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
-from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, UsageError
+from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
 from batchcli.models import pending_conversion, resolve_model
@@ -80,6 +80,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     pick_device(config.device)
     if options.metrics is not None:
         check_writable(options.metrics, "--metrics")
+    if options.plan_file is not None and not Path(options.plan_file).is_file():
+        raise PlanFileError(f"plan file {options.plan_file} does not exist")
     model_dir = resolve_model(model, quiet=quiet)
     refuse_output_is_input(source, options.output)
     stop = StopFlag()
@@ -104,8 +106,6 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
                    "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
-    if codes:
-        say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
     if stop.requested and not complete:
         # how to resume is worth a line even with --quiet
         console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "
@@ -113,6 +113,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
     if stats is not None:
         say(stats.summary(wall))
+    if codes:
+        say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
 
 
