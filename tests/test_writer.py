@@ -11,6 +11,7 @@ from batchcli.formats import render_error, render_result
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 from batchcli.results import Completion, Result
 from batchcli.writer import (
+    Answered,
     ConflictingOptionsError,
     CorruptOutputError,
     OutputExistsError,
@@ -163,7 +164,7 @@ def test_overwrite_replaces(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     out.write_bytes(b'{"id": "old"}\n')
     with OutputWriter(out, overwrite=True) as writer:
-        assert writer.done_ids() == frozenset()
+        assert writer.answered() == Answered()
         writer.write({"id": "new"})
     assert lines(out) == [{"id": "new"}]
 
@@ -177,7 +178,7 @@ def test_resume_collects_answered_ids_and_cuts_torn_tail(tmp_path: Path) -> None
         b'{"id":"d","te'
     )
     with OutputWriter(out, resume=True) as writer:
-        assert writer.done_ids() == frozenset({"a", "l2", "c"})
+        assert writer.answered() == Answered(frozenset({"a"}), frozenset({2, 3}))
         writer.write({"id": "d", "text": "y"})
     assert [r["id"] for r in lines(out)] == ["a", "l2", "batch_req_1", "d"]
     assert writer.counts == WriteCounts(successes=1, errors=0)
@@ -186,15 +187,16 @@ def test_resume_collects_answered_ids_and_cuts_torn_tail(tmp_path: Path) -> None
 def test_resume_of_missing_or_clean_file(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     with OutputWriter(out, resume=True) as writer:
-        assert writer.done_ids() == frozenset()
+        assert writer.answered() == Answered()
         writer.write({"id": "a"})
     with OutputWriter(out, resume=True) as writer:
-        assert writer.done_ids() == frozenset({"a"})
+        assert writer.answered() == Answered(frozenset({"a"}))
         writer.write({"id": "b"})
     assert out.read_bytes() == b'{"id":"a"}\n{"id":"b"}\n'
 
 
-@pytest.mark.parametrize("content", [b'{"id":"a"}\nnot json\n{"id":"b"}\n', b'{"id":"a"}\n[1]\n', b'{"text":"x"}\n'])
+@pytest.mark.parametrize("content", [b'{"id":"a"}\nnot json\n{"id":"b"}\n', b'{"id":"a"}\n[1]\n', b'{"text":"x"}\n',
+                                     b'{"id":"e","error":{"code":"x","message":"m"}}\n'])
 def test_resume_refuses_a_file_that_is_not_ours(tmp_path: Path, content: bytes) -> None:
     out = tmp_path / "out.jsonl"
     out.write_bytes(content)

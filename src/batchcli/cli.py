@@ -6,6 +6,7 @@ logs and errors go to stderr. Library errors become one line on stderr and an ex
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,15 +14,17 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError
+from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError, UsageError
+from batchcli.reader import openai_body_fields
 from batchcli.requests import SamplingParams
+from batchcli.streams import install_lenient_stderr
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
     "Shared prompt prefixes are found across the whole file first, computed once, and kept exactly as long as needed.",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a log line is one line, whatever the width (cron, log files)
 out = Console()
 
 RUN_EXAMPLES = """
@@ -29,14 +32,16 @@ RUN_EXAMPLES = """
 
   batchllm run prompts.jsonl -o answers.jsonl
   batchllm run prompts.jsonl -o answers.jsonl --resume        [dim]# finish a killed run[/dim]
-  batchllm run - -o - < prompts.jsonl | jq -r .text           [dim]# in a pipeline[/dim]
+  batchllm run - -o - < prompts.jsonl | jq -r '[.id, .text] | @tsv'   [dim]# in a pipeline, ids kept[/dim]
   batchllm run big.jsonl -o big.out.jsonl --quiet --metrics m.json   [dim]# from cron[/dim]
   batchllm run chats.jsonl --max-tokens 128 --temperature 0.7 --seed 1
 
 Input lines: {"id", "prompt" | "messages" | "prompt_token_ids", "max_tokens", "temperature", ...}
-or OpenAI batch lines. Exit codes: 0 all succeeded, 3 some lines got error records, 1 fatal, 2 usage,
+or OpenAI batch lines ({OPENAI_FIELDS}). Exit codes: 0 all succeeded, 3 some lines got error records, 1 fatal, 2 usage,
 130/143 interrupted (rerun with --resume).
 """
+
+RUN_EXAMPLES = RUN_EXAMPLES.replace("{OPENAI_FIELDS}", openai_body_fields())
 
 PLAN_EXAMPLES = """
 [bold]Examples[/bold]
@@ -57,7 +62,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out."""
 
@@ -87,9 +92,10 @@ def _settings(block_size: int, sharing: str):
 
 @app.command(epilog=PLAN_EXAMPLES)
 def plan(
-    input: str = typer.Argument(..., help="Input JSONL file, or - for stdin."),
+    input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Plan file to write (- for stdout). Default: INPUT with .plan.json."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the summary and the top of the prefix tree; write nothing, load no weights."),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Print the summary and the top of the prefix tree; write nothing, load no weights."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the statistics as one JSON object on stdout (for scripts) instead of the summary."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
     sharing: str = typer.Option("multi", "--sharing", help="multi (whole prefix tree), single (one shared level, BatchLLM) or off."),
@@ -100,39 +106,51 @@ def plan(
     from batchcli.models import pending_conversion, resolve_model
     from batchcli.pipeline import prepare
     from batchcli.plan import plan_to_json
-    from batchcli.render import plan_summary
+    from batchcli.render import plan_summary, stats_json
+    from batchcli.side_files import check_writable, write_file
 
+    target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
     if (note := pending_conversion(model)) is not None:
         err.print(note, highlight=False)
     try:
+        if target != "-" and not dry_run:
+            check_writable(Path(target), "plan file")
         job = prepare(input, _defaults(max_tokens, 0.0, 1.0, 0, None, None, n, False), _settings(block_size, sharing),
                       resolve_model(model))
     except BatchError as e:
         raise _fail(e, e.exit_code) from None
+    if as_json:
+        sys.stdout.buffer.write(stats_json(job) + b"\n")
+    elif dry_run:
+        plan_summary(job, out)
     if dry_run:
-        plan_summary(job.plan, out)
         return
     data = plan_to_json(job.plan)
-    target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
+    if target == "-" and as_json:
+        raise _fail(UsageError("--json prints the statistics on stdout; write the plan to a file with -o FILE"), EXIT_USAGE)
     if target == "-":
         sys.stdout.buffer.write(data + b"\n")
     else:
-        Path(target).write_bytes(data)
-        plan_summary(job.plan, err)
+        try:
+            write_file(Path(target), data, "plan file")
+        except BatchError as e:
+            raise _fail(e, e.exit_code) from None
+        if not as_json:
+            plan_summary(job, err)
         err.print(f"plan written to {target}", highlight=False)
 
 
 @app.command(epilog=RUN_EXAMPLES)
 def run(
-    input: str = typer.Argument(..., help="Input JSONL file, or - for stdin."),
+    input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input."),
     order: str = typer.Option("completion", "--order", help="completion (write as each finishes) or input (buffer to input order)."),
-    resume: bool = typer.Option(False, "--resume", help="Append to an existing output, skipping ids already answered."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Append to an existing output, skipping ids already answered."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan` (refused if made for other data)."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 where it measures faster)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
     attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, native (fused CPU ops), torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
     compile: str = typer.Option("auto", "--compile", help="Fused CPU ops (C++, built once per machine in about a second, kept in the cache): auto (when already built or the job is big enough), on, off."),
     kv_budget: str = typer.Option("auto", "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
@@ -141,8 +159,9 @@ def run(
     block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens."),
     schedule: str = typer.Option("plan", "--schedule", help="plan (decode-heavy groups first) or input (input order; ablation)."),
     admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation)."),
+    checkpoint_every: float = typer.Option(30.0, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Default max_tokens per request."),
     temperature: float = typer.Option(0.0, "--temperature", help="Default temperature (0 = greedy)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Default nucleus cut."),
@@ -150,18 +169,19 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
     n: int = typer.Option(1, "--n", help="Default samples per prompt."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past EOS up to max_tokens (benchmarks)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""
     from batchcli.engine.config import EngineConfig
     from batchcli.job import RunOptions, run_job
+    from batchcli.writer import OutputWriteError
 
     defaults = _defaults(max_tokens, temperature, top_p, top_k, seed, stop, n, ignore_eos)
     settings = _settings(block_size, sharing)
     try:
         config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
                               token_budget=token_budget, schedule=schedule, admission=admission,
-                              compile=compile)
+                              compile=compile, checkpoint_every=checkpoint_every)
         options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
                              order=order, resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics)
     except ValueError as e:
@@ -169,6 +189,8 @@ def run(
     try:
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet)
     except BatchError as e:
+        if options.output == "-" and isinstance(e, OutputWriteError):
+            _drop_stdout()
         raise _fail(e, e.exit_code) from None
     except KeyboardInterrupt:  # while reading, tokenizing or loading, before the engine's own handler
         err.print("batchllm: interrupted before any request ran; rerun the same command (add --resume if the "
@@ -177,7 +199,22 @@ def run(
     raise typer.Exit(code)
 
 
+def _drop_stdout() -> None:
+    """Point a dead stdout at /dev/null, so the interpreter's flush at exit does not fail again (exit 120)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout has no descriptor (a test runner's buffer): nothing will flush to it at exit
+
+
 def main() -> None:
+    # The command is offline by contract; in its own process it says so to the HF libraries too (the
+    # library itself only passes local_files_only and leaves the environment alone).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    install_lenient_stderr()
     app()
 
 

@@ -106,7 +106,9 @@ def as_token_ids(value: object, name: str) -> tuple[int, ...]:
         ids = np.array(value)  # one C pass for the common, valid case
     except (ValueError, OverflowError):
         ids = None
-    if ids is None or ids.dtype.kind != "i" or ids.ndim != 1 or ids.min() < 0 or ids.max() >= 2**31:
+    # numpy turns a bool among ints into 0/1, so the type of every element is checked too
+    if (ids is None or ids.dtype.kind != "i" or ids.ndim != 1 or ids.min() < 0 or ids.max() >= 2**31
+            or not all(type(token) is int for token in value)):
         for i, token in enumerate(value):  # slow path only to name the bad element
             if type(token) is not int:
                 raise BadField("invalid_type", f"{name}[{i}] must be an integer, got {show(token)}")

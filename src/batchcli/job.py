@@ -1,11 +1,14 @@
 """One whole `run` job as a library call: resolve the model, open the output, prepare, execute, report.
 
 Invariant: every input line is answered exactly once across runs: error lines and results are written
-as they are known, and with `resume` lines already answered in the output are skipped.
+as they are known, and with `resume` lines already answered in the output are skipped. While the job
+runs it holds the output's lock, and the output is bound to the job (output_meta), so neither a second
+run nor another job's resume can write into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -15,16 +18,22 @@ from typing import Callable
 import orjson
 from rich.console import Console
 
+from batchcli.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
-from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, UsageError
+from batchcli.engine.resume import Checkpointing
+from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats import render_error, render_result
+from batchcli.lock import OutputLock
 from batchcli.models import pending_conversion, resolve_model
-from batchcli.pipeline import PreparedJob, prepare
+from batchcli.output_meta import bind_output, refuse_output_is_input
+from batchcli.engine.devices import pick_device
+from batchcli.pipeline import PreparedJob, check_input, prepare
+from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
-from batchcli.requests import SamplingParams
-from batchcli.results import Result
+from batchcli.requests import LineError, SamplingParams
+from batchcli.results import Failure, Result
 from batchcli.writer import OutputWriter
 
 
@@ -67,50 +76,101 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
     if (note := pending_conversion(model)) is not None:
         say(note)
-    model_dir = resolve_model(model)
+    check_input(source)
+    pick_device(config.device)
+    if options.metrics is not None:
+        check_writable(options.metrics, "--metrics")
+    if options.plan_file is not None and not Path(options.plan_file).is_file():
+        raise PlanFileError(f"plan file {options.plan_file} does not exist")
+    model_dir = resolve_model(model, quiet=quiet)
+    refuse_output_is_input(source, options.output)
     stop = StopFlag()
-    with OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
-        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, done_ids=set(writer.done_ids()))
+    with _locked(options.output), \
+            OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
+        answered = writer.answered()
+        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered)
+        if options.output != "-":
+            bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source)
         if options.order == "input":
             writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
         for e in job.batch.errors:
             writer.write(render_error(e, None), key=e.line)
-        stats = _execute(job, config, writer, stop, console, quiet, say) if job.batch.requests else None
-        counts = writer.counts
+        checkpointing = _checkpointing(job, config, options, say)
+        stats, complete = (_execute(job, config, writer, stop, console, quiet, say, checkpointing)
+                           if job.batch.requests else (None, True))
+        counts, codes = writer.counts, writer.error_codes
     if not job.batch.requests:
         say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
     wall = time.perf_counter() - started
-    if options.metrics is not None and stats is not None:
-        metrics = {"wall_s": wall, **asdict(stats), "errors": counts.errors, "results": counts.successes}
-        options.metrics.write_bytes(orjson.dumps(metrics, option=orjson.OPT_INDENT_2))
-    if stop.requested:
+    if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
+        metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
+                   "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped}
+        write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
+    if stop.requested and not complete:
         # how to resume is worth a line even with --quiet
         console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "
                       f"batchllm run {source} -o {options.output} --resume", highlight=False)
         return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
     if stats is not None:
         say(stats.summary(wall))
+    if codes:
+        say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
 
 
+def _locked(output: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if output == "-" else OutputLock(output)
+
+
+def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
+                   say: Callable[[str], None]) -> Checkpointing | None:
+    """Checkpoints beside a file output (a resume first takes over what the last one left in flight)."""
+    if options.output == "-":
+        return None
+    path = checkpoint_path(Path(options.output))
+    restored = {}
+    if options.resume:
+        restored = load_checkpoint(path, job.identity, job.batch.requests, job.tokenizer.vocab_size, say)
+        if restored:
+            say(f"batchllm: continuing {len(restored):,} requests from checkpoint {path.name}")
+    else:
+        path.unlink(missing_ok=True)  # another job's, or this output's before --overwrite
+    if config.checkpoint_every <= 0 and not restored:
+        return None
+    return Checkpointing(config.checkpoint_every,
+                         lambda in_flight: save_checkpoint(path, job.identity, job.batch.requests, in_flight), restored)
+
+
 def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop: StopFlag, console: Console,
-             quiet: bool, say: Callable[[str], None]) -> RunStats | None:
-    """Load the engine and run the plan, writing results as they finish; None if stopped at once."""
+             quiet: bool, say: Callable[[str], None],
+             checkpointing: Checkpointing | None) -> tuple[RunStats | None, bool]:
+    """Load the engine and run the plan, writing results as they finish. Returns the stats (None if
+    stopped at once) and whether every request got its line (a stop that came after the work is no stop)."""
     engine = Engine(job.model_dir, config, job.tokenizer.decode)
     say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
         f"{job.skipped:,} already answered; {engine.describe()}")
     created = int(time.time())
 
-    def emit(result: Result) -> None:
-        writer.write(render_result(result, model=job.model_dir.name, created=created), key=result.request.line)
+    answered = 0
+
+    def emit(event: Result | Failure) -> None:
+        nonlocal answered
+        answered += 1
+        request = event.request
+        if isinstance(event, Failure):
+            error = LineError(request.id, request.line, event.code, event.message, request.custom_id)
+            writer.write(render_error(error, request.format), key=request.line)
+        else:
+            writer.write(render_result(event, model=job.model_dir.name, created=created), key=request.line)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressView(console, quiet=quiet) as view:
-            return engine.run(job, emit, view.update, stop, log=say)
+            stats = engine.run(job, emit, view.update, stop, log=say, checkpoint=checkpointing)
+        return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
-        return None
+        return None, False
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

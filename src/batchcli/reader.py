@@ -253,3 +253,11 @@ def _check_body_extras(body: dict, used: frozenset[str]) -> None:
         if body[key] not in neutral:
             allowed = " or ".join(show(v) for v in neutral)
             raise BadField("unsupported", f"body.{key} = {show(body[key])} is not supported (only {allowed})")
+
+
+def openai_body_fields() -> str:
+    """One line for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
+    their no-op value (anything else is an error line)."""
+    honoured = sorted((_BODY_KEYS[InputFormat.OPENAI_CHAT] | _BODY_KEYS[InputFormat.OPENAI_COMPLETION]))
+    return (f"body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
+            f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}")

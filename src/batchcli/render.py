@@ -1,15 +1,26 @@
-"""Human summaries on a rich console: the plan's statistics table and the top of its prefix tree."""
+"""Summaries of a prepared job: the plan's statistics (a rich table, or JSON for scripts), the first
+error lines with their reasons, and the top of the prefix tree, each node with a text preview and
+an example request id."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Callable
+
+import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from batchcli.plan import Plan, TreeNode, top_segments
+from batchcli.pipeline import PreparedJob
+from batchcli.plan import Plan, Segment, TreeNode, top_segments
 
 TREE_CHILDREN = 5  # children shown per node
 TREE_DEPTH = 3
+ERRORS_SHOWN = 5
+PREVIEW_TOKENS = 16
+PREVIEW_CHARS = 40
 
 
 def stats_table(plan: Plan) -> Table:
@@ -30,14 +41,28 @@ def stats_table(plan: Plan) -> Table:
     return table
 
 
-def prefix_tree(plan: Plan) -> Tree:
+def segment_label(job: PreparedJob) -> Callable[[Segment], str]:
+    """A segment's first tokens as text, and the id of its first member request."""
+    def label(seg: Segment) -> str:
+        request = job.plan.order[seg.first]
+        tokens = job.batch.tokens[request][seg.start : seg.start + min(seg.length, PREVIEW_TOKENS)]
+        text = " ".join(job.tokenizer.decode(tokens.tolist()).split())
+        text = text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
+        return f"{text!r}, e.g. {job.batch.requests[request].id}"
+
+    return label
+
+
+def prefix_tree(plan: Plan, label: Callable[[Segment], str] = lambda seg: "") -> Tree:
     """The head of the prefix tree in execution order (plan.top_segments), as a rich Tree."""
     nodes, left_out = top_segments(plan, limit=TREE_CHILDREN, depth=TREE_DEPTH)
     root = Tree(f"[bold]all requests[/bold] ({plan.stats.sequences:,} sequences)")
 
     def add(branch: Tree, node: TreeNode) -> None:
         seg = node.segment
-        sub = branch.add(f"{seg.length:,} tokens at {seg.start:,} shared by {seg.sequences:,} sequences")
+        text = escape(label(seg))
+        sub = branch.add(f"{seg.length:,} tokens at {seg.start:,} shared by {seg.sequences:,} sequences"
+                         + (f": {text}" if text else ""))
         for child in node.children:
             add(sub, child)
         if node.hidden:
@@ -50,6 +75,23 @@ def prefix_tree(plan: Plan) -> Tree:
     return root
 
 
-def plan_summary(plan: Plan, console: Console) -> None:
-    console.print(stats_table(plan))
-    console.print(prefix_tree(plan))
+def error_lines(job: PreparedJob) -> list[str]:
+    """Which lines got error records and why: the first few, and how many more."""
+    errors = job.batch.errors
+    shown = [f"line {e.line} ({e.id}): {e.code}: {e.message}" for e in errors[:ERRORS_SHOWN]]
+    return shown + ([f"... {len(errors) - ERRORS_SHOWN:,} more"] if len(errors) > ERRORS_SHOWN else [])
+
+
+def plan_summary(job: PreparedJob, console: Console) -> None:
+    console.print(stats_table(job.plan))
+    if job.batch.errors:
+        console.print(f"{len(job.batch.errors):,} error lines:", highlight=False)
+        for line in error_lines(job):
+            console.print(f"  {escape(line)}", highlight=False)
+    console.print(prefix_tree(job.plan, segment_label(job)))
+
+
+def stats_json(job: PreparedJob) -> bytes:
+    """The plan's statistics and the first error lines, as one JSON object."""
+    errors = [{"line": e.line, "id": e.id, "code": e.code, "message": e.message} for e in job.batch.errors[:ERRORS_SHOWN]]
+    return orjson.dumps({**asdict(job.plan.stats), "segments": len(job.plan.segments), "first_errors": errors})

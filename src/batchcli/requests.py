@@ -7,7 +7,14 @@ anything wrong with a line becomes a `LineError` instead, never a half-filled `R
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field, replace
+
+MAX_N = 128  # samples per request: OpenAI's own cap, and a bound on the memory one line can ask for
+# Below these, `logits / temperature` overflows or the nucleus underflows in float32: such a line samples
+# greedily, which is what it asks for in the limit.
+MIN_TEMPERATURE = 1e-5
+MIN_TOP_P = 1e-30
 
 
 class InputFormat(enum.Enum):
@@ -36,18 +43,20 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
+        if not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n must be in [1, {MAX_N}], got {self.n}")
+        if "" in self.stop:
+            raise ValueError("stop must not contain an empty string")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE or self.top_p < MIN_TOP_P
 
 
 @dataclass(frozen=True, slots=True)

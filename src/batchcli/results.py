@@ -1,4 +1,4 @@
-"""What the engine hands back for one request: its completions and token usage."""
+"""What the engine hands back for one request: its completions and token usage, or why it failed."""
 
 from __future__ import annotations
 
@@ -28,3 +28,13 @@ class Result:
     @property
     def completion_tokens(self) -> int:
         return sum(len(c.token_ids) for c in self.completions)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request the engine could not answer (it does not fit the KV budget, the model's numbers broke);
+    rendered as an error line, the rest of the batch goes on."""
+
+    request: Request
+    code: str
+    message: str

@@ -3,7 +3,10 @@
 Plain prompts get the tokenizer's own special tokens (`add_special_tokens=True`); chat messages are
 rendered by the tokenizer's chat template with `add_generation_prompt=True` and encoded without adding
 special tokens again (the template writes them). Work is batched; a line whose tokens cannot run
-(out-of-vocabulary ids, too long for the context) becomes a LineError, and the rest goes on.
+(out-of-vocabulary ids, too long for the context) becomes a LineError, and the rest goes on. A text
+too long to fit whatever it encodes to is refused before encoding (a token never covers more than
+the longest vocabulary entry's characters), so a huge line costs its bytes, not a tokenizer's
+working memory.
 Invariant: `TokenizedRequests.requests[i]` owns prompt `tokens[i]`; prompt text is dropped once encoded.
 """
 
@@ -17,6 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
+from batchcli.errors import ModelNotFoundError
 from batchcli.requests import InputFormat, LineError, Request
 from batchcli.tokens import TokenArrays
 
@@ -49,15 +53,23 @@ def _load_tokenizer(model_dir: Path):  # noqa: ANN202 - a transformers tokenizer
 
 
 class PromptTokenizer:
-    """A transformers tokenizer loaded from a local model directory, plus the model's context length."""
+    """A transformers tokenizer loaded from a local model directory, plus the model's context length
+    and vocabulary size, read through the engine's own config reader so the two never disagree."""
 
     def __init__(self, model_dir: Path, max_context: int | None = None) -> None:
+        from batchcli.engine.weights import load_config
+
         self.model_dir = Path(model_dir)
-        self.tok = _load_tokenizer(self.model_dir)
-        if max_context is None:
-            max_context = int(_read_json(self.model_dir / "config.json").get("max_position_embeddings") or 0)
-        self.max_context = max_context or 1 << 62
-        self.vocab_size = len(self.tok)
+        arch = load_config(self.model_dir)
+        try:
+            self.tok = _load_tokenizer(self.model_dir)
+        except Exception as e:  # transformers raises many kinds (OSError, ValueError, JSON errors) for bad files
+            raise ModelNotFoundError(f"cannot load the tokenizer of {self.model_dir}: "
+                                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self.max_context = max_context or arch.max_position_embeddings
+        self.vocab_size = min(len(self.tok), arch.vocab_size)  # an id past either has no embedding or no text
+        # x2: a normalizer may fold characters (e.g. strip accents) before the vocabulary is matched
+        self._chars_per_token = 2 * max(map(len, self.tok.get_vocab()), default=1)
 
     def identity(self) -> str:
         """A short hash of the tokenizer's vocabulary, special tokens and chat template."""
@@ -88,17 +100,32 @@ class PromptTokenizer:
         for i, r in enumerate(chunk):
             if r.messages is not None:
                 try:
-                    rendered.append(self._render_chat(r))
-                    chat.append(i)
+                    text = self._render_chat(r)
                 except Exception as e:  # a template raising on bad roles is a per-line failure
                     out[i] = LineError(r.id, r.line, "chat_template_error", f"chat template failed: {e}", r.custom_id)
+                    continue
+                out[i] = self._surely_too_long(r, text)
+                if out[i] is None:
+                    rendered.append(text)
+                    chat.append(i)
             elif r.prompt_token_ids is not None:
                 out[i] = np.asarray(r.prompt_token_ids, dtype=np.int64)
+            else:
+                out[i] = self._surely_too_long(r, r.prompt)
+        plain = [i for i in plain if out[i] is None]
         for i, ids in zip(plain, self._encode_texts([chunk[i].prompt for i in plain], True)):
             out[i] = ids
         for i, ids in zip(chat, self._encode_texts(rendered, False)):
             out[i] = ids
         return [x if isinstance(x, LineError) else self._check(chunk[i], x) for i, x in enumerate(out)]
+
+    def _surely_too_long(self, req: Request, text: str) -> LineError | None:
+        at_least = len(text) // self._chars_per_token
+        if at_least + req.params.max_tokens <= self.max_context:
+            return None
+        return LineError(req.id, req.line, "context_length_exceeded",
+                         f"prompt of {len(text):,} characters is at least {at_least:,} tokens; + max_tokens "
+                         f"{req.params.max_tokens} exceeds the model's context of {self.max_context}", req.custom_id)
 
     def _check(self, req: Request, ids: list[int] | np.ndarray) -> np.ndarray | LineError:
         arr = np.asarray(ids, dtype=np.int64)

@@ -1,7 +1,9 @@
 """The engine loop: schedule -> run -> postprocess, until every sequence of the plan has finished.
 
-Invariant: each request's result is emitted exactly once, as soon as its last sample finishes; a stop
-request (SIGINT/SIGTERM) stops admission, and the loop ends when the running sequences are done.
+Invariant: each request gets exactly one event, a Result as soon as its last sample finishes, or a
+Failure (it cannot fit the KV budget even alone; a sample's logits were not finite) while the others
+go on; a stop request (SIGINT/SIGTERM) stops admission, and the loop ends when the running sequences
+are done.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import torch
 
 from batchcli.engine.attention import get_backend, resolve_backend
 from batchcli.engine.config import EngineConfig
+from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.fused import choose_fused, wants_fused
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import CausalLM, allocate_kv, kv_bytes_per_token
+from batchcli.engine.resume import Checkpointing, restore, snapshot
 from batchcli.engine.runner import ModelRunner
 from batchcli.engine.sampler import Sampler
 from batchcli.engine.step import StepBatch
@@ -25,15 +29,12 @@ from batchcli.engine.policies import SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
 from batchcli.engine.weights import eos_token_ids, load_model
-from batchcli.errors import UsageError
+from batchcli.errors import KVBudgetError, UsageError
 from batchcli.models import cache_dir
-from batchcli.pipeline import PreparedJob
+from batchcli.pipeline import PreparedJob, keep_requests
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams
-from batchcli.results import Completion, Result
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
+from batchcli.results import Completion, Failure, Result
 
 class StopRequest(Protocol):
     @property
@@ -67,34 +68,6 @@ class RunStats:
                 f"{total / max(wall, 1e-9):,.0f} tok/s total, {self.completion_tokens / max(self.run_s, 1e-9):,.0f} "
                 f"output tok/s; prefix sharing saved {100 * self.saving_ratio:.1f}% of prefill; "
                 f"{self.steps:,} steps, {self.preemptions} preemptions, peak KV {self.peak_kv_bytes / 2**20:,.0f} MiB")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The asked dtype; for "auto", bf16 on GPU, and on CPU whichever of bf16/fp32 multiplies faster here
-    (bf16 is ~3.5x faster with AMX, but slower than fp32 on CPUs that emulate it)."""
-    if name != "auto":
-        return DTYPES[name]
-    if device.type != "cpu":
-        return torch.bfloat16
-    return min((torch.bfloat16, torch.float32), key=_matmul_seconds)
-
-
-def _matmul_seconds(dtype: torch.dtype, reps: int = 3) -> float:
-    a = torch.randn(256, 576).to(dtype)  # a step-sized activation of a small model
-    w = torch.randn(1536, 576).to(dtype)
-    a @ w.T  # warm-up: first calls pick kernels
-    started = time.perf_counter()
-    for _ in range(reps):
-        a @ w.T
-    return time.perf_counter() - started
 
 
 class Engine:
@@ -136,13 +109,19 @@ class Engine:
             return self.model, "native"
         return self.model, self.attention
 
+    def _available_bytes(self) -> int:
+        return torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else mem_available_bytes()
+
     def _pool_blocks(self, job: PreparedJob, block_size: int) -> int:
         per_token = kv_bytes_per_token(self.model.spec)
-        available = (torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else mem_available_bytes())
+        available = self._available_bytes()
         try:
             blocks = parse_kv_budget(self.config.kv_budget, per_token, block_size, available)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        if blocks * block_size * per_token > available:
+            raise KVBudgetError(f"--kv-budget {self.config.kv_budget} asks for {_gib(blocks * block_size * per_token)} "
+                                f"of KV cache, but only {_gib(available)} of memory is available")
         if self.config.kv_budget == "auto":  # never more than the whole job could ever hold at once
             outputs = sum(r.params.max_tokens * r.params.n for r in job.batch.requests)
             seqs = job.plan.stats.sequences
@@ -150,25 +129,44 @@ class Engine:
             blocks = max(1, min(blocks, -(-need // block_size)))
         return blocks
 
-    def run(self, job: PreparedJob, on_result: Callable[[Result], None], on_progress: Callable[[Progress], None],
-            stop: StopRequest, log: Callable[[str], None] = lambda line: None) -> RunStats:
-        """Execute the job's plan; call `on_result` once per finished request."""
+    def _allocate_kv(self, num_blocks: int, block_size: int) -> torch.Tensor:
+        try:
+            return allocate_kv(self.model.spec, num_blocks, block_size, self.device)
+        except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (CUDA: its OOM subclass)
+            if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
+                raise
+            asked = num_blocks * block_size * kv_bytes_per_token(self.model.spec)
+            raise KVBudgetError(f"cannot allocate {_gib(asked)} of KV cache (--kv-budget {self.config.kv_budget}); "
+                                f"{_gib(self._available_bytes())} of memory is available; lower --kv-budget") from None
+
+    def run(self, job: PreparedJob, on_result: Callable[[Result | Failure], None],
+            on_progress: Callable[[Progress], None], stop: StopRequest,
+            log: Callable[[str], None] = lambda line: None, checkpoint: Checkpointing | None = None) -> RunStats:
+        """Execute the job's plan; call `on_result` once per request, with its Result or Failure.
+
+        With `checkpoint`, start from its restored samples, and hand it the in-flight state every
+        `checkpoint.every_s` seconds and once when the loop ends (empty when everything finished)."""
         started = time.perf_counter()
         block_size = job.plan.settings.block_size
         model, attention = self._model_for(job, block_size, log)
         num_blocks = self._pool_blocks(job, block_size)
+        job, kept = _without_misfits(job, num_blocks, block_size, on_result)  # kept[new index] = index in the job given
         per_block = block_size * kv_bytes_per_token(self.model.spec)
         log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
             f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step, "
             f"attention {attention}")
         pool = BlockPool(num_blocks)
-        runner = ModelRunner(model, allocate_kv(self.model.spec, num_blocks, block_size, self.device),
-                             block_size, self.device)
+        runner = ModelRunner(model, self._allocate_kv(num_blocks, block_size), block_size, self.device)
         sched = Scheduler(job.plan, job.batch.tokens, [r.params for r in job.batch.requests], pool,
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
                                           order=self.config.schedule, admission=self.config.admission))
         results = _Results(job, on_result)
         sampler = Sampler(self.config.seed)
+        if checkpoint is not None:
+            renumber = {old: new for new, old in enumerate(kept)}
+            restored = {renumber[r]: s for r, s in checkpoint.restored.items() if r in renumber}
+            results.started.update(restored)
+            restore(restored, sched, sampler, self.stopper, results.params, results.add)
         while True:
             if stop.requested:
                 sched.stop_admitting()
@@ -176,9 +174,13 @@ class Engine:
             if step is None:
                 break
             self._step(step, runner, sched, sampler, results)
+            if checkpoint is not None and checkpoint.due():
+                checkpoint.save(snapshot(results.started, sched, sampler, kept))
             c = sched.counters
             on_progress(Progress(results.done, len(job.batch.requests), c.prefill_tokens, c.decode_tokens,
                                  pool.num_used, num_blocks, time.perf_counter() - started))
+        if checkpoint is not None:
+            checkpoint.save(snapshot(results.started, sched, sampler, kept))
         c = sched.counters
         return RunStats(
             model_load_s=self.load_s, run_s=time.perf_counter() - started, requests=results.done,
@@ -191,18 +193,54 @@ class Engine:
         )
 
     def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, sampler: Sampler, results: _Results) -> None:
-        """Run one step, sample, and retire the sequences that finished."""
+        """Run one step, sample, and retire the sequences that finished (or whose logits broke)."""
         logits = runner.run(step)  # [num_sampling_chunks, vocab]
         seqs = [sched.seq(c.seq_id) for c in step.chunks if c.sample]
         params = [results.params(s.request) for s in seqs]
-        tokens = sampler.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs])
+        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [num_sampling_chunks]
+        good = [i for i, f in enumerate(finite) if f]
+        tokens = [0] * len(seqs)  # a placeholder for a broken row: its sequence is failed below
+        rows = logits if len(good) == len(seqs) else logits[good]  # [len(good), vocab]
+        drawn = sampler.sample(rows, [params[i] for i in good], [seqs[i].seq_id for i in good], [seqs[i].sample for i in good])
+        for i, token in zip(good, drawn):
+            tokens[i] = token
         sched.on_step_done(step, {s.seq_id: t for s, t in zip(seqs, tokens)})
-        for s, p in zip(seqs, params):
-            completion = self.stopper.check(s.generated, p)
-            if completion is not None:
+        results.started.update(s.request for s in seqs)
+        for s, p, ok in zip(seqs, params, finite):
+            completion = self.stopper.check(s.generated, p) if ok else None
+            if completion is not None or not ok:
                 sched.finish(s.seq_id)
                 sampler.release(s.seq_id)
+            if not ok:
+                results.fail(s.request, "non_finite_logits",
+                             f"the model gave non-finite logits at output token {len(s.generated)} of sample {s.sample}; "
+                             "try --dtype float32")
+            elif completion is not None:
                 results.add(s.request, s.sample, completion, s.private_start)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB"
+
+
+def _without_misfits(job: PreparedJob, num_blocks: int, block_size: int,
+                     on_result: Callable[[Result | Failure], None]) -> tuple[PreparedJob, list[int]]:
+    """Fail the requests one sample of which cannot fit the pool even alone, and drop them from the job;
+    also returns, per request kept, its index in `job`.
+
+    A sample alone needs its prompt + max_tokens of KV (shared segments are whole blocks, so counting
+    them with its private tail rounds the same); any sample that fits alone finishes, by preemption.
+    """
+    need = -(-(job.batch.tokens.lengths + [r.params.max_tokens for r in job.batch.requests]) // block_size)  # [R]
+    misfits = set((need > num_blocks).nonzero()[0].tolist())
+    for i in sorted(misfits):
+        request = job.batch.requests[i]
+        on_result(Failure(request, "kv_budget_exceeded",
+                          f"prompt of {int(job.batch.tokens.lengths[i])} tokens + max_tokens {request.params.max_tokens} "
+                          f"needs {int(need[i])} KV blocks of {block_size} tokens, the KV budget holds {num_blocks}; "
+                          "raise --kv-budget or lower max_tokens"))
+    kept = [i for i in range(len(job.batch.requests)) if i not in misfits]
+    return (keep_requests(job, kept) if misfits else job), kept
 
 
 class _Results:
@@ -213,18 +251,33 @@ class _Results:
         self._lengths = job.batch.tokens.lengths
         self._on_result = on_result
         self._pending: dict[int, dict[int, Completion]] = {}
+        self._failed: set[int] = set()
+        self.started: set[int] = set()  # requests with a sampled token and no event yet (what a checkpoint holds)
         self.done = self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def params(self, request: int) -> SamplingParams:
         return self._requests[request].params
 
+    def fail(self, request: int, code: str, message: str) -> None:
+        """Answer `request` with a Failure now; its other samples are dropped when they finish."""
+        if request in self._failed:
+            return
+        self._failed.add(request)
+        self._pending.pop(request, None)
+        self.started.discard(request)
+        self._on_result(Failure(self._requests[request], code, message))
+        self.done += 1
+
     def add(self, request: int, sample: int, completion: Completion, cached: int) -> None:
+        if request in self._failed:
+            return
         got = self._pending.setdefault(request, {})
         got[sample] = completion
         n = self._requests[request].params.n
         if len(got) < n:
             return
         del self._pending[request]
+        self.started.discard(request)
         result = Result(self._requests[request], tuple(got[i] for i in range(n)), int(self._lengths[request]), cached)
         self._on_result(result)
         self.done += 1

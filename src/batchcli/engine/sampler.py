@@ -7,6 +7,8 @@ generator, seeded from (request seed, sample index).
 
 from __future__ import annotations
 
+import secrets
+
 import torch
 
 from batchcli.requests import SamplingParams
@@ -22,8 +24,10 @@ def seed_for(seed: int | None, sample_index: int, fallback: int) -> int:
 
 class Sampler:
     def __init__(self, run_seed: int | None = None) -> None:
-        self._run_seed = int(torch.seed()) if run_seed is None else run_seed
+        # from the OS, not torch.seed(): that would reseed torch's global generator under the caller
+        self._run_seed = secrets.randbits(63) if run_seed is None else run_seed
         self._generators: dict[int, torch.Generator] = {}
+        self._restored: dict[int, bytes] = {}  # checkpointed RNG states not applied yet
 
     def sample(self, logits: torch.Tensor, params: list[SamplingParams], seq_ids: list[int],
                sample_indices: list[int]) -> list[int]:
@@ -37,11 +41,24 @@ class Sampler:
     def release(self, seq_id: int) -> None:
         self._generators.pop(seq_id, None)
 
+    def state(self, seq_id: int) -> bytes | None:
+        """The RNG state of a sequence's generator (None before its first random draw), for checkpoints."""
+        gen = self._generators.get(seq_id)
+        return self._restored.get(seq_id) if gen is None else bytes(gen.get_state().numpy())
+
+    def restore(self, seq_id: int, state: bytes) -> None:
+        """Continue a sequence from a checkpointed RNG state (applied at its next random draw, on the
+        logits' device)."""
+        self._restored[seq_id] = state
+
     def _draw(self, row: torch.Tensor, p: SamplingParams, seq_id: int, sample_index: int) -> int:
         gen = self._generators.get(seq_id)
         if gen is None:
             gen = torch.Generator(device=row.device)
-            gen.manual_seed(seed_for(p.seed, sample_index, self._run_seed + seq_id))
+            if seq_id in self._restored:
+                gen.set_state(torch.frombuffer(bytearray(self._restored.pop(seq_id)), dtype=torch.uint8))
+            else:
+                gen.manual_seed(seed_for(p.seed, sample_index, self._run_seed + seq_id))
             self._generators[seq_id] = gen
         scaled = row.float() / p.temperature  # [V]
         if p.top_k and p.top_k < scaled.shape[0]:

@@ -74,6 +74,28 @@ class Scheduler:
         """Admit nothing more (a stop was requested): schedule() returns None once the running finish."""
         self._admitting = False
 
+    def restore(self, partial: dict[int, list[int]], done: dict[int, list[int]]) -> None:
+        """Before the first step, take over what an earlier run checkpointed (by seq id): `partial`
+        sequences keep their generated tokens, recomputed with the prompt on admission as after a
+        preemption; `done` sequences finished and never run."""
+        if self.counters.steps or self._pending is not None:
+            raise RuntimeError("restore() must come before the first step")
+        for seq_id, tokens in (*partial.items(), *done.items()):
+            seq = self.seq(seq_id)
+            if seq.status is not SeqStatus.WAITING or seq.generated:
+                raise ValueError(f"sequence {seq_id} was restored twice")
+            seq.generated = list(tokens)
+        for seq_id in done:
+            seq = self._seqs[seq_id]
+            seq.status = SeqStatus.FINISHED
+            self._unfinished -= 1
+            self._estimator.observe(seq.group, len(seq.generated))
+            for g in seq.chain:
+                self._segs[g].users -= 1
+                if self._segs[g].users == 0:
+                    self._release_segment(self._segs[g], SegStatus.FREED)
+        self._waiting = deque(s for s in self._waiting if s.status is SeqStatus.WAITING)
+
     # ---- the loop -------------------------------------------------------------------------------
     def schedule(self) -> StepBatch | None:
         """The next step's work, or None when every sequence has finished (or, after stop_admitting(),

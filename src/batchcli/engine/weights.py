@@ -26,7 +26,9 @@ from batchcli.errors import BatchError, ModelNotFoundError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # derived buffers some old exports saved
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "vocab_size", "max_position_embeddings")  # derived buffers some old exports saved
 
 
 class CheckpointError(BatchError, ValueError):
@@ -169,9 +171,20 @@ def load_config(path: str | Path) -> ArchConfig:
     directory = Path(path)
     if not (directory / "config.json").is_file():
         raise ModelNotFoundError(f"no model at {str(directory)!r}: config.json not found")
-    model_type = _read_json(directory / "config.json").get("model_type")
-    check_model_type(model_type)
-    return arch_from_config(read_hf_config(directory, model_type))
+    raw = _read_json(directory / "config.json")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{directory / 'config.json'} does not hold a JSON object")
+    check_model_type(raw.get("model_type"))
+    config = read_hf_config(directory, raw["model_type"])
+    bad = [f"{k}={getattr(config, k, None)!r}" for k in _INT_FIELDS if type(getattr(config, k, None)) is not int]
+    if bad:
+        raise CheckpointError(f"{directory / 'config.json'}: {', '.join(bad)}: must be integers")
+    try:
+        return arch_from_config(config)
+    except BatchError:  # already says what is unsupported or wrong
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # another field of the wrong type or range
+        raise CheckpointError(f"{directory / 'config.json'} is not a usable config: {exc}") from None
 
 
 def load_model(
