@@ -17,10 +17,11 @@ from benchmarks.peers.base import RunOutcome
 from benchmarks.workloads import Built
 
 MFU_FORMULA = ("MFU = FLOPs / (wall without start-up x measured torch.mm peak of the run's dtype), "
-               "FLOPs = 2 x body x (C + O) + 2 x head x O; body = weights other than the token embedding and "
-               "LM head, head = vocab x hidden, C = prompt tokens computed (batchllm: prompt x (1 - its plan's saving "
-               "ratio); others: prompt - prefix-cache hits), O = output tokens. "
-               "Attention-score FLOPs and padding are not counted.")
+               "FLOPs = 2 x body x (C + O) + 2 x head x O + attn x P; body = weights other than the token embedding "
+               "and LM head, head = vocab x hidden, C = prompt tokens computed (batchllm: prompt x (1 - its plan's "
+               "saving ratio); others: prompt - prefix-cache hits), O = output tokens, attn = 4 x layers x heads x "
+               "head_dim, P = the workload's (query, key) pairs with every shared prefix computed once (the same for "
+               "every engine: useful attention work). Padding is not counted.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,9 @@ def same_outputs(a: str, b: str) -> float | None:
     return sum(ra[i].get(key(ra[i], rb[i])) == rb[i].get(key(ra[i], rb[i])) for i in ids) / len(ids)
 
 
-def summarise(runs: list[RunOutcome], size: ModelSize, peak_gflops: float) -> list[Row]:
+def summarise(runs: list[RunOutcome], size: ModelSize, peak_gflops: float,
+              attention_pairs: dict[str, int] | None = None) -> list[Row]:
+    """One row per (workload, engine, variant); `attention_pairs` per workload (benchmarks.flops) for MFU."""
     groups: dict[tuple[str, str, str], list[RunOutcome]] = {}
     for r in runs:
         groups.setdefault((r.workload, r.peer.split("-kv")[0], r.variant), []).append(r)
@@ -86,7 +89,7 @@ def summarise(runs: list[RunOutcome], size: ModelSize, peak_gflops: float) -> li
             prompt_tps=first.prompt_tokens / gen, output_tps=first.completion_tokens / gen,
             saving_ratio=1 - computed / max(first.prompt_tokens, 1),
             peak_rss_mib=max(r.peak_rss_mib for r in ok), peak_kv_mib=max(kv) / 2**20 if kv else None,
-            mfu=mfu(size, computed, first.completion_tokens, gen, peak_gflops),
+            mfu=mfu(size, computed, first.completion_tokens, gen, peak_gflops, (attention_pairs or {}).get(workload, 0)),
             others_share=max(r.others_share for r in ok), extra=extra,
         ))
     return with_agreement(rows, runs)
@@ -200,7 +203,7 @@ def write(folder: Path, meta: dict, machine: MachineInfo, built: list[Built], ru
           size: ModelSize) -> tuple[Path, Path]:
     meta = meta | {"machine": asdict(machine), "mfu_formula": MFU_FORMULA,
                    "model_params": {"body": size.body, "head": size.head}}
-    rows = summarise(runs, size, machine.peak_gflops[meta["dtype"]])
+    rows = summarise(runs, size, machine.peak_gflops[meta["dtype"]], {b.bench.name: b.attention_pairs for b in built})
     data = {**meta, "workloads": [workload_facts(b) for b in built],
             "summary": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]}
     json_path, md_path = folder / "results.json", folder / "RESULTS.md"

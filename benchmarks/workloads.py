@@ -17,6 +17,7 @@ import numpy as np
 
 from batchcli.tokens import TokenArrays
 from benchmarks import synth
+from benchmarks.flops import attention_pairs
 
 ALL_PEERS = ("batchllm", "vllm", "transformers")
 FAST_PEERS = ("batchllm", "vllm")
@@ -48,6 +49,7 @@ class Built:
     output_tokens: int
     max_prompt: int
     max_tokens: int
+    attention_pairs: int = 0  # useful (query, key) pairs, each shared prefix once (benchmarks.flops)
 
     @property
     def working_set_tokens(self) -> int:
@@ -71,6 +73,7 @@ def build(bench: Bench, folder: Path) -> Built:
         bench=bench, path=path, requests=len(work.tokens), prompt_tokens=work.total_tokens,
         shared_tokens=work.shared_tokens, output_tokens=int(work.max_tokens.sum()),
         max_prompt=int(work.tokens.lengths.max()), max_tokens=int(work.max_tokens.max()),
+        attention_pairs=attention_pairs([work.tokens[i] for i in range(len(work.tokens))], work.max_tokens.tolist()),
     )
 
 

@@ -9,7 +9,7 @@ from benchmarks.report import same_outputs, summarise
 
 def test_model_size_reads_safetensors_headers(tiny_model):
     size = model_size(tiny_model)
-    assert size == ModelSize(body=8 + 2 * (64 + 128), head=50 * 8)
+    assert size == ModelSize(body=8 + 2 * (64 + 128), head=50 * 8, attention=4 * 2 * 2 * 4)
 
 
 def test_flops_and_mfu_follow_the_stated_formula():
@@ -52,3 +52,17 @@ def test_same_outputs_compares_token_ids_else_text(tmp_path):
     assert same_outputs(str(a), str(b)) == 0.5
     assert same_outputs(str(a), str(c)) is None
     assert same_outputs(str(a), str(tmp_path / "missing")) is None
+
+
+def test_attention_pairs_count_each_shared_prefix_once():
+    import numpy as np
+
+    from benchmarks.flops import attention_pairs
+
+    a, b = np.array([5, 6, 7, 8]), np.array([5, 6, 9])  # share the prefix [5, 6]
+    # distinct prefixes: [5] 1 key, [5,6] 2, [5,6,7] 3, [5,6,7,8] 4, [5,6,9] 3; outputs: a 2 tokens (5, 6 keys),
+    # b 1 token (4 keys)
+    assert attention_pairs([a, b], [2, 1]) == (1 + 2 + 3 + 4 + 3) + (5 + 6) + 4
+    assert attention_pairs([a, a.copy()], [0, 0]) == 1 + 2 + 3 + 4  # a duplicate prompt costs nothing more
+
+
