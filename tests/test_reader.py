@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchcli.reader import InputUnreadableError, read_requests
+from batchcli.reader import OPENAI_DEFAULTS, InputUnreadableError, read_requests
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 
 DEFAULTS = SamplingParams(max_tokens=32, temperature=0.5, stop=("###",))
@@ -198,14 +198,15 @@ def test_openai_completions_and_chat(tmp_path: Path) -> None:
         openai_line("/v1/chat/completions", {"model": "m2", "messages": [{"role": "user", "content": "q"}],
                                              "max_tokens": 5, "max_completion_tokens": 11, "seed": 2}, custom_id=3),
     ])
+    # OpenAI lines start from OpenAI's defaults (temperature 1, no max_tokens), not the plain lines' ones
     assert got[0] == Request("r1", 1, InputFormat.OPENAI_COMPLETION,
-                             SamplingParams(max_tokens=9, temperature=0.5, top_k=4, stop=("###",), ignore_eos=True),
+                             SamplingParams(max_tokens=9, temperature=1.0, top_k=4, ignore_eos=True),
                              prompt="hello", custom_id="r1")
     assert got[0].model == "m1"
-    assert got[1] == Request("r2", 2, InputFormat.OPENAI_COMPLETION, DEFAULTS, prompt_token_ids=(5, 6), custom_id="r2")
+    assert got[1] == Request("r2", 2, InputFormat.OPENAI_COMPLETION, OPENAI_DEFAULTS, prompt_token_ids=(5, 6),
+                             custom_id="r2")
     assert got[1].model is None
-    assert got[2] == Request("3", 3, InputFormat.OPENAI_CHAT,
-                             SamplingParams(max_tokens=11, temperature=0.5, seed=2, stop=("###",)),
+    assert got[2] == Request("3", 3, InputFormat.OPENAI_CHAT, SamplingParams(max_tokens=11, temperature=1.0, seed=2),
                              messages=({"role": "user", "content": "q"},), custom_id="3")
     assert got[2].model == "m2"
 
@@ -214,9 +215,22 @@ OPENAI_BAD = [
     (openai_line("/v1/embeddings", {"input": "x"}), "unsupported", ["url"]),
     ({**openai_line("/v1/completions", {"prompt": "x"}), "method": "GET"}, "unsupported", ["method", "GET"]),
     (openai_line("/v1/completions", {"prompt": "x", "stream": True}), "unsupported", ["stream", "true"]),
-    (openai_line("/v1/completions", {"prompt": "x", "logprobs": 3}), "unsupported", ["logprobs", "3"]),
-    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}),
-     "unsupported", ["presence_penalty", "0.5"]),
+    (openai_line("/v1/completions", {"prompt": "x", "logprobs": 6}), "invalid_value", ["logprobs", "6"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5}),
+     "invalid_value", ["presence_penalty", "2.5"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}),
+     "invalid_value", ["top_logprobs", "logprobs"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": True,
+                                          "top_logprobs": 21}), "invalid_value", ["logprobs", "21"]),
+    (openai_line("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), "invalid_value", ["stop", "4"]),
+    (openai_line("/v1/completions", {"prompt": "x", "temperature": 2.5}), "invalid_value", ["temperature", "2.5"]),
+    (openai_line("/v1/completions", {"prompt": "x", "response_format": {"type": "yaml"}}), "unsupported", ["yaml"]),
+    (openai_line("/v1/completions", {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {}, "strict": True, "extra": 1}}}), "unknown_field", ["extra"]),
+    (openai_line("/v1/completions", {"prompt": "x", "logit_bias": {"a": 1}}), "invalid_value", ["logit_bias", "'a'"]),
+    (openai_line("/v1/completions", {"prompt": "x", "logit_bias": {"5": 101}}), "invalid_value", ["logit_bias", "101"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+     "unsupported", ["content[0]"]),
     (openai_line("/v1/completions", {"prompt": ["a", "b"]}), "unsupported", ["body.prompt"]),
     (openai_line("/v1/completions", {"prompt": "x", "temprature": 1}), "unknown_field", ["temprature"]),
     (openai_line("/v1/completions", {"prompt": "x"}, extra=1), "unknown_field", ["extra"]),
@@ -245,4 +259,4 @@ def test_openai_errors_carry_custom_id(tmp_path: Path, line: dict, code: str, wo
 
 def test_openai_line_with_bad_custom_id_still_gets_openai_error(tmp_path: Path) -> None:
     got = read_all(tmp_path, [openai_line("/v1/completions", {"prompt": "x"}, custom_id=1.5)])
-    assert (got[0].code, got[0].id, got[0].custom_id) == ("invalid_type", "line-1", "line-1")
+    assert (got[0].code, got[0].id, got[0].custom_id, got[0].openai) == ("invalid_type", "line-1", None, True)

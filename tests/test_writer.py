@@ -34,21 +34,31 @@ def result(fmt: InputFormat, *, n: int = 1, line: int = 4, custom_id: str | None
     return Result(request, completions, prompt_tokens=12, cached_tokens=8)
 
 
-USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "cached_tokens": 8}
+USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14, "cached_tokens": 8}
 
 
 @pytest.mark.parametrize("fmt", [InputFormat.SIMPLE, InputFormat.CHAT, InputFormat.TOKENS])
 def test_render_plain_single(fmt: InputFormat) -> None:
-    assert render_result(result(fmt)) == {"id": "q1", "text": "Hello", "finish_reason": "stop", "usage": USAGE}
+    assert render_result(result(fmt)) == {"id": "q1", "text": "Hello", "finish_reason": "stop", "stop_reason": None,
+                                          "usage": USAGE}
 
 
 def test_render_plain_n2() -> None:
     assert render_result(result(InputFormat.SIMPLE, n=2)) == {
         "id": "q1",
-        "choices": [{"index": 0, "text": "Hello", "finish_reason": "stop"},
-                    {"index": 1, "text": "Hey there", "finish_reason": "length"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "cached_tokens": 8},
+        "choices": [{"index": 0, "text": "Hello", "finish_reason": "stop", "stop_reason": None},
+                    {"index": 1, "text": "Hey there", "finish_reason": "length", "stop_reason": None}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17, "cached_tokens": 8},
     }
+
+
+def test_render_plain_stop_reason_and_failed_sample() -> None:
+    request = Request("q1", 4, InputFormat.SIMPLE, SamplingParams(n=2), prompt="p")
+    done = Result(request, (Completion("Hi", (7,), "stop", stop_reason="\n"), Completion("", (), "stop", stop_reason=5)),
+                  prompt_tokens=3, cached_tokens=0)
+    assert [c["stop_reason"] for c in render_result(done)["choices"]] == ["\n", 5]
+    failed = Result(request, (Completion("Hi", (7,), "stop"), Completion("", (), "error", error="not finite")), 3, 0)
+    assert render_result(failed) == {"id": "q1", "line": 4, "error": {"code": "sampling_failed", "message": "not finite"}}
 
 
 def test_render_openai_completion() -> None:
@@ -68,11 +78,11 @@ def test_render_openai_completion() -> None:
     }
 
 
-def test_render_openai_chat_echoes_line_model_and_n2() -> None:
+def test_render_openai_chat_names_the_served_model_and_n2() -> None:
     got = render_result(result(InputFormat.OPENAI_CHAT, n=2, custom_id="q1", model="gpt-x"), model="served")
     digest = got["id"].removeprefix("batch_req_")
     assert got["response"]["body"] == {
-        "id": f"chatcmpl-{digest}", "object": "chat.completion", "created": 0, "model": "gpt-x",
+        "id": f"chatcmpl-{digest}", "object": "chat.completion", "created": 0, "model": "served",
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop", "logprobs": None},
             {"index": 1, "message": {"role": "assistant", "content": "Hey there"}, "finish_reason": "length",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,9 +24,11 @@ from batchcli.models import pending_conversion, resolve_model
 from batchcli.pipeline import PreparedJob, prepare
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
+from batchcli.reader import OPENAI_DEFAULTS
 from batchcli.requests import SamplingParams
 from batchcli.results import Result
-from batchcli.writer import OutputWriter
+from batchcli.token_text import TokenText
+from batchcli.writer import OutputWriter, WriteCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,8 @@ class RunOptions:
     overwrite: bool = False
     plan_file: Path | None = None
     metrics: Path | None = None
+    errors: str | None = None  # a separate file for error lines (OpenAI's error file); None: the output
+    served_model_name: str | None = None  # the name OpenAI lines must ask for; None: the model directory's
 
     def __post_init__(self) -> None:
         if self.order not in ("completion", "input"):
@@ -58,9 +63,30 @@ class StopFlag:
         return self.signal is not None
 
 
+class _Sinks:
+    """Where records go: error lines to the errors writer when there is one, everything else to the output."""
+
+    def __init__(self, output: OutputWriter, errors: OutputWriter | None) -> None:
+        self.output, self.errors = output, errors
+
+    def write(self, record: dict, key: int) -> None:
+        if self.errors is not None and record.get("error") is not None:
+            self.errors.write(record)
+        else:
+            self.output.write(record, key=key)
+
+    @property
+    def counts(self) -> WriteCounts:
+        a, b = self.output.counts, (self.errors.counts if self.errors is not None else WriteCounts(0, 0))
+        return WriteCounts(a.successes + b.successes, a.errors + b.errors)
+
+
 def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings,
-            config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool) -> int:
-    """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted)."""
+            config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool,
+            openai_defaults: SamplingParams = OPENAI_DEFAULTS) -> int:
+    """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted).
+
+    Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`."""
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
     started = time.perf_counter()
@@ -69,14 +95,23 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         say(note)
     model_dir = resolve_model(model)
     stop = StopFlag()
-    with OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
-        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, done_ids=set(writer.done_ids()))
+    served = options.served_model_name or model_dir.name
+    with ExitStack() as stack:
+        writer = stack.enter_context(OutputWriter(options.output, order=options.order, resume=options.resume,
+                                                  overwrite=options.overwrite))
+        errors = None if options.errors is None else stack.enter_context(
+            OutputWriter(options.errors, order="completion", resume=options.resume, overwrite=options.overwrite))
+        sinks = _Sinks(writer, errors)
+        done = set(writer.done_ids()) | (set(errors.done_ids()) if errors is not None else set())
+        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, done_ids=done,
+                      openai_defaults=openai_defaults, served_model=served)
         if options.order == "input":
-            writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
+            in_output = [] if errors is not None else [e.line for e in job.batch.errors]
+            writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
         for e in job.batch.errors:
-            writer.write(render_error(e, None), key=e.line)
-        stats = _execute(job, config, writer, stop, console, quiet, say) if job.batch.requests else None
-        counts = writer.counts
+            sinks.write(render_error(e, None), key=e.line)
+        stats = _execute(job, config, sinks, served, stop, console, quiet, say) if job.batch.requests else None
+        counts = sinks.counts
     if not job.batch.requests:
         say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
     wall = time.perf_counter() - started
@@ -93,16 +128,18 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
 
 
-def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop: StopFlag, console: Console,
+def _execute(job: PreparedJob, config: EngineConfig, sinks: _Sinks, served: str, stop: StopFlag, console: Console,
              quiet: bool, say: Callable[[str], None]) -> RunStats | None:
     """Load the engine and run the plan, writing results as they finish; None if stopped at once."""
     engine = Engine(job.model_dir, config, job.tokenizer.decode)
     say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
         f"{job.skipped:,} already answered; {engine.describe()}")
     created = int(time.time())
+    wants_logprobs = any(r.params.logprobs is not None for r in job.batch.requests)
+    names = TokenText(job.tokenizer.tok) if wants_logprobs else None
 
     def emit(result: Result) -> None:
-        writer.write(render_result(result, model=job.model_dir.name, created=created), key=result.request.line)
+        sinks.write(render_result(result, model=served, created=created, names=names), key=result.request.line)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

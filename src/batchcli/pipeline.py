@@ -15,8 +15,9 @@ from typing import Iterable
 import numpy as np
 
 from batchcli.errors import InputError, PlanFileError
+from batchcli.grammars import Grammars, compile_constraints
 from batchcli.plan import Plan, PlanMismatchError, PlanSettings, build_plan, check_fingerprint, plan_from_json
-from batchcli.reader import read_requests
+from batchcli.reader import OPENAI_DEFAULTS, read_requests
 from batchcli.requests import LineError, Request, SamplingParams
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
 from batchcli.tokens import TokenArrays
@@ -29,6 +30,7 @@ class PreparedJob:
     batch: TokenizedRequests  # valid requests still to run, their tokens, and error lines to report
     plan: Plan
     skipped: int  # requests and error lines already answered in the output (--resume)
+    grammars: Grammars | None = None  # compiled output constraints, None when no request has one
 
 
 def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
@@ -60,11 +62,12 @@ def _without(batch: TokenizedRequests, done: set[str]) -> tuple[TokenizedRequest
     return TokenizedRequests([batch.requests[i] for i in keep], tokens, errors), skipped
 
 
-def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError]:
+def _read(source: str, defaults: SamplingParams, openai_defaults: SamplingParams,
+          served_model: str | None) -> Iterable[Request | LineError]:
     if source != "-" and not Path(source).is_file():
         raise InputError(f"input file {source} does not exist")
     try:
-        yield from read_requests(source, defaults)
+        yield from read_requests(source, defaults, openai_defaults=openai_defaults, served_model=served_model)
     except OSError as e:
         raise InputError(f"cannot read input {source}: {e.strerror or e}") from None
 
@@ -72,10 +75,17 @@ def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError
 def prepare(
     source: str, defaults: SamplingParams, settings: PlanSettings, model_dir: Path, *,
     plan_file: Path | None = None, done_ids: set[str] | None = None,
+    openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
 ) -> PreparedJob:
-    """Read, tokenize and plan `source` (a path or "-"); skip `done_ids` (already answered)."""
+    """Read, tokenize and plan `source` (a path or "-"); skip `done_ids` (already answered).
+
+    OpenAI lines start from `openai_defaults` and must name `served_model` (when given) as body.model.
+    """
+    from batchcli.engine.weights import eos_token_ids
+
     tokenizer = PromptTokenizer(model_dir)
-    batch = tokenize_requests(_read(source, defaults), tokenizer)
+    batch = tokenize_requests(_read(source, defaults, openai_defaults, served_model), tokenizer)
+    batch, grammars = compile_constraints(batch, tokenizer, lambda: eos_token_ids(model_dir))
     fp = fingerprint(batch, tokenizer.identity(), settings)
     if plan_file is not None:
         plan = load_plan(plan_file, fp)
@@ -86,7 +96,7 @@ def prepare(
     if done_ids:
         batch, skipped = _without(batch, done_ids)
         plan = plan_for(batch, settings, model_dir.name, fp)
-    return PreparedJob(model_dir, tokenizer, batch, plan, skipped)
+    return PreparedJob(model_dir, tokenizer, batch, plan, skipped, grammars)
 
 
 def load_plan(path: Path, fp: str) -> Plan:

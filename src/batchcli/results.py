@@ -1,4 +1,4 @@
-"""What the engine hands back for one request: its completions and token usage."""
+"""What the engine hands back for one request: its completions, their log-probabilities, token usage."""
 
 from __future__ import annotations
 
@@ -8,12 +8,24 @@ from batchcli.requests import Request
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The log-probability of one sampled token and of its `k` most likely alternatives (best first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
-    """One sample of a request."""
+    """One sample of a request; `error` set means it could not be sampled (its text is then empty)."""
 
     text: str
     token_ids: tuple[int, ...]
-    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens)
+    finish_reason: str  # "stop" (EOS, a stop string or a stop token) | "length" (max_tokens) | "error"
+    stop_reason: str | int | None = None  # the stop string or stop token id that ended it; None at EOS
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per returned token, when asked for
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +40,8 @@ class Result:
     @property
     def completion_tokens(self) -> int:
         return sum(len(c.token_ids) for c in self.completions)
+
+    @property
+    def error(self) -> str | None:
+        """Why the request failed (one of its samples could not be sampled), or None."""
+        return next((c.error for c in self.completions if c.error is not None), None)

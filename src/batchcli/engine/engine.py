@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 from batchcli.engine.attention import get_backend, resolve_backend
 from batchcli.engine.config import EngineConfig
+from batchcli.engine.decoding import Decoder
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import allocate_kv, kv_bytes_per_token
 from batchcli.engine.runner import ModelRunner
@@ -105,7 +107,8 @@ class Engine:
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.model = load_model(model_dir, self.dtype, self.device, get_backend(self.attention))
-        self.stopper = StopChecker(decode, frozenset(eos_token_ids(model_dir)))
+        self.eos_ids = frozenset(eos_token_ids(model_dir))
+        self.stopper = StopChecker(decode, self.eos_ids)
         self.load_s = time.perf_counter() - started
 
     def describe(self) -> str:
@@ -141,14 +144,14 @@ class Engine:
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
                                           order=self.config.schedule, admission=self.config.admission))
         results = _Results(job, on_result)
-        sampler = Sampler(self.config.seed)
+        decoder = Decoder(Sampler(self.config.seed), job.grammars, self.eos_ids)
         while True:
             if stop.requested:
                 sched.stop_admitting()
             step = sched.schedule()
             if step is None:
                 break
-            self._step(step, runner, sched, sampler, results)
+            self._step(step, runner, sched, decoder, results)
             c = sched.counters
             on_progress(Progress(results.done, len(job.batch.requests), c.prefill_tokens, c.decode_tokens,
                                  pool.num_used, num_blocks, time.perf_counter() - started))
@@ -163,19 +166,23 @@ class Engine:
             dtype=str(self.dtype).removeprefix("torch."), attention=self.attention,
         )
 
-    def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, sampler: Sampler, results: _Results) -> None:
-        """Run one step, sample, and retire the sequences that finished."""
+    def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, decoder: Decoder, results: _Results) -> None:
+        """Run one step, sample, and retire the sequences that finished (or failed to sample)."""
         logits = runner.run(step)  # [num_sampling_chunks, vocab]
         seqs = [sched.seq(c.seq_id) for c in step.chunks if c.sample]
         params = [results.params(s.request) for s in seqs]
-        tokens = sampler.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs])
-        sched.on_step_done(step, {s.seq_id: t for s, t in zip(seqs, tokens)})
-        for s, p in zip(seqs, params):
-            completion = self.stopper.check(s.generated, p)
+        draws = decoder.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs],
+                               [s.generated for s in seqs], [results.prompt(s.request) for s in seqs])
+        # a failed row still hands the scheduler a token (EOS-free 0) so its step accounting holds; it ends now
+        sched.on_step_done(step, {s.seq_id: (d.token if d.failure is None else 0) for s, d in zip(seqs, draws)})
+        for s, p, d in zip(seqs, params, draws):
+            if d.failure is not None:
+                completion = Completion("", (), "error", error=d.failure)
+            else:
+                completion = self.stopper.check(s.generated, p)
             if completion is not None:
                 sched.finish(s.seq_id)
-                sampler.release(s.seq_id)
-                results.add(s.request, s.sample, completion, s.private_start)
+                results.add(s.request, s.sample, decoder.finished(s.seq_id, completion, p), s.private_start)
 
 
 class _Results:
@@ -184,12 +191,16 @@ class _Results:
     def __init__(self, job: PreparedJob, on_result: Callable[[Result], None]) -> None:
         self._requests = job.batch.requests
         self._lengths = job.batch.tokens.lengths
+        self._tokens = job.batch.tokens
         self._on_result = on_result
         self._pending: dict[int, dict[int, Completion]] = {}
         self.done = self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def params(self, request: int) -> SamplingParams:
         return self._requests[request].params
+
+    def prompt(self, request: int) -> np.ndarray:
+        return self._tokens[request]
 
     def add(self, request: int, sample: int, completion: Completion, cached: int) -> None:
         got = self._pending.setdefault(request, {})
