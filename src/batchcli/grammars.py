@@ -14,6 +14,9 @@ from batchcli.tokenize import PromptTokenizer, TokenizedRequests
 from batchcli.tokens import TokenArrays
 
 _ANY_OBJECT = '{"type": "object"}'
+# Fixed separators, no free whitespace: a small model given free whitespace can emit newlines until
+# max_tokens; these match what json.dumps writes and OpenAI returns.
+_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class Grammars:
@@ -30,10 +33,9 @@ class Grammars:
 def _grammar_text(c: Constraint) -> str:
     import llguidance
 
-    if c.kind == "json_object":
-        return llguidance.grammar_from("json_schema", _ANY_OBJECT)
-    fmt = {"json_schema": "json_schema", "regex": "regex", "choice": "choice"}[c.kind]
-    return llguidance.grammar_from(fmt, c.spec)
+    if c.kind in ("json_object", "json_schema"):
+        return llguidance.LLMatcher.grammar_from_json_schema(c.spec or _ANY_OBJECT, defaults=_JSON_OPTIONS)
+    return llguidance.grammar_from(c.kind, c.spec)  # "regex" | "choice" (a JSON list of strings)
 
 
 def _compile(c: Constraint, lltok: object) -> tuple[object | None, str]:

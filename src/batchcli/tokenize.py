@@ -111,6 +111,10 @@ class PromptTokenizer:
             bad = int(arr[(arr >= self.vocab_size) | (arr < 0)][0])
             return LineError(req.id, req.line, "invalid_token_id",
                              f"token id {bad} is outside the vocabulary (size {self.vocab_size})", req.custom_id)
+        named = [t for t, _ in req.params.logit_bias] + list(req.params.stop_token_ids)
+        if named and max(named) >= self.vocab_size:
+            return LineError(req.id, req.line, "invalid_token_id", f"logit_bias / stop_token_ids name token "
+                             f"{max(named)}, outside the vocabulary (size {self.vocab_size})", req.custom_id)
         if len(arr) + (req.params.max_tokens or 1) > self.max_context:
             return LineError(req.id, req.line, "context_length_exceeded",
                              f"prompt of {len(arr)} tokens + max_tokens {req.params.max_tokens or 1} exceeds the "

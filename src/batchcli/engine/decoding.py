@@ -38,6 +38,7 @@ class Decoder:
         self._eos = tuple(sorted(eos_ids))
         self._logprobs: dict[int, list[TokenLogprob]] = {}
 
+    @torch.inference_mode()  # the runner's logits are inference tensors; processing changes them in place
     def sample(self, logits: torch.Tensor, params: list[SamplingParams], seq_ids: list[int],
                sample_indices: list[int], generated: list[list[int]], prompts: list[np.ndarray]) -> list[Draw]:
         """One Draw per row of `logits` [N, V]; rows are (params[i], seq_ids[i], ...)."""
