@@ -122,7 +122,8 @@ def test_plan_dry_run_and_plan_file(tmp_path, model):
 def test_openai_batch_lines_get_openai_output(tmp_path, model):
     row = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
            "body": {"model": "x", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}}
-    res = runner.invoke(app, ["run", "-", "-o", "-", "--model", model, "--quiet"], input=orjson.dumps(row) + b"\n")
+    res = runner.invoke(app, ["run", "-", "-o", "-", "--model", model, "--quiet", "--served-model-name", "x"],
+                        input=orjson.dumps(row) + b"\n")
     assert res.exit_code == 0, res.stderr
     (out,) = lines(res.stdout)
     assert out["custom_id"] == "req-1" and out["error"] is None
