@@ -103,6 +103,7 @@ def plan(
     sharing: str = typer.Option("multi", "--sharing", help="multi (whole prefix tree), single (one shared level, BatchLLM) or off."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first); plain lines 256, OpenAI lines the context."),
     n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for (default: the model directory's name); as for run."),
 ) -> None:
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
     from batchcli.models import pending_conversion, resolve_model
@@ -114,7 +115,9 @@ def plan(
         err.print(note, highlight=False)
     try:
         plain, openai = _defaults(max_tokens=max_tokens, n=n)
-        job = prepare(input, plain, _settings(block_size, sharing), resolve_model(model), openai_defaults=openai)
+        model_dir = resolve_model(model)
+        job = prepare(input, plain, _settings(block_size, sharing), model_dir, openai_defaults=openai,
+                      served_model=served_model_name or model_dir.name)
     except BatchError as e:
         raise _fail(e, e.exit_code) from None
     if dry_run:

@@ -173,7 +173,8 @@ class Engine:
         params = [results.params(s.request) for s in seqs]
         draws = decoder.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs],
                                [s.generated for s in seqs], [results.prompt(s.request) for s in seqs])
-        # a failed row still hands the scheduler a token (EOS-free 0) so its step accounting holds; it ends now
+        # a failed row still hands the scheduler a token (placeholder 0) so its step accounting holds; the
+        # sequence is finished just below and the placeholder is never returned
         sched.on_step_done(step, {s.seq_id: (d.token if d.failure is None else 0) for s, d in zip(seqs, draws)})
         for s, p, d in zip(seqs, params, draws):
             if d.failure is not None:
