@@ -260,3 +260,71 @@ def test_openai_errors_carry_custom_id(tmp_path: Path, line: dict, code: str, wo
 def test_openai_line_with_bad_custom_id_still_gets_openai_error(tmp_path: Path) -> None:
     got = read_all(tmp_path, [openai_line("/v1/completions", {"prompt": "x"}, custom_id=1.5)])
     assert (got[0].code, got[0].id, got[0].custom_id, got[0].openai) == ("invalid_type", "line-1", None, True)
+
+
+def test_plain_lines_take_every_sampling_and_constraint_field(tmp_path: Path) -> None:
+    from batchcli.requests import Constraint
+
+    got = read_all(tmp_path, [
+        {"id": "a", "prompt": "x", "min_p": 0.1, "presence_penalty": -0.5, "frequency_penalty": 1, "min_tokens": 2,
+         "repetition_penalty": 1.2, "logit_bias": {"7": 5, "3": -100}, "stop_token_ids": [4, 9], "logprobs": 3,
+         "json_schema": {"type": "object", "required": ["b", "a"]}},
+        {"id": "b", "prompt": "x", "regex": "[0-9]+"},
+        {"id": "c", "prompt": "x", "choice": ["yes", "no"]},
+        {"id": "d", "prompt": "x", "regex": "a", "choice": ["a"]},
+        {"id": "e", "prompt": "x", "choice": []},
+        {"id": "f", "prompt": "x", "logit_bias": [1, 2]},
+        {"id": "g", "prompt": "x", "stop_token_ids": [1, True]},
+        {"id": "h", "prompt": "x", "min_tokens": 40},
+    ])
+    assert got[0].params == SamplingParams(
+        max_tokens=32, temperature=0.5, stop=("###",), min_p=0.1, presence_penalty=-0.5, frequency_penalty=1.0,
+        min_tokens=2, repetition_penalty=1.2, logit_bias=((3, -100.0), (7, 5.0)), stop_token_ids=(4, 9), logprobs=3,
+        constraint=Constraint("json_schema", '{"required":["b","a"],"type":"object"}'))
+    assert got[1].params.constraint == Constraint("regex", "[0-9]+")
+    assert got[2].params.constraint == Constraint("choice", '["yes","no"]')
+    assert [(e.code, e.id) for e in got[3:]] == [("invalid_value", "d"), ("invalid_type", "e"), ("invalid_type", "f"),
+                                                ("invalid_type", "g"), ("invalid_value", "h")]
+    assert "min_tokens" in got[7].message and "40" in got[7].message
+
+
+def test_openai_logprobs_and_response_format(tmp_path: Path) -> None:
+    from batchcli.requests import Constraint
+
+    msgs = [{"role": "user", "content": "x"}]
+    schema_a = {"type": "object", "properties": {"a": {"type": "string"}}}
+    schema_b = {"properties": {"a": {"type": "string"}}, "type": "object"}  # same schema, keys in another order
+    got = read_all(tmp_path, [
+        openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": True, "top_logprobs": 3}, custom_id="a"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": True}, custom_id="b"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": False}, custom_id="c"),
+        openai_line("/v1/completions", {"prompt": "x", "logprobs": 2}, custom_id="d"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "n", "strict": True, "schema": schema_a}}}, custom_id="e"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "n", "schema": schema_b}}}, custom_id="f"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}}, custom_id="g"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}}, custom_id="h"),
+    ])
+    assert [r.params.logprobs for r in got[:4]] == [3, 0, None, 2]
+    assert got[4].params.constraint == got[5].params.constraint  # one grammar for both
+    assert got[6].params.constraint == Constraint("json_object", "") and got[7].params.constraint is None
+
+
+def test_openai_lines_check_the_served_model(tmp_path: Path) -> None:
+    got = read_all(tmp_path, [openai_line("/v1/completions", {"prompt": "x", "model": "smol"}, custom_id="a"),
+                              openai_line("/v1/completions", {"prompt": "x", "model": "gpt-4o"}, custom_id="b"),
+                              openai_line("/v1/completions", {"prompt": "x"}, custom_id="c")],
+                   served_model="smol")
+    assert isinstance(got[0], Request) and isinstance(got[2], Request)
+    assert (got[1].code, got[1].custom_id) == ("model_not_found", "b") and "'smol'" in got[1].message
+
+
+def test_cli_flags_override_both_defaults() -> None:
+    from batchcli.cli import _defaults
+
+    plain, openai = _defaults(temperature=0.0, top_k=0, max_tokens=None, stop=["x"], ignore_eos=False)
+    assert (plain.temperature, openai.temperature) == (0.0, 0.0)  # an explicit 0 is a value, not "not given"
+    assert (plain.max_tokens, openai.max_tokens) == (256, None) and openai.stop == ("x",)
+    plain, openai = _defaults(temperature=None)
+    assert (plain.temperature, openai.temperature) == (0.0, 1.0)

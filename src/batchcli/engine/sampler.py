@@ -31,9 +31,10 @@ class Sampler:
                sample_indices: list[int]) -> list[int | None]:
         """One token per row of `scaled` [N, vocab] (float32 logits already divided by temperature);
         row i belongs to seq_ids[i]; None where the row's distribution is not finite."""
-        top = scaled.max(dim=-1).values  # [N]
-        usable = (torch.isfinite(top) & ~torch.isnan(scaled).any(dim=-1)).tolist()
-        tokens: list[int | None] = scaled.argmax(dim=-1).tolist()  # greedy for every row, overwritten below
+        # one pass gives the greedy token and, as max propagates NaN, whether the row is usable at all
+        top, argmax = scaled.max(dim=-1)  # [N], [N]
+        usable = torch.isfinite(top).tolist()
+        tokens: list[int | None] = argmax.tolist()  # greedy for every row, overwritten below
         for i, p in enumerate(params):
             if not usable[i]:
                 tokens[i] = None
