@@ -98,3 +98,24 @@ def test_every_constrained_output_parses_and_validates(tmp_path, smol_dir, monke
             assert isinstance(json.loads(text), dict)
         else:
             jsonschema.validate(json.loads(text), SCHEMAS[0])
+
+
+def test_masks_cover_padded_vocabularies_and_rows_in_any_order(smol_tokenizer):
+    import torch
+
+    from batchcli.engine.constraints import Guides
+    from batchcli.requests import Constraint, InputFormat, Request
+    from batchcli.tokenize import TokenizedRequests
+    from batchcli.tokens import TokenArrays
+
+    choice = Constraint("choice", '["yes","no"]')
+    params = SamplingParams(constraint=choice)
+    batch = TokenizedRequests([Request("a", 1, InputFormat.SIMPLE, params, prompt="")], TokenArrays.from_lists([[1]]), [])
+    _, compiled = grammars.compile_constraints(batch, smol_tokenizer, lambda: (2,))
+    width = smol_tokenizer.vocab_size + 64  # a model whose embedding rows are padded past the tokenizer
+    logits = torch.zeros(3, width)
+    Guides(compiled).mask_(logits, [SamplingParams(), params, params], [0, 1, 2])
+    assert torch.equal(logits[0], torch.zeros(width))  # the unconstrained row is untouched
+    allowed = {smol_tokenizer.decode([t]) for t in torch.nonzero(logits[1] == 0).flatten().tolist()}
+    assert allowed and all("yes".startswith(a) or "no".startswith(a) for a in allowed)
+    assert torch.equal(logits[1], logits[2]) and bool((logits[1, smol_tokenizer.vocab_size:] == float("-inf")).all())

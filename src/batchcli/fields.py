@@ -75,7 +75,7 @@ def as_logit_bias(value: object, name: str) -> tuple[tuple[int, float], ...]:
         raise BadField("invalid_type", f"{name} must be an object mapping token ids to numbers, got {show(value)}")
     pairs = []
     for key, bias in value.items():
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):  # isdigit alone takes "²", which int() refuses
             raise BadField("invalid_value", f"{name} key {key!r} must be a token id (a non-negative integer)")
         pairs.append((int(key), as_float(bias, f"{name}[{key!r}]")))
     return tuple(sorted(pairs))

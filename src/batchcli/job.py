@@ -45,6 +45,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.order not in ("completion", "input"):
             raise ValueError(f"--order must be completion or input, got {self.order!r}")
+        if self.errors is not None and self.errors == self.output:
+            raise ValueError(f"--errors {self.errors!r} must be another file than the output")
 
 
 class StopFlag:

@@ -72,6 +72,12 @@ def _read(source: str, defaults: SamplingParams, openai_defaults: SamplingParams
         raise InputError(f"cannot read input {source}: {e.strerror or e}") from None
 
 
+def _eos_ids(model_dir: Path) -> tuple[int, ...]:
+    from batchcli.engine.weights import eos_token_ids  # torch: imported only when a constraint needs it
+
+    return eos_token_ids(model_dir)
+
+
 def prepare(
     source: str, defaults: SamplingParams, settings: PlanSettings, model_dir: Path, *,
     plan_file: Path | None = None, done_ids: set[str] | None = None,
@@ -81,11 +87,9 @@ def prepare(
 
     OpenAI lines start from `openai_defaults` and must name `served_model` (when given) as body.model.
     """
-    from batchcli.engine.weights import eos_token_ids
-
     tokenizer = PromptTokenizer(model_dir)
     batch = tokenize_requests(_read(source, defaults, openai_defaults, served_model), tokenizer)
-    batch, grammars = compile_constraints(batch, tokenizer, lambda: eos_token_ids(model_dir))
+    batch, grammars = compile_constraints(batch, tokenizer, lambda: _eos_ids(model_dir))
     fp = fingerprint(batch, tokenizer.identity(), settings)
     if plan_file is not None:
         plan = load_plan(plan_file, fp)

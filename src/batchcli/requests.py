@@ -119,7 +119,7 @@ class Request:
     messages: tuple[dict, ...] | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     custom_id: str | None = None  # OpenAI batch only
-    model: str | None = field(default=None, compare=False)  # OpenAI batch body "model", echoed back
+    model: str | None = field(default=None, compare=False)  # OpenAI body "model" as asked (the reader checks it)
 
     def __post_init__(self) -> None:
         forms = (self.prompt is not None) + (self.messages is not None) + (self.prompt_token_ids is not None)
