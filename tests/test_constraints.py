@@ -35,8 +35,7 @@ SCHEMAS = [
         "required": ["first", "year"], "additionalProperties": False}}, "required": ["person"],
      "additionalProperties": False},
 ]
-PROMPTS = ["Describe Alice, a 30 year old engineer, as JSON.", "Review: the film was wonderful. Give JSON.",
-           "List facts about Paris in JSON."]
+PROMPTS = ["Describe Alice, a 30 year old engineer, as JSON.", "List facts about Paris in JSON."]
 REGEX = r"[A-Z][a-z]{2,8} [0-9]{1,3}"
 CHOICES = ["positive", "negative", "neutral"]
 
@@ -49,7 +48,7 @@ def _lines() -> list[dict]:
     lines = []
     for s, schema in enumerate(SCHEMAS):
         for p, prompt in enumerate(PROMPTS):
-            temperature = {"temperature": 1.0, "seed": p} if p == 2 else {}
+            temperature = {"temperature": 1.0, "seed": s} if p == 1 else {}  # greedy and sampled
             lines.append(_chat(len(lines), prompt, json_schema=schema, **temperature))
     lines.append(_chat(len(lines), "Name a city and a number.", regex=REGEX, temperature=0.8, seed=3))
     lines.append(_chat(len(lines), "Is 'I love it' positive or negative?", choice=CHOICES))
@@ -77,7 +76,7 @@ def test_every_constrained_output_parses_and_validates(tmp_path, smol_dir, monke
     job = prepare(str(path), SamplingParams(), PlanSettings(block_size=16, sharing="multi"), smol_dir)
     # one compile per distinct grammar: 4 schemas (oa2's is the first), the regex, the choice, json_object, 2 bad
     assert len(compiled) == len(set(compiled)) == len(SCHEMAS) + 1 + 1 + 1 + 2
-    assert sorted((e.id, e.code) for e in job.batch.errors) == [("q17", "invalid_constraint"), ("q18", "invalid_constraint")]
+    assert sorted((e.id, e.code) for e in job.batch.errors) == [("q13", "invalid_constraint"), ("q14", "invalid_constraint")]
     assert "no-such-format" in job.batch.errors[0].message
     engine = Engine(smol_dir, EngineConfig(dtype="float32", attention="torch"), job.tokenizer.decode)
     got = {}

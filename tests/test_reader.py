@@ -280,7 +280,7 @@ def test_plain_lines_take_every_sampling_and_constraint_field(tmp_path: Path) ->
     assert got[0].params == SamplingParams(
         max_tokens=32, temperature=0.5, stop=("###",), min_p=0.1, presence_penalty=-0.5, frequency_penalty=1.0,
         min_tokens=2, repetition_penalty=1.2, logit_bias=((3, -100.0), (7, 5.0)), stop_token_ids=(4, 9), logprobs=3,
-        constraint=Constraint("json_schema", '{"required":["b","a"],"type":"object"}'))
+        constraint=Constraint("json_schema", '{"type":"object","required":["b","a"]}'))
     assert got[1].params.constraint == Constraint("regex", "[0-9]+")
     assert got[2].params.constraint == Constraint("choice", '["yes","no"]')
     assert [(e.code, e.id) for e in got[3:]] == [("invalid_value", "d"), ("invalid_type", "e"), ("invalid_type", "f"),
@@ -292,8 +292,8 @@ def test_openai_logprobs_and_response_format(tmp_path: Path) -> None:
     from batchcli.requests import Constraint
 
     msgs = [{"role": "user", "content": "x"}]
-    schema_a = {"type": "object", "properties": {"a": {"type": "string"}}}
-    schema_b = {"properties": {"a": {"type": "string"}}, "type": "object"}  # same schema, keys in another order
+    schema_a = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "string"}}}
+    schema_b = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "string"}}}
     got = read_all(tmp_path, [
         openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": True, "top_logprobs": 3}, custom_id="a"),
         openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": True}, custom_id="b"),
@@ -308,6 +308,8 @@ def test_openai_logprobs_and_response_format(tmp_path: Path) -> None:
     ])
     assert [r.params.logprobs for r in got[:4]] == [3, 0, None, 2]
     assert got[4].params.constraint == got[5].params.constraint  # one grammar for both
+    # properties keep the user's order: it is the order the output writes them in
+    assert got[4].params.constraint.spec == '{"type":"object","properties":{"b":{"type":"string"},"a":{"type":"string"}}}'
     assert got[6].params.constraint == Constraint("json_object", "") and got[7].params.constraint is None
 
 

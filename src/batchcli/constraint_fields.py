@@ -1,8 +1,9 @@
 """Checks of the structured-output fields of a line: plain `json_schema` / `regex` / `choice`, and
 OpenAI's `response_format`, each turned into one `Constraint` (or None for free text).
 
-Invariant: equal constraints get equal canonical specs (schemas serialised with sorted keys), so the
-grammar of each distinct constraint is compiled once per job, however many lines ask for it.
+Invariant: equal constraints get equal specs (the schema serialised compactly, keys in the user's order:
+properties are generated in that order, so two orders are two grammars), so the grammar of each distinct
+constraint is compiled once per job, however many lines ask for it.
 """
 
 from __future__ import annotations
@@ -68,4 +69,4 @@ def response_format_constraint(value: object) -> Constraint | None:
 def _schema_text(schema: object, name: str) -> str:
     if type(schema) is not dict:
         raise BadField("invalid_type", f"{name} must be a JSON schema object, got {show(schema)}")
-    return orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode()
+    return orjson.dumps(schema).decode()

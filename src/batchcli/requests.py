@@ -27,8 +27,8 @@ MAX_LOGPROBS = 20  # top alternatives per token, OpenAI's chat limit
 class Constraint:
     """Constrained decoding: the output must match a grammar given as one of these kinds.
 
-    `spec` is canonical text (a JSON schema serialised with sorted keys, a regex, a JSON list of choices,
-    or "" for any JSON object), so equal constraints compare and hash equal and compile once.
+    `spec` is compact text (a JSON schema serialised in its own key order, a regex, a JSON list of
+    choices, or "" for any JSON object), so equal constraints compare and hash equal and compile once.
     """
 
     kind: str  # "json_object" | "json_schema" | "regex" | "choice"
