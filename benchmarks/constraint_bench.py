@@ -65,7 +65,10 @@ def measure(tokenizer: PromptTokenizer, rows: int) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine a parallel op waits for its slowest, starved thread)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     tokenizer = PromptTokenizer(default_model_dir())
     started = time.perf_counter()
     measure(tokenizer, 1)  # warm-up: imports, the llguidance tokenizer
