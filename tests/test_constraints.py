@@ -21,7 +21,9 @@ from batchcli.requests import SamplingParams
 pytestmark = pytest.mark.slow
 
 SCHEMAS = [
-    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+    # bounds everywhere: a sampled 135M model fills an unbounded integer with digits up to max_tokens
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                      "age": {"type": "integer", "minimum": 0, "maximum": 150}},
      "required": ["name", "age"], "additionalProperties": False},
     {"type": "object", "properties": {"label": {"enum": ["positive", "negative", "neutral"]},
                                       "score": {"type": "number", "minimum": 0, "maximum": 1}},
