@@ -74,6 +74,8 @@ def test_openai_batch_file_round_trip(tmp_path):
     assert plain["stop_reason"] == " Paris" and plain["finish_reason"] == "stop"
     assert plain["usage"]["total_tokens"] == plain["usage"]["prompt_tokens"] + plain["usage"]["completion_tokens"]
     assert all(set(e) == {"token_id", "token", "logprob", "top_logprobs"} for e in plain["logprobs"])
+    res, out = _run(tmp_path, "--resume")  # every line, custom_id-less ones included, counts as answered
+    assert res.exit_code == 0 and _records(out) == records
 
 
 def test_errors_file_takes_the_error_lines(tmp_path):

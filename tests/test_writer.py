@@ -184,12 +184,13 @@ def test_resume_collects_answered_ids_and_cuts_torn_tail(tmp_path: Path) -> None
         b'{"id":"a","text":"x"}\n'
         b'{"id":"l2","line":2,"error":{"code":"invalid_json","message":"m"}}\n'
         b'{"id":"batch_req_1","custom_id":"c","response":null,"error":{"code":"x","message":"m"},"line":3}\n'
+        b'{"id":"batch_req_2","custom_id":null,"response":null,"error":{"code":"invalid_json","message":"m"},"line":4}\n'
         b'{"id":"d","te'
     )
     with OutputWriter(out, resume=True) as writer:
-        assert writer.done_ids() == frozenset({"a", "l2", "c"})
+        assert writer.done_ids() == frozenset({"a", "l2", "c", "line-4"})
         writer.write({"id": "d", "text": "y"})
-    assert [r["id"] for r in lines(out)] == ["a", "l2", "batch_req_1", "d"]
+    assert [r["id"] for r in lines(out)] == ["a", "l2", "batch_req_1", "batch_req_2", "d"]
     assert writer.counts == WriteCounts(successes=1, errors=0)
 
 

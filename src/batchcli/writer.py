@@ -183,7 +183,9 @@ def _scan_answered(path: Path) -> tuple[frozenset[str], int]:
 
 def _answered_id(record: object, path: Path, number: int) -> str:
     if type(record) is dict:
-        rid = record.get("custom_id") or record.get("id")  # an OpenAI error line may have custom_id null
+        rid = record.get("custom_id", record.get("id"))
+        if rid is None and type(record.get("line")) is int:
+            rid = f"line-{record['line']}"  # an OpenAI error line with custom_id null: its line's fallback id
         if type(rid) is str:
             return rid
     raise CorruptOutputError(f"{path}:{number}: not an output record of this tool (no string id); will not resume into it")
