@@ -102,7 +102,7 @@ def test_non_finite_logits_fail_only_their_request(tmp_path, monkeypatch):
         job, events.append, lambda p: None, _Never())
     assert sorted(e.request.id for e in events) == ["r0", "r1", "r2"]  # one event per request
     failed = [e for e in events if isinstance(e, Failure)]
-    assert [(e.request.id, e.code) for e in failed] == [("r1", "non_finite_logits")]
+    assert [(e.request.id, e.code) for e in failed] == [("r1", "sampling_failed")]
     assert all(len(e.completions[0].token_ids) == 5 for e in events if isinstance(e, Result))
 
 

@@ -123,7 +123,8 @@ def test_plan_dry_run_and_plan_file(tmp_path, model):
 def test_openai_batch_lines_get_openai_output(tmp_path, model):
     row = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
            "body": {"model": "x", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}}
-    res = runner.invoke(app, ["run", "-", "-o", "-", "--model", model, "--quiet"], input=orjson.dumps(row) + b"\n")
+    res = runner.invoke(app, ["run", "-", "-o", "-", "--model", model, "--quiet", "--served-model-name", "x"],
+                        input=orjson.dumps(row) + b"\n")
     assert res.exit_code == 0, res.stderr
     (out,) = lines(res.stdout)
     assert out["custom_id"] == "req-1" and out["error"] is None
@@ -179,3 +180,21 @@ def test_version():
 
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.stdout.strip() == f"batchllm {__version__}"
+
+
+def test_sampling_flags_reach_every_line_and_are_checked(tmp_path, model):
+    rows = [{"id": "pick", "prompt": "Yes or no?", "choice": ["yes", "no"], "max_tokens": 8},
+            {"id": "free", "prompt": "Say something", "max_tokens": 3, "stop_token_ids": [7], "min_tokens": 1}]
+    src = write_input(tmp_path / "in.jsonl", rows)
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--quiet", "--logprobs", "2",
+                              "--presence-penalty", "0.5", "--repetition-penalty", "1.1", "--order", "input"])
+    assert res.exit_code == 0, res.stderr
+    pick, free = lines(res.stdout)
+    assert pick["text"] in ("yes", "no") and pick["finish_reason"] == "stop"
+    assert all(len(e["top_logprobs"]) == 2 for e in pick["logprobs"] + free["logprobs"])
+    at_eos = free["finish_reason"] == "stop" and free["stop_reason"] is None  # a final EOS gets no entry
+    assert len(free["logprobs"]) == free["usage"]["completion_tokens"] - at_eos
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--min-tokens", "5", "--max-tokens", "3"])
+    assert res.exit_code == 2 and "min_tokens" in res.stderr
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--frequency-penalty", "2.5"])
+    assert res.exit_code == 2 and "frequency_penalty" in res.stderr

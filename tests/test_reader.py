@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchcli.reader import InputUnreadableError, read_requests
+from batchcli.reader import OPENAI_DEFAULTS, InputUnreadableError, read_requests
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 
 DEFAULTS = SamplingParams(max_tokens=32, temperature=0.5, stop=("###",))
@@ -198,14 +198,15 @@ def test_openai_completions_and_chat(tmp_path: Path) -> None:
         openai_line("/v1/chat/completions", {"model": "m2", "messages": [{"role": "user", "content": "q"}],
                                              "max_tokens": 5, "max_completion_tokens": 11, "seed": 2}, custom_id=3),
     ])
+    # OpenAI lines start from OpenAI's defaults (temperature 1, no max_tokens), not the plain lines' ones
     assert got[0] == Request("r1", 1, InputFormat.OPENAI_COMPLETION,
-                             SamplingParams(max_tokens=9, temperature=0.5, top_k=4, stop=("###",), ignore_eos=True),
+                             SamplingParams(max_tokens=9, temperature=1.0, top_k=4, ignore_eos=True),
                              prompt="hello", custom_id="r1")
     assert got[0].model == "m1"
-    assert got[1] == Request("r2", 2, InputFormat.OPENAI_COMPLETION, DEFAULTS, prompt_token_ids=(5, 6), custom_id="r2")
+    assert got[1] == Request("r2", 2, InputFormat.OPENAI_COMPLETION, OPENAI_DEFAULTS, prompt_token_ids=(5, 6),
+                             custom_id="r2")
     assert got[1].model is None
-    assert got[2] == Request("3", 3, InputFormat.OPENAI_CHAT,
-                             SamplingParams(max_tokens=11, temperature=0.5, seed=2, stop=("###",)),
+    assert got[2] == Request("3", 3, InputFormat.OPENAI_CHAT, SamplingParams(max_tokens=11, temperature=1.0, seed=2),
                              messages=({"role": "user", "content": "q"},), custom_id="3")
     assert got[2].model == "m2"
 
@@ -214,9 +215,22 @@ OPENAI_BAD = [
     (openai_line("/v1/embeddings", {"input": "x"}), "unsupported", ["url"]),
     ({**openai_line("/v1/completions", {"prompt": "x"}), "method": "GET"}, "unsupported", ["method", "GET"]),
     (openai_line("/v1/completions", {"prompt": "x", "stream": True}), "unsupported", ["stream", "true"]),
-    (openai_line("/v1/completions", {"prompt": "x", "logprobs": 3}), "unsupported", ["logprobs", "3"]),
-    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}),
-     "unsupported", ["presence_penalty", "0.5"]),
+    (openai_line("/v1/completions", {"prompt": "x", "logprobs": 6}), "invalid_value", ["logprobs", "6"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "presence_penalty": 2.5}),
+     "invalid_value", ["presence_penalty", "2.5"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}),
+     "invalid_value", ["top_logprobs", "logprobs"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "logprobs": True,
+                                          "top_logprobs": 21}), "invalid_value", ["logprobs", "21"]),
+    (openai_line("/v1/completions", {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), "invalid_value", ["stop", "4"]),
+    (openai_line("/v1/completions", {"prompt": "x", "temperature": 2.5}), "invalid_value", ["temperature", "2.5"]),
+    (openai_line("/v1/completions", {"prompt": "x", "response_format": {"type": "yaml"}}), "unsupported", ["yaml"]),
+    (openai_line("/v1/completions", {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {}, "strict": True, "extra": 1}}}), "unknown_field", ["extra"]),
+    (openai_line("/v1/completions", {"prompt": "x", "logit_bias": {"a": 1}}), "invalid_value", ["logit_bias", "'a'"]),
+    (openai_line("/v1/completions", {"prompt": "x", "logit_bias": {"5": 101}}), "invalid_value", ["logit_bias", "101"]),
+    (openai_line("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+     "unsupported", ["content[0]"]),
     (openai_line("/v1/completions", {"prompt": ["a", "b"]}), "unsupported", ["body.prompt"]),
     (openai_line("/v1/completions", {"prompt": "x", "temprature": 1}), "unknown_field", ["temprature"]),
     (openai_line("/v1/completions", {"prompt": "x"}, extra=1), "unknown_field", ["extra"]),
@@ -245,4 +259,74 @@ def test_openai_errors_carry_custom_id(tmp_path: Path, line: dict, code: str, wo
 
 def test_openai_line_with_bad_custom_id_still_gets_openai_error(tmp_path: Path) -> None:
     got = read_all(tmp_path, [openai_line("/v1/completions", {"prompt": "x"}, custom_id=1.5)])
-    assert (got[0].code, got[0].id, got[0].custom_id) == ("invalid_type", "line-1", "line-1")
+    assert (got[0].code, got[0].id, got[0].custom_id, got[0].openai) == ("invalid_type", "line-1", None, True)
+
+
+def test_plain_lines_take_every_sampling_and_constraint_field(tmp_path: Path) -> None:
+    from batchcli.requests import Constraint
+
+    got = read_all(tmp_path, [
+        {"id": "a", "prompt": "x", "min_p": 0.1, "presence_penalty": -0.5, "frequency_penalty": 1, "min_tokens": 2,
+         "repetition_penalty": 1.2, "logit_bias": {"7": 5, "3": -100}, "stop_token_ids": [4, 9], "logprobs": 3,
+         "json_schema": {"type": "object", "required": ["b", "a"]}},
+        {"id": "b", "prompt": "x", "regex": "[0-9]+"},
+        {"id": "c", "prompt": "x", "choice": ["yes", "no"]},
+        {"id": "d", "prompt": "x", "regex": "a", "choice": ["a"]},
+        {"id": "e", "prompt": "x", "choice": []},
+        {"id": "f", "prompt": "x", "logit_bias": [1, 2]},
+        {"id": "g", "prompt": "x", "stop_token_ids": [1, True]},
+        {"id": "h", "prompt": "x", "min_tokens": 40},
+    ])
+    assert got[0].params == SamplingParams(
+        max_tokens=32, temperature=0.5, stop=("###",), min_p=0.1, presence_penalty=-0.5, frequency_penalty=1.0,
+        min_tokens=2, repetition_penalty=1.2, logit_bias=((3, -100.0), (7, 5.0)), stop_token_ids=(4, 9), logprobs=3,
+        constraint=Constraint("json_schema", '{"type":"object","required":["b","a"]}'))
+    assert got[1].params.constraint == Constraint("regex", "[0-9]+")
+    assert got[2].params.constraint == Constraint("choice", '["yes","no"]')
+    assert [(e.code, e.id) for e in got[3:]] == [("invalid_value", "d"), ("invalid_type", "e"), ("invalid_type", "f"),
+                                                ("invalid_type", "g"), ("invalid_value", "h")]
+    assert "min_tokens" in got[7].message and "40" in got[7].message
+
+
+def test_openai_logprobs_and_response_format(tmp_path: Path) -> None:
+    from batchcli.requests import Constraint
+
+    msgs = [{"role": "user", "content": "x"}]
+    schema_a = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "string"}}}
+    schema_b = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "string"}}}
+    got = read_all(tmp_path, [
+        openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": True, "top_logprobs": 3}, custom_id="a"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": True}, custom_id="b"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "logprobs": False}, custom_id="c"),
+        openai_line("/v1/completions", {"prompt": "x", "logprobs": 2}, custom_id="d"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "n", "strict": True, "schema": schema_a}}}, custom_id="e"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "n", "schema": schema_b}}}, custom_id="f"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}}, custom_id="g"),
+        openai_line("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}}, custom_id="h"),
+    ])
+    assert [r.params.logprobs for r in got[:4]] == [3, 0, None, 2]
+    assert got[4].params.constraint == got[5].params.constraint  # one grammar for both
+    # properties keep the user's order: it is the order the output writes them in
+    assert got[4].params.constraint.spec == '{"type":"object","properties":{"b":{"type":"string"},"a":{"type":"string"}}}'
+    assert got[6].params.constraint == Constraint("json_object", "") and got[7].params.constraint is None
+
+
+def test_openai_lines_check_the_served_model(tmp_path: Path) -> None:
+    got = read_all(tmp_path, [openai_line("/v1/completions", {"prompt": "x", "model": "smol"}, custom_id="a"),
+                              openai_line("/v1/completions", {"prompt": "x", "model": "gpt-4o"}, custom_id="b"),
+                              openai_line("/v1/completions", {"prompt": "x"}, custom_id="c")],
+                   served_model="smol")
+    assert isinstance(got[0], Request) and isinstance(got[2], Request)
+    assert (got[1].code, got[1].custom_id) == ("model_not_found", "b") and "'smol'" in got[1].message
+
+
+def test_cli_flags_override_both_defaults() -> None:
+    from batchcli.cli import _defaults
+
+    plain, openai = _defaults(temperature=0.0, top_k=0, max_tokens=None, stop=["x"], ignore_eos=False)
+    assert (plain.temperature, openai.temperature) == (0.0, 0.0)  # an explicit 0 is a value, not "not given"
+    assert (plain.max_tokens, openai.max_tokens) == (256, None) and openai.stop == ("x",)
+    plain, openai = _defaults(temperature=None)
+    assert (plain.temperature, openai.temperature) == (0.0, 1.0)

@@ -35,21 +35,29 @@ def result(fmt: InputFormat, *, n: int = 1, line: int = 4, custom_id: str | None
     return Result(request, completions, prompt_tokens=12, cached_tokens=8)
 
 
-USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "cached_tokens": 8}
+USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14, "cached_tokens": 8}
 
 
 @pytest.mark.parametrize("fmt", [InputFormat.SIMPLE, InputFormat.CHAT, InputFormat.TOKENS])
 def test_render_plain_single(fmt: InputFormat) -> None:
-    assert render_result(result(fmt)) == {"id": "q1", "text": "Hello", "finish_reason": "stop", "usage": USAGE}
+    assert render_result(result(fmt)) == {"id": "q1", "text": "Hello", "finish_reason": "stop", "stop_reason": None,
+                                          "usage": USAGE}
 
 
 def test_render_plain_n2() -> None:
     assert render_result(result(InputFormat.SIMPLE, n=2)) == {
         "id": "q1",
-        "choices": [{"index": 0, "text": "Hello", "finish_reason": "stop"},
-                    {"index": 1, "text": "Hey there", "finish_reason": "length"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "cached_tokens": 8},
+        "choices": [{"index": 0, "text": "Hello", "finish_reason": "stop", "stop_reason": None},
+                    {"index": 1, "text": "Hey there", "finish_reason": "length", "stop_reason": None}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17, "cached_tokens": 8},
     }
+
+
+def test_render_plain_stop_reason() -> None:
+    request = Request("q1", 4, InputFormat.SIMPLE, SamplingParams(n=2), prompt="p")
+    done = Result(request, (Completion("Hi", (7,), "stop", stop_reason="\n"), Completion("", (), "stop", stop_reason=5)),
+                  prompt_tokens=3, cached_tokens=0)
+    assert [c["stop_reason"] for c in render_result(done)["choices"]] == ["\n", 5]
 
 
 def test_render_openai_completion() -> None:
@@ -69,11 +77,11 @@ def test_render_openai_completion() -> None:
     }
 
 
-def test_render_openai_chat_echoes_line_model_and_n2() -> None:
+def test_render_openai_chat_names_the_served_model_and_n2() -> None:
     got = render_result(result(InputFormat.OPENAI_CHAT, n=2, custom_id="q1", model="gpt-x"), model="served")
     digest = got["id"].removeprefix("batch_req_")
     assert got["response"]["body"] == {
-        "id": f"chatcmpl-{digest}", "object": "chat.completion", "created": 0, "model": "gpt-x",
+        "id": f"chatcmpl-{digest}", "object": "chat.completion", "created": 0, "model": "served",
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop", "logprobs": None},
             {"index": 1, "message": {"role": "assistant", "content": "Hey there"}, "finish_reason": "length",
@@ -175,12 +183,13 @@ def test_resume_collects_answered_ids_and_cuts_torn_tail(tmp_path: Path) -> None
         b'{"id":"a","text":"x"}\n'
         b'{"id":"l2","line":2,"error":{"code":"invalid_json","message":"m"}}\n'
         b'{"id":"batch_req_1","custom_id":"c","response":null,"error":{"code":"x","message":"m"},"line":3}\n'
+        b'{"id":"batch_req_2","custom_id":null,"response":null,"error":{"code":"invalid_json","message":"m"},"line":4}\n'
         b'{"id":"d","te'
     )
     with OutputWriter(out, resume=True) as writer:
-        assert writer.answered() == Answered(frozenset({"a"}), frozenset({2, 3}))
+        assert writer.answered() == Answered(frozenset({"a"}), frozenset({2, 3, 4}))
         writer.write({"id": "d", "text": "y"})
-    assert [r["id"] for r in lines(out)] == ["a", "l2", "batch_req_1", "d"]
+    assert [r["id"] for r in lines(out)] == ["a", "l2", "batch_req_1", "batch_req_2", "d"]
     assert writer.counts == WriteCounts(successes=1, errors=0)
 
 

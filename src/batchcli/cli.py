@@ -72,11 +72,19 @@ def _fail(exc: Exception, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _defaults(max_tokens: int, temperature: float, top_p: float, top_k: int, seed: Optional[int],
-              stop: Optional[list[str]], n: int, ignore_eos: bool) -> SamplingParams:
+def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
+    """Defaults for plain lines and for OpenAI lines: each side's own, overridden by the flags given.
+
+    A flag left at None (or an empty list, or False for a switch) was not given.
+    """
+    from dataclasses import replace
+
+    from batchcli.reader import OPENAI_DEFAULTS
+
+    given = {k: (tuple(v) if type(v) is list else v) for k, v in flags.items()
+             if v is not None and v is not False and v != []}  # `is`: 0 and 0.0 are real values
     try:
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                              seed=seed, stop=tuple(stop or ()), n=n, ignore_eos=ignore_eos)
+        return SamplingParams(**given), replace(OPENAI_DEFAULTS, **given)
     except ValueError as e:
         raise _fail(e, EXIT_USAGE) from None
 
@@ -99,8 +107,9 @@ def plan(
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
     sharing: str = typer.Option("multi", "--sharing", help="multi (whole prefix tree), single (one shared level, BatchLLM) or off."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first)."),
-    n: int = typer.Option(1, "--n", help="Default samples per prompt."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first); plain lines 256, OpenAI lines the context."),
+    n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for (default: the model directory's name); as for run."),
 ) -> None:
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
     from batchcli.models import pending_conversion, resolve_model
@@ -115,8 +124,10 @@ def plan(
     try:
         if target != "-" and not dry_run:
             check_writable(Path(target), "plan file")
-        job = prepare(input, _defaults(max_tokens, 0.0, 1.0, 0, None, None, n, False), _settings(block_size, sharing),
-                      resolve_model(model))
+        plain, openai = _defaults(max_tokens=max_tokens, n=n)
+        model_dir = resolve_model(model)
+        job = prepare(input, plain, _settings(block_size, sharing), model_dir, openai_defaults=openai,
+                      served_model=served_model_name or model_dir.name)
     except BatchError as e:
         raise _fail(e, e.exit_code) from None
     if as_json:
@@ -162,13 +173,22 @@ def run(
     checkpoint_every: float = typer.Option(30.0, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Default max_tokens per request."),
-    temperature: float = typer.Option(0.0, "--temperature", help="Default temperature (0 = greedy)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Default nucleus cut."),
-    top_k: int = typer.Option(0, "--top-k", help="Default top-k cut (0 = off)."),
+    errors: Optional[str] = typer.Option(None, "--errors", help="Write error lines to this file instead of the output (as OpenAI's error file)."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for and answers carry (default: the model directory's name)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (plain lines 256, OpenAI lines the rest of the context)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default temperature, 0-2 (plain lines 0 = greedy, OpenAI lines 1)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default nucleus cut (1 = off)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default top-k cut (0 = off)."),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Default min-p cut (0 = off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
-    n: int = typer.Option(1, "--n", help="Default samples per prompt."),
+    stop_token_ids: Optional[list[int]] = typer.Option(None, "--stop-token-id", help="Default stop token id (repeatable)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
+    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Default minimum output tokens before EOS or a stop."),
+    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", help="Default presence penalty, -2 to 2 (OpenAI's)."),
+    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", help="Default frequency penalty, -2 to 2 (OpenAI's)."),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Default repetition penalty (transformers'; 1 = off)."),
+    logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Return log-probabilities with this many alternatives per token (0-20)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""
@@ -176,18 +196,24 @@ def run(
     from batchcli.job import RunOptions, run_job
     from batchcli.writer import OutputWriteError
 
-    defaults = _defaults(max_tokens, temperature, top_p, top_k, seed, stop, n, ignore_eos)
+    defaults, openai_defaults = _defaults(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, stop=stop,
+        stop_token_ids=stop_token_ids, n=n, min_tokens=min_tokens, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty, logprobs=logprobs,
+        ignore_eos=ignore_eos)
     settings = _settings(block_size, sharing)
     try:
         config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
                               token_budget=token_budget, schedule=schedule, admission=admission,
                               compile=compile, checkpoint_every=checkpoint_every)
         options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
-                             order=order, resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics)
+                             order=order, resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics,
+                             errors=errors, served_model_name=served_model_name)
     except ValueError as e:
         raise _fail(e, EXIT_USAGE) from None
     try:
-        code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet)
+        code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet,
+                       openai_defaults=openai_defaults)
     except BatchError as e:
         if options.output == "-" and isinstance(e, OutputWriteError):
             _drop_stdout()

@@ -13,7 +13,8 @@ import orjson
 
 from batchcli.requests import SamplingParams
 
-SAMPLING_KEYS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
+# `constraint` comes from its own fields (json_schema, regex, choice, response_format: constraint_fields.py)
+SAMPLING_KEYS = frozenset(f.name for f in dataclasses.fields(SamplingParams)) - {"constraint"}
 
 
 class BadField(Exception):
@@ -62,9 +63,29 @@ def as_stop(value: object, name: str) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def as_token_list(value: object, name: str) -> tuple[int, ...]:
+    if type(value) is not list or not all(type(t) is int for t in value):
+        raise BadField("invalid_type", f"{name} must be a list of token ids, got {show(value)}")
+    return tuple(value)
+
+
+def as_logit_bias(value: object, name: str) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} object (JSON keys are strings) as sorted (id, bias) pairs."""
+    if type(value) is not dict:
+        raise BadField("invalid_type", f"{name} must be an object mapping token ids to numbers, got {show(value)}")
+    pairs = []
+    for key, bias in value.items():
+        if not (key.isascii() and key.isdigit()):  # isdigit alone takes "²", which int() refuses
+            raise BadField("invalid_value", f"{name} key {key!r} must be a token id (a non-negative integer)")
+        pairs.append((int(key), as_float(bias, f"{name}[{key!r}]")))
+    return tuple(sorted(pairs))
+
+
 _CHECKS = {
-    "max_tokens": as_int, "temperature": as_float, "top_p": as_float, "top_k": as_int,
-    "seed": as_int, "stop": as_stop, "n": as_int, "ignore_eos": as_bool,
+    "max_tokens": as_int, "temperature": as_float, "top_p": as_float, "top_k": as_int, "min_p": as_float,
+    "seed": as_int, "stop": as_stop, "stop_token_ids": as_token_list, "n": as_int, "ignore_eos": as_bool,
+    "min_tokens": as_int, "presence_penalty": as_float, "frequency_penalty": as_float,
+    "repetition_penalty": as_float, "logit_bias": as_logit_bias, "logprobs": as_int,
 }
 assert _CHECKS.keys() == SAMPLING_KEYS, f"every SamplingParams field needs a check: {_CHECKS.keys() ^ SAMPLING_KEYS}"
 
@@ -77,7 +98,12 @@ def as_text(value: object, name: str) -> str:
     return value
 
 
+_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+
+
 def as_messages(value: object, name: str) -> tuple[dict, ...]:
+    """Chat messages as {role, content[, name]} with string content; OpenAI's list of text parts is
+    joined with newlines (as vLLM does), any other part type is refused."""
     if type(value) is not list:
         raise BadField("invalid_type", f"{name} must be a list of {{role, content}} objects, got {show(value)}")
     if not value:
@@ -86,15 +112,32 @@ def as_messages(value: object, name: str) -> tuple[dict, ...]:
     for i, message in enumerate(value):
         if type(message) is not dict:
             raise BadField("invalid_type", f"{name}[{i}] must be an object, got {show(message)}")
-        if not message.keys() <= {"role", "content"}:
-            unknown = ", ".join(sorted(message.keys() - {"role", "content"}))
-            raise BadField("unknown_field", f"{name}[{i}] has unknown field(s): {unknown}; known: content, role")
-        role, content = message.get("role"), message.get("content")
-        if type(role) is not str or type(content) is not str:
-            field, bad = ("role", role) if type(role) is not str else ("content", content)
-            raise BadField("invalid_type", f"{name}[{i}].{field} must be a string, got {show(bad)}")
-        out.append({"role": role, "content": content})
+        if not message.keys() <= _MESSAGE_KEYS:
+            unknown = ", ".join(sorted(message.keys() - _MESSAGE_KEYS))
+            raise BadField("unknown_field", f"{name}[{i}] has unknown field(s): {unknown}; known: content, name, role")
+        role = message.get("role")
+        if type(role) is not str:
+            raise BadField("invalid_type", f"{name}[{i}].role must be a string, got {show(role)}")
+        rendered = {"role": role, "content": _content(message.get("content"), f"{name}[{i}].content")}
+        if "name" in message:
+            rendered["name"] = as_text(message["name"], f"{name}[{i}].name")
+        out.append(rendered)
     return tuple(out)
+
+
+def _content(value: object, name: str) -> str:
+    if type(value) is str:
+        return value
+    if type(value) is not list or not value:
+        raise BadField("invalid_type", f"{name} must be a string or a list of text parts, got {show(value)}")
+    texts = []
+    for j, part in enumerate(value):
+        if type(part) is not dict or part.get("type") != "text" or type(part.get("text")) is not str:
+            raise BadField("unsupported", f"{name}[{j}] must be {{\"type\": \"text\", \"text\": ...}}, got {show(part)}")
+        if part.keys() != {"type", "text"}:
+            raise BadField("unknown_field", f"{name}[{j}] has unknown field(s): {', '.join(sorted(part.keys() - {'type', 'text'}))}")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def as_token_ids(value: object, name: str) -> tuple[int, ...]:

@@ -11,35 +11,43 @@ from __future__ import annotations
 import hashlib
 
 from batchcli.requests import InputFormat, LineError
-from batchcli.results import Result
+from batchcli.results import Completion, Result
+from batchcli.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
 
 _OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT})
 
 
-def render_result(result: Result, *, model: str = "", created: int = 0) -> dict:
-    """The output object of a finished request.
+def render_result(result: Result, *, model: str = "", created: int = 0, names: TokenText | None = None) -> dict:
+    """The output object of a finished request (an error line if one of its samples failed).
 
-    `model` names the served model in OpenAI bodies whose line gave no `body.model`; `created` is the
-    Unix time stamped on OpenAI bodies (the caller passes the run's start; 0 keeps output reproducible).
+    `model` is the served model's name, written as OpenAI bodies' `model`; `created` is the Unix time
+    stamped on OpenAI bodies (the caller passes the run's start; 0 keeps output reproducible); `names`
+    gives token text for log-probabilities (needed when the request asked for them).
     """
     request = result.request
     assert len(result.completions) == request.params.n, (
         f"request {request.id!r} asked n={request.params.n}, got {len(result.completions)} completions"
     )
+    assert request.params.logprobs is None or names is not None, f"request {request.id!r} needs token names"
     if request.format in _OPENAI:
-        return _openai_result(result, request.model if request.model is not None else model, created)
+        return _openai_result(result, model, created, names)
     usage = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
         "cached_tokens": result.cached_tokens,
     }
     if request.params.n == 1:
-        only = result.completions[0]
-        return {"id": request.id, "text": only.text, "finish_reason": only.finish_reason, "usage": usage}
-    choices = [
-        {"index": i, "text": c.text, "finish_reason": c.finish_reason} for i, c in enumerate(result.completions)
-    ]
+        return {"id": request.id, **_plain_choice(result.completions[0], names), "usage": usage}
+    choices = [{"index": i, **_plain_choice(c, names)} for i, c in enumerate(result.completions)]
     return {"id": request.id, "choices": choices, "usage": usage}
+
+
+def _plain_choice(c: Completion, names: TokenText | None) -> dict:
+    out = {"text": c.text, "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+    if c.logprobs is not None:
+        out["logprobs"] = plain_logprobs(c.logprobs, names)
+    return out
 
 
 def render_error(err: LineError, fmt: InputFormat | None) -> dict:
@@ -49,14 +57,15 @@ def render_error(err: LineError, fmt: InputFormat | None) -> dict:
     form is still chosen when the reader saw an OpenAI batch line (it set `err.custom_id`).
     """
     error = {"code": err.code, "message": err.message}
-    if fmt in _OPENAI or err.custom_id is not None:
-        custom_id = err.custom_id if err.custom_id is not None else err.id
-        batch_id = f"batch_req_{_digest(err.line, custom_id)}"
+    if fmt in _OPENAI or err.custom_id is not None or err.openai:
+        # a parsed OpenAI request's id is its custom_id; a line that never gave one has custom_id null
+        custom_id = err.custom_id if err.custom_id is not None or fmt not in _OPENAI else err.id
+        batch_id = f"batch_req_{_digest(err.line, custom_id or '')}"
         return {"id": batch_id, "custom_id": custom_id, "response": None, "error": error, "line": err.line}
     return {"id": err.id, "line": err.line, "error": error}
 
 
-def _openai_result(result: Result, model: str, created: int) -> dict:
+def _openai_result(result: Result, model: str, created: int, names: TokenText | None) -> dict:
     request = result.request
     custom_id = request.custom_id if request.custom_id is not None else request.id
     digest = _digest(request.line, custom_id)
@@ -64,13 +73,14 @@ def _openai_result(result: Result, model: str, created: int) -> dict:
         kind, body_id = "chat.completion", f"chatcmpl-{digest}"
         choices = [
             {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-             "logprobs": None}
+             "logprobs": None if c.logprobs is None else chat_logprobs(c.logprobs, names)}
             for i, c in enumerate(result.completions)
         ]
     else:
         kind, body_id = "text_completion", f"cmpl-{digest}"
         choices = [
-            {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+            {"index": i, "text": c.text, "finish_reason": c.finish_reason,
+             "logprobs": None if c.logprobs is None else completion_logprobs(c.logprobs, names)}
             for i, c in enumerate(result.completions)
         ]
     usage = {

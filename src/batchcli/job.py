@@ -8,9 +8,9 @@ run nor another job's resume can write into it.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,9 +32,11 @@ from batchcli.pipeline import PreparedJob, check_input, prepare
 from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
+from batchcli.reader import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure, Result
-from batchcli.writer import OutputWriter
+from batchcli.token_text import TokenText
+from batchcli.writer import Answered, OutputWriter, WriteCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,14 @@ class RunOptions:
     overwrite: bool = False
     plan_file: Path | None = None
     metrics: Path | None = None
+    errors: str | None = None  # a separate file for error lines (OpenAI's error file); None: the output
+    served_model_name: str | None = None  # the name OpenAI lines must ask for; None: the model directory's
 
     def __post_init__(self) -> None:
         if self.order not in ("completion", "input"):
             raise ValueError(f"--order must be completion or input, got {self.order!r}")
+        if self.errors is not None and self.errors == self.output:
+            raise ValueError(f"--errors {self.errors!r} must be another file than the output")
 
 
 class StopFlag:
@@ -67,9 +73,45 @@ class StopFlag:
         return self.signal is not None
 
 
+class _Sinks:
+    """Where records go: error lines to the errors writer when there is one, everything else to the output."""
+
+    def __init__(self, output: OutputWriter, errors: OutputWriter | None) -> None:
+        self.output, self.errors = output, errors
+
+    def write(self, record: dict, key: int) -> None:
+        if self.errors is not None and record.get("error") is not None:
+            self.errors.write(record)
+        else:
+            self.output.write(record, key=key)
+
+    @property
+    def counts(self) -> WriteCounts:
+        a, b = self.output.counts, (self.errors.counts if self.errors is not None else WriteCounts(0, 0))
+        return WriteCounts(a.successes + b.successes, a.errors + b.errors)
+
+    @property
+    def error_codes(self) -> dict[str, int]:
+        codes = dict(self.output.error_codes)
+        for code, n in (self.errors.error_codes.items() if self.errors is not None else ()):
+            codes[code] = codes.get(code, 0) + n
+        return dict(sorted(codes.items(), key=lambda item: (-item[1], item[0])))
+
+    def answered(self) -> Answered:
+        """What the output and the errors file already answer (--resume)."""
+        a = self.output.answered()
+        if self.errors is None:
+            return a
+        b = self.errors.answered()
+        return Answered(a.ids | b.ids, a.lines | b.lines)
+
+
 def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings,
-            config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool) -> int:
-    """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted)."""
+            config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool,
+            openai_defaults: SamplingParams = OPENAI_DEFAULTS) -> int:
+    """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted).
+
+    Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`."""
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
     started = time.perf_counter()
@@ -85,20 +127,29 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     model_dir = resolve_model(model, quiet=quiet)
     refuse_output_is_input(source, options.output)
     stop = StopFlag()
-    with _locked(options.output), \
-            OutputWriter(options.output, order=options.order, resume=options.resume, overwrite=options.overwrite) as writer:
-        answered = writer.answered()
-        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered)
+    served = options.served_model_name or model_dir.name
+    with ExitStack() as stack:
+        if options.output != "-":
+            stack.enter_context(OutputLock(options.output))
+        writer = stack.enter_context(OutputWriter(options.output, order=options.order, resume=options.resume,
+                                                  overwrite=options.overwrite))
+        errors = None if options.errors is None else stack.enter_context(
+            OutputWriter(options.errors, order="completion", resume=options.resume, overwrite=options.overwrite))
+        sinks = _Sinks(writer, errors)
+        answered = sinks.answered()
+        job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered,
+                      openai_defaults=openai_defaults, served_model=served)
         if options.output != "-":
             bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source)
         if options.order == "input":
-            writer.expect(sorted([r.line for r in job.batch.requests] + [e.line for e in job.batch.errors]))
+            in_output = [] if errors is not None else [e.line for e in job.batch.errors]
+            writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
         for e in job.batch.errors:
-            writer.write(render_error(e, None), key=e.line)
+            sinks.write(render_error(e, None), key=e.line)
         checkpointing = _checkpointing(job, config, options, say)
-        stats, complete = (_execute(job, config, writer, stop, console, quiet, say, checkpointing)
+        stats, complete = (_execute(job, config, sinks, served, stop, console, quiet, say, checkpointing)
                            if job.batch.requests else (None, True))
-        counts, codes = writer.counts, writer.error_codes
+        counts, codes = sinks.counts, sinks.error_codes
     if not job.batch.requests:
         say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
     wall = time.perf_counter() - started
@@ -116,10 +167,6 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if codes:
         say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
-
-
-def _locked(output: str) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext() if output == "-" else OutputLock(output)
 
 
 def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
@@ -141,7 +188,7 @@ def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
                          lambda in_flight: save_checkpoint(path, job.identity, job.batch.requests, in_flight), restored)
 
 
-def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop: StopFlag, console: Console,
+def _execute(job: PreparedJob, config: EngineConfig, sinks: _Sinks, served: str, stop: StopFlag, console: Console,
              quiet: bool, say: Callable[[str], None],
              checkpointing: Checkpointing | None) -> tuple[RunStats | None, bool]:
     """Load the engine and run the plan, writing results as they finish. Returns the stats (None if
@@ -150,6 +197,8 @@ def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop:
     say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
         f"{job.skipped:,} already answered; {engine.describe()}")
     created = int(time.time())
+    wants_logprobs = any(r.params.logprobs is not None for r in job.batch.requests)
+    names = TokenText(job.tokenizer.tok) if wants_logprobs else None
 
     answered = 0
 
@@ -159,9 +208,9 @@ def _execute(job: PreparedJob, config: EngineConfig, writer: OutputWriter, stop:
         request = event.request
         if isinstance(event, Failure):
             error = LineError(request.id, request.line, event.code, event.message, request.custom_id)
-            writer.write(render_error(error, request.format), key=request.line)
+            sinks.write(render_error(error, request.format), key=request.line)
         else:
-            writer.write(render_result(event, model=job.model_dir.name, created=created), key=request.line)
+            sinks.write(render_result(event, model=served, created=created, names=names), key=request.line)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

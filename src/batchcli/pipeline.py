@@ -19,8 +19,9 @@ from typing import Iterable
 import numpy as np
 
 from batchcli.errors import InputError, PlanFileError
+from batchcli.grammars import Grammars, compile_constraints
 from batchcli.plan import Plan, PlanMismatchError, PlanSettings, build_plan, check_fingerprint, plan_from_json
-from batchcli.reader import read_requests
+from batchcli.reader import OPENAI_DEFAULTS, read_requests
 from batchcli.requests import LineError, Request, SamplingParams
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
 from batchcli.tokens import TokenArrays
@@ -35,6 +36,7 @@ class PreparedJob:
     plan: Plan
     skipped: int  # requests and error lines already answered in the output (--resume)
     identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
+    grammars: Grammars | None = None  # compiled output constraints, None when no request has one
 
 
 def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
@@ -110,21 +112,33 @@ def check_input(source: str) -> None:
         raise InputError(f"input file {source} does not exist")
 
 
-def _read(source: str, defaults: SamplingParams) -> Iterable[Request | LineError]:
+def _read(source: str, defaults: SamplingParams, openai_defaults: SamplingParams,
+          served_model: str | None) -> Iterable[Request | LineError]:
     check_input(source)
     try:
-        yield from read_requests(source, defaults)
+        yield from read_requests(source, defaults, openai_defaults=openai_defaults, served_model=served_model)
     except OSError as e:
         raise InputError(f"cannot read input {source}: {e.strerror or e}") from None
+
+
+def _eos_ids(model_dir: Path) -> tuple[int, ...]:
+    from batchcli.engine.weights import eos_token_ids  # torch: imported only when a constraint needs it
+
+    return eos_token_ids(model_dir)
 
 
 def prepare(
     source: str, defaults: SamplingParams, settings: PlanSettings, model_dir: Path, *,
     plan_file: Path | None = None, answered: Answered | None = None,
+    openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
 ) -> PreparedJob:
-    """Read, tokenize and plan `source` (a path or "-"); skip what `answered` holds (--resume)."""
+    """Read, tokenize and plan `source` (a path or "-"); skip what `answered` holds (--resume).
+
+    OpenAI lines start from `openai_defaults` and must name `served_model` (when given) as body.model.
+    """
     tokenizer = PromptTokenizer(model_dir)
-    batch = _unique_error_ids(tokenize_requests(_read(source, defaults), tokenizer))
+    batch = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model), tokenizer))
+    batch, grammars = compile_constraints(batch, tokenizer, lambda: _eos_ids(model_dir))
     fp = fingerprint(batch, tokenizer.identity(), settings)
     identity = job_identity(batch, model_dir.name)
     plan = plan_for(batch, settings, model_dir.name, fp)
@@ -135,7 +149,7 @@ def prepare(
     if answered:
         batch, skipped = _without(batch, answered)
         plan = plan_for(batch, settings, model_dir.name, fp)
-    return PreparedJob(model_dir, tokenizer, batch, plan, skipped, identity)
+    return PreparedJob(model_dir, tokenizer, batch, plan, skipped, identity, grammars)
 
 
 def load_plan(path: Path, expected: Plan) -> Plan:

@@ -21,9 +21,10 @@ from typing import IO
 
 import orjson
 
+from batchcli.constraint_fields import PLAIN_KEYS, plain_constraint, response_format_constraint
 from batchcli.errors import InputError
 from batchcli.fields import (
-    SAMPLING_KEYS, BadField, as_int, as_messages, as_text, as_token_ids, sampling_overrides, show,
+    SAMPLING_KEYS, BadField, as_bool, as_int, as_messages, as_text, as_token_ids, sampling_overrides, show,
 )
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 
@@ -32,21 +33,23 @@ _CHUNK = 1 << 20
 _PARAMS_CACHE_SIZE = 4096
 _BOM = b"\xef\xbb\xbf"
 _PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
-_LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | SAMPLING_KEYS
+_LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | SAMPLING_KEYS | PLAIN_KEYS
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT}
 _BODY_KEYS = {
-    InputFormat.OPENAI_COMPLETION: frozenset({"prompt"}) | SAMPLING_KEYS,
-    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_COMPLETION: frozenset({"prompt", "response_format"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens", "top_logprobs", "response_format"}) | SAMPLING_KEYS,
 }
+# OpenAI's defaults for OpenAI lines: sampling at temperature 1, output bounded by the context only.
+OPENAI_DEFAULTS = SamplingParams(max_tokens=None, temperature=1.0)
+OPENAI_MAX_STOP = 4
+OPENAI_COMPLETION_MAX_LOGPROBS = 5
 # Body fields with no effect on the tokens we produce.
 _IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
 # Body fields we accept only at the value that leaves the output unchanged.
 _NEUTRAL_BODY: dict[str, tuple] = {
-    "stream": (None, False), "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False),
-    "best_of": (None, 1), "suffix": (None, ""), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-    "repetition_penalty": (None, 1), "min_p": (None, 0), "logit_bias": (None, {}), "prediction": (None,),
-    "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]),
+    "stream": (None, False), "echo": (None, False),
+    "best_of": (None, 1), "suffix": (None, ""), "prediction": (None,), "modalities": (None, ["text"]),
     "tools": (None, []), "tool_choice": (None, "none", "auto"),
     "functions": (None, []), "function_call": (None, "none", "auto"),
 }
@@ -61,27 +64,30 @@ class InputUnreadableError(ReaderError):
 
 
 def read_requests(
-    source: str | Path, defaults: SamplingParams, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    source: str | Path, defaults: SamplingParams, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
 ) -> Iterator[Request | LineError]:
     """Yield one `Request` or `LineError` per non-blank line of `source` ("-" is stdin).
 
+    Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`. An OpenAI line whose
+    body.model is not `served_model` gets a `model_not_found` error (None: any model name is accepted).
     The file is opened here, so a missing input fails at the call, not at the first `next()`.
     """
     if max_line_bytes < 1:
         raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
+    parser = _LineParser(defaults, openai_defaults, served_model)
     if str(source) == "-":
-        return _parse_stream(sys.stdin.buffer, defaults, max_line_bytes, owned=False)
+        return _parse_stream(sys.stdin.buffer, parser, max_line_bytes, owned=False)
     try:
         stream = open(source, "rb", buffering=0)  # closed by the generator
     except OSError as exc:
         raise InputUnreadableError(f"cannot read input {str(source)!r}: {exc.strerror}") from None
-    return _parse_stream(stream, defaults, max_line_bytes, owned=True)
+    return _parse_stream(stream, parser, max_line_bytes, owned=True)
 
 
 def _parse_stream(
-    stream: IO[bytes], defaults: SamplingParams, max_line_bytes: int, *, owned: bool
+    stream: IO[bytes], parser: _LineParser, max_line_bytes: int, *, owned: bool
 ) -> Iterator[Request | LineError]:
-    parser = _LineParser(defaults)
     try:
         for number, raw in enumerate(_physical_lines(stream, max_line_bytes), start=1):
             if raw is None:
@@ -142,32 +148,39 @@ def _fits(line: bytes, max_bytes: int) -> bool:
 class _LineParser:
     """Turns one line's bytes into a Request or LineError; remembers ids seen and params built."""
 
-    def __init__(self, defaults: SamplingParams) -> None:
+    def __init__(self, defaults: SamplingParams, openai_defaults: SamplingParams, served_model: str | None) -> None:
         self.defaults = defaults
+        self.openai_defaults = openai_defaults
+        self.served_model = served_model
         self.seen: dict[str, int] = {}  # id -> line that first used it
         # Many lines repeat the same overrides; SamplingParams is frozen, so one object serves them all.
-        self.params_cache: dict[frozenset, SamplingParams] = {}
+        self.params_cache: dict[tuple[bool, frozenset], SamplingParams] = {}
 
     def parse(self, raw: bytes, line: int) -> Request | LineError:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            # a broken line that names custom_id was meant as an OpenAI line: answer in OpenAI's form
+            openai_like = b'"custom_id"' in raw
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as bad:
-                return LineError(f"line-{line}", line, "invalid_encoding", f"not valid UTF-8 at byte {bad.start}")
-            return LineError(f"line-{line}", line, "invalid_json", f"not valid JSON: {exc}")
+                message = f"not valid UTF-8 at byte {bad.start}"
+                return LineError(f"line-{line}", line, "invalid_encoding", message, openai=openai_like)
+            return LineError(f"line-{line}", line, "invalid_json", f"not valid JSON: {exc}", openai=openai_like)
         if type(obj) is not dict:
             return LineError(f"line-{line}", line, "not_an_object", f"expected a JSON object, got {show(obj)}")
         openai = not _OPENAI_KEYS.isdisjoint(obj)
         id_key = "custom_id" if openai else "id"
+        if openai and obj.get("custom_id") is None:
+            return LineError(f"line-{line}", line, "missing_required_parameter", "custom_id is required", openai=True)
         rid = obj.get(id_key, f"line-{line}")
         if type(rid) is int:
             rid = str(rid)
         elif type(rid) is not str:
             fallback = f"line-{line}"
             message = f"{id_key} must be a string or an integer, got {show(rid)}"
-            return LineError(fallback, line, "invalid_type", message, fallback if openai else None)
+            return LineError(fallback, line, "invalid_type", message, openai=openai)
         custom_id = rid if openai else None
         first = self.seen.setdefault(rid, line)
         if first != line:
@@ -175,7 +188,7 @@ class _LineParser:
         try:
             return self._openai(obj, rid, line) if openai else self._plain(obj, rid, line)
         except BadField as bad:
-            return LineError(rid, line, bad.code, bad.message, custom_id)
+            return LineError(rid, line, bad.code, bad.message, custom_id, openai=openai)
 
     def _plain(self, obj: dict, rid: str, line: int) -> Request:
         if not obj.keys() <= _LINE_KEYS:
@@ -184,7 +197,9 @@ class _LineParser:
         forms = ("prompt" in obj) + ("messages" in obj) + ("prompt_token_ids" in obj)
         if forms != 1:
             raise BadField("missing_prompt", f"need exactly one of prompt, messages, prompt_token_ids; got {forms}")
-        params = self._params(sampling_overrides(obj))
+        changes = sampling_overrides(obj)
+        changes["constraint"] = plain_constraint(obj)
+        params = self._params(changes, self.defaults)
         if "prompt" in obj:
             return Request(rid, line, InputFormat.SIMPLE, params, prompt=as_text(obj["prompt"], "prompt"))
         if "messages" in obj:
@@ -206,20 +221,17 @@ class _LineParser:
         if type(body) is not dict:
             raise BadField("invalid_type", f"body must be an object, got {show(body)}")
         _check_body_extras(body, _BODY_KEYS[fmt])
-        model = body.get("model")
-        if model is not None and type(model) is not str:
-            raise BadField("invalid_type", f"body.model must be a string, got {show(model)}")
-        changes = sampling_overrides(body)
+        model = self._model(body.get("model"))
+        changes = _openai_overrides(body, fmt)
         if fmt is InputFormat.OPENAI_CHAT:
-            if body.get("max_completion_tokens") is not None:  # the newer name wins, as in OpenAI's API
-                changes["max_tokens"] = as_int(body["max_completion_tokens"], "body.max_completion_tokens")
             if "messages" not in body:
                 raise BadField("missing_prompt", "body.messages is required for /v1/chat/completions")
             messages = as_messages(body["messages"], "body.messages")
-            return Request(rid, line, fmt, self._params(changes), messages=messages, custom_id=rid, model=model)
+            params = self._params(changes, self.openai_defaults)
+            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model)
         if "prompt" not in body:
             raise BadField("missing_prompt", "body.prompt is required for /v1/completions")
-        prompt, params = body["prompt"], self._params(changes)
+        prompt, params = body["prompt"], self._params(changes, self.openai_defaults)
         if type(prompt) is list:
             if not all(type(t) is int for t in prompt):
                 raise BadField("unsupported", "body.prompt as a list must hold token ids; put one prompt per line")
@@ -227,14 +239,24 @@ class _LineParser:
             return Request(rid, line, fmt, params, prompt_token_ids=token_ids, custom_id=rid, model=model)
         return Request(rid, line, fmt, params, prompt=as_text(prompt, "body.prompt"), custom_id=rid, model=model)
 
-    def _params(self, changes: dict) -> SamplingParams:
+    def _model(self, model: object) -> str | None:
+        if model is not None and type(model) is not str:
+            raise BadField("invalid_type", f"body.model must be a string, got {show(model)}")
+        if model is not None and self.served_model is not None and model != self.served_model:
+            # never answer under another model's name (OpenAI and vLLM refuse the same way)
+            raise BadField("model_not_found", f"body.model {model!r} is not served here; this run serves {self.served_model!r}")
+        return model
+
+    def _params(self, changes: dict, defaults: SamplingParams) -> SamplingParams:
+        changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
-            return self.defaults
-        key = frozenset(changes.items())  # values are checked ints, floats, bools, str tuples: hashable
+            return defaults
+        # values are checked ints, floats, bools, tuples and Constraints: hashable
+        key = (defaults is self.openai_defaults, frozenset(changes.items()))
         params = self.params_cache.get(key)
         if params is None:
             try:
-                params = dataclasses.replace(self.defaults, **changes)
+                params = dataclasses.replace(defaults, **changes)
             except ValueError as exc:
                 raise BadField("invalid_value", str(exc)) from None
             if len(self.params_cache) >= _PARAMS_CACHE_SIZE:  # e.g. a distinct seed per line
@@ -253,6 +275,30 @@ def _check_body_extras(body: dict, used: frozenset[str]) -> None:
         if body[key] not in neutral:
             allowed = " or ".join(show(v) for v in neutral)
             raise BadField("unsupported", f"body.{key} = {show(body[key])} is not supported (only {allowed})")
+
+
+def _openai_overrides(body: dict, fmt: InputFormat) -> dict:
+    """Sampling changes of an OpenAI body, with OpenAI's own spellings and limits."""
+    logprobs = body.get("logprobs")
+    changes = sampling_overrides({k: v for k, v in body.items() if k != "logprobs"})
+    stops = changes.get("stop", ())
+    if len(stops) > OPENAI_MAX_STOP:
+        raise BadField("invalid_value", f"body.stop holds {len(stops)} strings; OpenAI allows at most {OPENAI_MAX_STOP}")
+    changes["constraint"] = response_format_constraint(body.get("response_format"))
+    if fmt is InputFormat.OPENAI_CHAT:
+        if body.get("max_completion_tokens") is not None:  # the newer name wins, as in OpenAI's API
+            changes["max_tokens"] = as_int(body["max_completion_tokens"], "body.max_completion_tokens")
+        top = body.get("top_logprobs")
+        wants = logprobs is not None and as_bool(logprobs, "body.logprobs")
+        if top is not None and not wants:
+            raise BadField("invalid_value", "body.top_logprobs needs body.logprobs set to true")
+        changes["logprobs"] = (as_int(top, "body.top_logprobs") if top is not None else 0) if wants else None
+    elif logprobs is not None:
+        k = as_int(logprobs, "body.logprobs")
+        if not 0 <= k <= OPENAI_COMPLETION_MAX_LOGPROBS:
+            raise BadField("invalid_value", f"body.logprobs must be in [0, {OPENAI_COMPLETION_MAX_LOGPROBS}], got {k}")
+        changes["logprobs"] = k
+    return changes
 
 
 def openai_body_fields() -> str:

@@ -1,4 +1,5 @@
-"""What the engine hands back for one request: its completions and token usage, or why it failed."""
+"""What the engine hands back for one request: its completions, their log-probabilities and token
+usage, or why it failed."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ from batchcli.requests import Request
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The log-probability of one sampled token and of its `k` most likely alternatives (best first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
-    """One sample of a request."""
+    """One sample of a request (a sample that cannot be drawn fails its whole request: see Failure)."""
 
     text: str
     token_ids: tuple[int, ...]
-    finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens)
+    finish_reason: str  # "stop" (EOS, a stop string or a stop token) | "length" (max_tokens)
+    stop_reason: str | int | None = None  # the stop string or stop token id that ended it; None at EOS
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per returned token, when asked for
 
 
 @dataclass(frozen=True, slots=True)

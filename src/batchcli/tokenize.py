@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -89,7 +89,10 @@ class PromptTokenizer:
         return self.tok(texts, add_special_tokens=special, return_attention_mask=False)["input_ids"]
 
     def _render_chat(self, req: Request) -> str:
-        return self.tok.apply_chat_template(list(req.messages), add_generation_prompt=True, tokenize=False)
+        messages = list(req.messages)
+        if "developer" not in (self.tok.chat_template or ""):  # OpenAI's newer name for the system role
+            messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def encode_chunk(self, chunk: list[Request]) -> list[list[int] | np.ndarray | LineError]:
         """Token ids (or a LineError) for each request of the chunk, in order."""
@@ -121,11 +124,12 @@ class PromptTokenizer:
 
     def _surely_too_long(self, req: Request, text: str) -> LineError | None:
         at_least = len(text) // self._chars_per_token
-        if at_least + req.params.max_tokens <= self.max_context:
+        budget = req.params.max_tokens or 0  # None (OpenAI lines): the rest of the context, so the prompt alone
+        if at_least + budget <= self.max_context:
             return None
         return LineError(req.id, req.line, "context_length_exceeded",
                          f"prompt of {len(text):,} characters is at least {at_least:,} tokens; + max_tokens "
-                         f"{req.params.max_tokens} exceeds the model's context of {self.max_context}", req.custom_id)
+                         f"{budget} exceeds the model's context of {self.max_context}", req.custom_id)
 
     def _check(self, req: Request, ids: list[int] | np.ndarray) -> np.ndarray | LineError:
         arr = np.asarray(ids, dtype=np.int64)
@@ -135,11 +139,21 @@ class PromptTokenizer:
             bad = int(arr[(arr >= self.vocab_size) | (arr < 0)][0])
             return LineError(req.id, req.line, "invalid_token_id",
                              f"token id {bad} is outside the vocabulary (size {self.vocab_size})", req.custom_id)
-        if len(arr) + req.params.max_tokens > self.max_context:
+        named = [t for t, _ in req.params.logit_bias] + list(req.params.stop_token_ids)
+        if named and max(named) >= self.vocab_size:
+            return LineError(req.id, req.line, "invalid_token_id", f"logit_bias / stop_token_ids name token "
+                             f"{max(named)}, outside the vocabulary (size {self.vocab_size})", req.custom_id)
+        if len(arr) + (req.params.max_tokens or 1) > self.max_context:
             return LineError(req.id, req.line, "context_length_exceeded",
-                             f"prompt of {len(arr)} tokens + max_tokens {req.params.max_tokens} exceeds the "
+                             f"prompt of {len(arr)} tokens + max_tokens {req.params.max_tokens or 1} exceeds the "
                              f"model's context of {self.max_context}", req.custom_id)
         return arr.astype(np.int32)
+
+    def resolved(self, req: Request, prompt_len: int) -> Request:
+        """`req` with max_tokens None (OpenAI's default) turned into the context left after the prompt."""
+        if req.params.max_tokens is not None:
+            return req
+        return replace(req, params=replace(req.params, max_tokens=self.max_context - prompt_len))
 
 
 def tokenize_requests(items: Iterable[Request | LineError], tokenizer: PromptTokenizer) -> TokenizedRequests:
@@ -154,7 +168,7 @@ def tokenize_requests(items: Iterable[Request | LineError], tokenizer: PromptTok
             if isinstance(enc, LineError):
                 errors.append(enc)
             else:
-                requests.append(req.without_prompt())
+                requests.append(tokenizer.resolved(req, len(enc)).without_prompt())
                 arrays.append(enc)
         chunk.clear()
 

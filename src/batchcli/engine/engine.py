@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 
 from batchcli.engine.attention import get_backend, resolve_backend
 from batchcli.engine.config import EngineConfig
+from batchcli.engine.decoding import Decoder
 from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.fused import choose_fused, wants_fused
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
@@ -85,7 +87,8 @@ class Engine:
             raise UsageError(str(e)) from None
         self.model = load_model(model_dir, self.dtype, self.device, get_backend(self.attention))
         self.cache = cache_dir() if cache is None else cache
-        self.stopper = StopChecker(decode, frozenset(eos_token_ids(model_dir)))
+        self.eos_ids = frozenset(eos_token_ids(model_dir))
+        self.stopper = StopChecker(decode, self.eos_ids)
         self.load_s = time.perf_counter() - started
         self.build_s = 0.0
 
@@ -162,6 +165,7 @@ class Engine:
                                           order=self.config.schedule, admission=self.config.admission))
         results = _Results(job, on_result)
         sampler = Sampler(self.config.seed)
+        decoder = Decoder(sampler, job.grammars, self.eos_ids)
         if checkpoint is not None:
             renumber = {old: new for new, old in enumerate(kept)}
             restored = {renumber[r]: s for r, s in checkpoint.restored.items() if r in renumber}
@@ -173,7 +177,7 @@ class Engine:
             step = sched.schedule()
             if step is None:
                 break
-            self._step(step, runner, sched, sampler, results)
+            self._step(step, runner, sched, decoder, results)
             if checkpoint is not None and checkpoint.due():
                 checkpoint.save(snapshot(results.started, sched, sampler, kept))
             c = sched.counters
@@ -192,31 +196,29 @@ class Engine:
             dtype=str(self.dtype).removeprefix("torch."), attention=attention, native_build_s=self.build_s,
         )
 
-    def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, sampler: Sampler, results: _Results) -> None:
-        """Run one step, sample, and retire the sequences that finished (or whose logits broke)."""
+    def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, decoder: Decoder, results: _Results) -> None:
+        """Run one step, sample, and retire the sequences that finished (or failed to sample)."""
         logits = runner.run(step)  # [num_sampling_chunks, vocab]
         seqs = [sched.seq(c.seq_id) for c in step.chunks if c.sample]
         params = [results.params(s.request) for s in seqs]
-        finite = torch.isfinite(logits).all(dim=-1).tolist()  # [num_sampling_chunks]
-        good = [i for i, f in enumerate(finite) if f]
-        tokens = [0] * len(seqs)  # a placeholder for a broken row: its sequence is failed below
-        rows = logits if len(good) == len(seqs) else logits[good]  # [len(good), vocab]
-        drawn = sampler.sample(rows, [params[i] for i in good], [seqs[i].seq_id for i in good], [seqs[i].sample for i in good])
-        for i, token in zip(good, drawn):
-            tokens[i] = token
-        sched.on_step_done(step, {s.seq_id: t for s, t in zip(seqs, tokens)})
+        draws = decoder.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs],
+                               [s.generated for s in seqs], [results.prompt(s.request) for s in seqs])
+        # a failed row still hands the scheduler a token (placeholder 0) so its step accounting holds; the
+        # sequence is finished just below and the placeholder is never returned
+        sched.on_step_done(step, {s.seq_id: (d.token if d.failure is None else 0) for s, d in zip(seqs, draws)})
         results.started.update(s.request for s in seqs)
-        for s, p, ok in zip(seqs, params, finite):
-            completion = self.stopper.check(s.generated, p) if ok else None
-            if completion is not None or not ok:
+        for s, p, d in zip(seqs, params, draws):
+            if d.failure is not None:
                 sched.finish(s.seq_id)
-                sampler.release(s.seq_id)
-            if not ok:
-                results.fail(s.request, "non_finite_logits",
-                             f"the model gave non-finite logits at output token {len(s.generated)} of sample {s.sample}; "
-                             "try --dtype float32")
-            elif completion is not None:
-                results.add(s.request, s.sample, completion, s.private_start)
+                decoder.release(s.seq_id)
+                results.fail(s.request, "sampling_failed",
+                             f"{d.failure} at output token {len(s.generated)} of sample {s.sample}; "
+                             "if the model's numbers broke, try --dtype float32")
+                continue
+            completion = self.stopper.check(s.generated, p)
+            if completion is not None:
+                sched.finish(s.seq_id)
+                results.add(s.request, s.sample, decoder.finished(s.seq_id, completion, p), s.private_start)
 
 
 def _gib(n: int) -> str:
@@ -249,6 +251,7 @@ class _Results:
     def __init__(self, job: PreparedJob, on_result: Callable[[Result], None]) -> None:
         self._requests = job.batch.requests
         self._lengths = job.batch.tokens.lengths
+        self._tokens = job.batch.tokens
         self._on_result = on_result
         self._pending: dict[int, dict[int, Completion]] = {}
         self._failed: set[int] = set()
@@ -267,6 +270,9 @@ class _Results:
         self.started.discard(request)
         self._on_result(Failure(self._requests[request], code, message))
         self.done += 1
+
+    def prompt(self, request: int) -> np.ndarray:
+        return self._tokens[request]
 
     def add(self, request: int, sample: int, completion: Completion, cached: int) -> None:
         if request in self._failed:

@@ -1,8 +1,10 @@
-"""Next-token sampling: greedy, temperature, top-k, top-p, with a private RNG per sequence.
+"""Next-token sampling from processed logits: greedy, or min-p, top-k, top-p cuts and a draw from a
+private RNG per sequence.
 
 Invariant (batch invariance): a sequence's sampled tokens depend only on its own logits, parameters
 and seed, never on which other sequences share the step — every random row draws from its own
-generator, seeded from (request seed, sample index).
+generator, seeded from (request seed, sample index). A row whose logits are not finite (NaN, +inf, or
+nothing allowed) gets no token; the engine turns that sequence into an error line, the others go on.
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ class Sampler:
         self._generators: dict[int, torch.Generator] = {}
         self._restored: dict[int, bytes] = {}  # checkpointed RNG states not applied yet
 
-    def sample(self, logits: torch.Tensor, params: list[SamplingParams], seq_ids: list[int],
-               sample_indices: list[int]) -> list[int]:
-        """One token per row of `logits` [N, vocab] (float32); row i belongs to seq_ids[i]."""
-        tokens = logits.argmax(dim=-1).tolist()  # greedy for every row, overwritten for random rows
+    def sample(self, scaled: torch.Tensor, params: list[SamplingParams], seq_ids: list[int],
+               sample_indices: list[int]) -> list[int | None]:
+        """One token per row of `scaled` [N, vocab] (float32 logits already divided by temperature);
+        row i belongs to seq_ids[i]; None where the row's distribution is not finite."""
+        # one pass gives the greedy token and, as max propagates NaN, whether the row is usable at all
+        top, argmax = scaled.max(dim=-1)  # [N], [N]
+        usable = torch.isfinite(top).tolist()
+        tokens: list[int | None] = argmax.tolist()  # greedy for every row, overwritten below
         for i, p in enumerate(params):
-            if not p.greedy:
-                tokens[i] = self._draw(logits[i], p, seq_ids[i], sample_indices[i])
+            if not usable[i]:
+                tokens[i] = None
+            elif not p.greedy:
+                tokens[i] = self._draw(scaled[i], p, seq_ids[i], sample_indices[i])
         return tokens
 
     def release(self, seq_id: int) -> None:
@@ -60,7 +68,10 @@ class Sampler:
             else:
                 gen.manual_seed(seed_for(p.seed, sample_index, self._run_seed + seq_id))
             self._generators[seq_id] = gen
-        scaled = row.float() / p.temperature  # [V]
+        scaled = row  # [V]
+        if p.min_p > 0:
+            probs = scaled.softmax(dim=-1)
+            scaled = scaled.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
         if p.top_k and p.top_k < scaled.shape[0]:
             kth = torch.topk(scaled, p.top_k).values[-1]
             scaled = scaled.masked_fill(scaled < kth, float("-inf"))

@@ -1,0 +1,72 @@
+"""Checks of the structured-output fields of a line: plain `json_schema` / `regex` / `choice`, and
+OpenAI's `response_format`, each turned into one `Constraint` (or None for free text).
+
+Invariant: equal constraints get equal specs (the schema serialised compactly, keys in the user's order:
+properties are generated in that order, so two orders are two grammars), so the grammar of each distinct
+constraint is compiled once per job, however many lines ask for it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from batchcli.fields import BadField, show
+from batchcli.requests import Constraint
+
+PLAIN_KEYS = frozenset({"json_schema", "regex", "choice"})
+_SCHEMA_KEYS = frozenset({"name", "schema", "strict", "description"})
+
+
+def plain_constraint(fields: dict) -> Constraint | None:
+    """The constraint of a plain line: at most one of json_schema (an object), regex, choice."""
+    given = sorted(k for k in PLAIN_KEYS & fields.keys() if fields[k] is not None)
+    if len(given) > 1:
+        raise BadField("invalid_value", f"give at most one of json_schema, regex, choice; got {', '.join(given)}")
+    if not given:
+        return None
+    key = given[0]
+    value = fields[key]
+    if key == "json_schema":
+        return Constraint("json_schema", _schema_text(value, "json_schema"))
+    if key == "regex":
+        if type(value) is not str or not value:
+            raise BadField("invalid_type", f"regex must be a non-empty string, got {show(value)}")
+        return Constraint("regex", value)
+    if type(value) is not list or not value or not all(type(c) is str and c for c in value):
+        raise BadField("invalid_type", f"choice must be a non-empty list of non-empty strings, got {show(value)}")
+    return Constraint("choice", orjson.dumps(value).decode())
+
+
+def response_format_constraint(value: object) -> Constraint | None:
+    """OpenAI's body.response_format: text, json_object, or json_schema {name, schema, strict, description}."""
+    name = "body.response_format"
+    if value is None:
+        return None
+    if type(value) is not dict or type(value.get("type")) is not str:
+        raise BadField("invalid_type", f"{name} must be an object with a type, got {show(value)}")
+    kind = value["type"]
+    allowed = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", "json_schema"}}.get(kind)
+    if allowed is None:
+        raise BadField("unsupported", f"{name}.type must be text, json_object or json_schema, got {show(kind)}")
+    if not value.keys() <= allowed:
+        raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(value.keys() - allowed))}")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Constraint("json_object", "")
+    spec = value.get("json_schema")
+    if type(spec) is not dict:
+        raise BadField("invalid_type", f"{name}.json_schema must be an object, got {show(spec)}")
+    if not spec.keys() <= _SCHEMA_KEYS:
+        unknown = ", ".join(sorted(spec.keys() - _SCHEMA_KEYS))
+        raise BadField("unknown_field", f"{name}.json_schema has unknown field(s): {unknown}")
+    if "strict" in spec and type(spec["strict"]) is not bool:
+        raise BadField("invalid_type", f"{name}.json_schema.strict must be true or false, got {show(spec['strict'])}")
+    # strict or not, the schema is enforced token by token: decoding never leaves it
+    return Constraint("json_schema", _schema_text(spec.get("schema", {}), f"{name}.json_schema.schema"))
+
+
+def _schema_text(schema: object, name: str) -> str:
+    if type(schema) is not dict:
+        raise BadField("invalid_type", f"{name} must be a JSON schema object, got {show(schema)}")
+    return orjson.dumps(schema).decode()

@@ -1,0 +1,104 @@
+"""OpenAI batch files as OpenAI's docs and SDK write them, run through the CLI on the default model:
+log-probs in OpenAI's shapes, served model names, error lines in OpenAI's form (also for non-JSON
+lines), `--errors FILE`, and plain lines' stop_reason / total_tokens / logprobs."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from batchcli.cli import app
+from batchcli.requests import InputFormat, Request, SamplingParams
+from batchcli.tokenize import tokenize_requests
+from helpers_openai import validate_openai_line
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def _chat(custom_id: str, body: dict) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+LINES = [
+    _chat("parts", {"model": "smol", "max_tokens": 5, "temperature": 0, "logprobs": True, "top_logprobs": 2,
+                    "messages": [{"role": "developer", "content": "Answer briefly."},
+                                 {"role": "user", "name": "ann", "content": [{"type": "text", "text": "Capital of"},
+                                                                             {"type": "text", "text": "France?"}]}]}),
+    {"custom_id": "cmpl", "method": "POST", "url": "/v1/completions",
+     "body": {"model": "smol", "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 2}},
+    _chat("wrong-model", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    b'{"custom_id": "torn", "method": "POST", "url": "/v1/chat/compl',
+    {"method": "POST", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "hi"}]}},
+    _chat("parts", {"messages": [{"role": "user", "content": "again"}]}),
+    {"id": "plain", "prompt": "The capital of France is", "max_tokens": 6, "logprobs": 1, "stop": [" Paris"]},
+]
+
+
+def _run(tmp_path, *extra: str):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join((x if isinstance(x, bytes) else orjson.dumps(x)) + b"\n" for x in LINES))
+    out = tmp_path / "out.jsonl"
+    res = runner.invoke(app, ["run", str(src), "-o", str(out), "--quiet", "--dtype", "float32", "--order", "input",
+                              "--served-model-name", "smol", *extra])
+    return res, out
+
+
+def _records(path) -> list[dict]:
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()]
+
+
+def test_openai_batch_file_round_trip(tmp_path):
+    res, out = _run(tmp_path)
+    assert res.exit_code == 3, res.stderr
+    records = _records(out)
+    assert len(records) == len(LINES)
+    for record in records:
+        if "custom_id" in record:
+            validate_openai_line(record)
+    chat, cmpl, wrong, torn, missing, dup, plain = records
+    body = chat["response"]["body"]
+    assert body["model"] == "smol"
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"] - (body["choices"][0]["finish_reason"] == "stop")
+    assert all(len(c["top_logprobs"]) == 2 and c["top_logprobs"][0]["logprob"] >= c["logprob"] - 1e-6 for c in content)
+    assert "".join(bytes(c["bytes"]).decode("utf-8", "replace") for c in content) == body["choices"][0]["message"]["content"]
+    lp = cmpl["response"]["body"]["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 4
+    assert lp["text_offset"][0] == 0 and "".join(lp["tokens"]) == cmpl["response"]["body"]["choices"][0]["text"]
+    assert (wrong["error"]["code"], wrong["custom_id"], wrong["response"]) == ("model_not_found", "wrong-model", None)
+    assert (torn["error"]["code"], torn["custom_id"]) == ("invalid_json", None)
+    assert (missing["error"]["code"], missing["custom_id"]) == ("missing_required_parameter", None)
+    # its record must not carry the id a valid line has (resume matches ids): the line-N fallback instead
+    assert (dup["error"]["code"], dup["custom_id"]) == ("duplicate_id", f"line-{dup['line']}")
+    assert plain["stop_reason"] == " Paris" and plain["finish_reason"] == "stop"
+    assert plain["usage"]["total_tokens"] == plain["usage"]["prompt_tokens"] + plain["usage"]["completion_tokens"]
+    assert all(set(e) == {"token_id", "token", "logprob", "top_logprobs"} for e in plain["logprobs"])
+    res, out = _run(tmp_path, "--resume")  # every line, custom_id-less ones included, counts as answered
+    assert res.exit_code == 0 and _records(out) == records
+
+
+def test_errors_file_takes_the_error_lines(tmp_path):
+    errors = tmp_path / "errors.jsonl"
+    res, out = _run(tmp_path, "--errors", str(errors))
+    assert res.exit_code == 3, res.stderr
+    assert [r.get("custom_id", r.get("id")) for r in _records(out)] == ["parts", "cmpl", "plain"]
+    assert sorted(r["error"]["code"] for r in _records(errors)) == [
+        "duplicate_id", "invalid_json", "missing_required_parameter", "model_not_found"]
+
+
+def test_developer_role_renders_as_system_and_text_parts_join(smol_tokenizer):
+    def ids(messages):
+        request = Request("a", 1, InputFormat.CHAT, SamplingParams(), messages=tuple(messages))
+        return tokenize_requests([request], smol_tokenizer).tokens[0].tolist()
+
+    user = {"role": "user", "content": "Capital of\nFrance?"}
+    assert ids([{"role": "developer", "content": "Be brief."}, user]) == ids([{"role": "system", "content": "Be brief."}, user])
+
+
+def test_openai_lines_default_to_the_rest_of_the_context(smol_tokenizer):
+    request = Request("a", 1, InputFormat.OPENAI_CHAT, SamplingParams(max_tokens=None, temperature=1.0),
+                      messages=({"role": "user", "content": "hi"},), custom_id="a")
+    batch = tokenize_requests([request], smol_tokenizer)
+    assert batch.requests[0].params.max_tokens == smol_tokenizer.max_context - len(batch.tokens[0])
