@@ -26,7 +26,7 @@ from batchcli.requests import SamplingParams
 
 # First match wins: an op name containing one of the words goes to that category.
 CATEGORIES = (
-    ("linear (mm)", ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm")),
+    ("linear (mm)", ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm", "mkldnn::_linear")),
     ("attention kernel", ("flash_attention", "scaled_dot_product", "batchllm::paged_attention")),
     ("fused element-wise (ours)", ("batchllm::",)),
     ("gathers and copies", ("index_select", "copy_", "index_copy", "cat", "take", "gather", "as_strided",
