@@ -27,15 +27,17 @@ class _Never:
     requested = False
 
 
-def shared_prompts(seed: int = 0) -> list[list[int]]:
-    """Two system prompts -> documents -> questions (three levels), plus unshared and duplicate prompts."""
+def shared_prompts(seed: int = 0, systems: tuple[int, ...] = (9, 13), docs: tuple[int, ...] = (11, 6),
+                   question: int = 7, solo: int = 30) -> list[list[int]]:
+    """Two system prompts -> documents -> questions (three levels), plus unshared and duplicate prompts;
+    the lengths are the system prompts', the documents', and the longest question and unshared prompt."""
     rng = random.Random(seed)
     tok = lambda n: [rng.randrange(3, 128) for _ in range(n)]  # noqa: E731 - never EOS in prompts
     prompts = []
-    for system in (tok(9), tok(13)):
-        for doc in (tok(11), tok(6)):
-            prompts += [system + doc + tok(rng.randrange(1, 7)) for _ in range(3)]
-    prompts += [tok(rng.randrange(2, 30)) for _ in range(3)]
+    for system in [tok(n) for n in systems]:
+        for doc in [tok(n) for n in docs]:
+            prompts += [system + doc + tok(rng.randrange(1, question)) for _ in range(3)]
+    prompts += [tok(rng.randrange(2, solo)) for _ in range(3)]
     prompts.append(list(prompts[0]))  # an exact duplicate
     rng.shuffle(prompts)
     return prompts

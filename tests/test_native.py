@@ -8,7 +8,6 @@ runs the eager path, which the rest of the suite covers.
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from batchcli.errors import UsageError
 from batchcli.requests import SamplingParams
 from helpers_models import save_tiny_checkpoint
 from test_attention import GQA, SCENARIOS, assert_near, make_step, random_inputs
-from test_engine import hf_greedy, make_job, run_engine
+from test_engine import hf_greedy, make_job, run_engine, shared_prompts
 
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -190,25 +189,12 @@ def _arch(tmp_path: Path):
     return load_config(directory)
 
 
-def _long_shared_prompts(seed: int = 0) -> list[list[int]]:
-    """System prompt -> documents -> questions long enough to share whole 16-token blocks."""
-    rng = random.Random(seed)
-    tok = lambda n: [rng.randrange(3, 128) for _ in range(n)]  # noqa: E731 - never EOS in prompts
-    prompts = []
-    for system in (tok(20), tok(35)):
-        for doc in (tok(17), tok(30)):
-            prompts += [system + doc + tok(rng.randrange(1, 9)) for _ in range(3)]
-    prompts += [tok(rng.randrange(2, 40)) for _ in range(3)]
-    rng.shuffle(prompts)
-    return prompts
-
-
 @pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
 def tiny32(request, tmp_path_factory):
     """A tiny checkpoint the fused ops support (head_dim 32), with transformers' greedy answers."""
     directory = tmp_path_factory.mktemp(f"{request.param}-d32")
     model = save_tiny_checkpoint(directory, request.param, seed=7, eos_token_id=2, head_dim=32)
-    prompts = _long_shared_prompts()
+    prompts = shared_prompts(systems=(20, 35), docs=(17, 30), question=9, solo=40)  # whole 16-token blocks shared
     max_new = [4 + (i % 5) for i in range(len(prompts))]
     expected = {f"r{i}": hf_greedy(model, p, m) for i, (p, m) in enumerate(zip(prompts, max_new))}
     return directory, prompts, max_new, expected

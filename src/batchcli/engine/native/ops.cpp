@@ -213,6 +213,16 @@ struct AttnArgs {
     float scale;
 };
 
+// The running output of a block's query vectors, chunks c0 .. c0 + 16 NC of d, rescaled by alpha (null: all 1).
+template <int NC>
+inline void load_output(__m512 (*o)[NC], const float* acc, int64_t d, int64_t c0, int64_t mn, const float* alpha) {
+    for (int j = 0; j < kQBlock; ++j)
+        for (int c = 0; c < NC; ++c)
+            o[j][c] = j >= mn ? _mm512_setzero_ps()
+                      : alpha ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
+                              : _mm512_loadu_ps(acc + j * d + c0 + 16 * c);
+}
+
 // Scratch of one thread: the item's queries and running output, and one key/value tile re-laid.
 struct Scratch {
     float* q;    // [M, d]: float32 queries, scaled to log2 units (FmaTiles)
@@ -257,11 +267,7 @@ struct FmaTiles {
     template <int NC>
     void accumulate(float* acc, int64_t d, int64_t c0, int64_t mn, const float* alpha, const float* p) const {
         __m512 o[kQBlock][NC];
-        for (int j = 0; j < kQBlock; ++j)
-            for (int c = 0; c < NC; ++c)
-                o[j][c] = j >= mn ? _mm512_setzero_ps()
-                          : alpha ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
-                                  : _mm512_loadu_ps(acc + j * d + c0 + 16 * c);
+        load_output<NC>(o, acc, d, c0, mn, alpha);
         for (int key = 0; key < kTile; ++key)
             for (int c = 0; c < NC; ++c) {
                 const __m512 v = _mm512_loadu_ps(vf + key * vstride + c0 + 16 * c);
@@ -321,11 +327,7 @@ struct DotTiles {
         for (int j = 0; j < kQBlock; ++j)
             _mm256_store_si256(reinterpret_cast<__m256i*>(pb[j]), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(p + j * kTile)));
         __m512 o[kQBlock][NC];
-        for (int j = 0; j < kQBlock; ++j)
-            for (int c = 0; c < NC; ++c)
-                o[j][c] = j >= mn ? _mm512_setzero_ps()
-                          : alpha ? _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c0 + 16 * c), _mm512_set1_ps(alpha[j]))
-                                  : _mm512_loadu_ps(acc + j * d + c0 + 16 * c);
+        load_output<NC>(o, acc, d, c0, mn, alpha);
         for (int k = 0; k < kTile / 2; ++k)
             for (int c = 0; c < NC; ++c) {
                 const __m512bh v = (__m512bh)vp[k * chunks + c0 / 16 + c];
