@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError, UsageError
-from batchcli.reader import openai_body_fields
+from batchcli.openai_body import openai_body_fields
 from batchcli.requests import SamplingParams
 from batchcli.streams import install_lenient_stderr
 
@@ -79,7 +79,7 @@ def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
     """
     from dataclasses import replace
 
-    from batchcli.reader import OPENAI_DEFAULTS
+    from batchcli.openai_body import OPENAI_DEFAULTS
 
     given = {k: (tuple(v) if type(v) is list else v) for k, v in flags.items()
              if v is not None and v is not False and v != []}  # `is`: 0 and 0.0 are real values

@@ -32,7 +32,7 @@ from batchcli.pipeline import PreparedJob, check_input, prepare
 from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
-from batchcli.reader import OPENAI_DEFAULTS
+from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure, Result
 from batchcli.token_text import TokenText

@@ -21,7 +21,8 @@ import numpy as np
 from batchcli.errors import InputError, PlanFileError
 from batchcli.grammars import Grammars, compile_constraints
 from batchcli.plan import Plan, PlanMismatchError, PlanSettings, build_plan, check_fingerprint, plan_from_json
-from batchcli.reader import OPENAI_DEFAULTS, read_requests
+from batchcli.openai_body import OPENAI_DEFAULTS
+from batchcli.reader import read_requests
 from batchcli.requests import LineError, Request, SamplingParams
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
 from batchcli.tokens import TokenArrays

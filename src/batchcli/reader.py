@@ -21,11 +21,12 @@ from typing import IO
 
 import orjson
 
-from batchcli.constraint_fields import PLAIN_KEYS, plain_constraint, response_format_constraint
+from batchcli.constraint_fields import PLAIN_KEYS, plain_constraint
 from batchcli.errors import InputError
 from batchcli.fields import (
-    SAMPLING_KEYS, BadField, as_bool, as_int, as_messages, as_text, as_token_ids, sampling_overrides, show,
+    SAMPLING_KEYS, BadField, as_messages, as_text, as_token_ids, sampling_overrides, show,
 )
+from batchcli.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
@@ -36,23 +37,6 @@ _PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 _LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | SAMPLING_KEYS | PLAIN_KEYS
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT}
-_BODY_KEYS = {
-    InputFormat.OPENAI_COMPLETION: frozenset({"prompt", "response_format"}) | SAMPLING_KEYS,
-    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens", "top_logprobs", "response_format"}) | SAMPLING_KEYS,
-}
-# OpenAI's defaults for OpenAI lines: sampling at temperature 1, output bounded by the context only.
-OPENAI_DEFAULTS = SamplingParams(max_tokens=None, temperature=1.0)
-OPENAI_MAX_STOP = 4
-OPENAI_COMPLETION_MAX_LOGPROBS = 5
-# Body fields with no effect on the tokens we produce.
-_IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
-# Body fields we accept only at the value that leaves the output unchanged.
-_NEUTRAL_BODY: dict[str, tuple] = {
-    "stream": (None, False), "echo": (None, False),
-    "best_of": (None, 1), "suffix": (None, ""), "prediction": (None,), "modalities": (None, ["text"]),
-    "tools": (None, []), "tool_choice": (None, "none", "auto"),
-    "functions": (None, []), "function_call": (None, "none", "auto"),
-}
 
 
 class ReaderError(InputError):
@@ -220,9 +204,9 @@ class _LineParser:
         body = obj.get("body")
         if type(body) is not dict:
             raise BadField("invalid_type", f"body must be an object, got {show(body)}")
-        _check_body_extras(body, _BODY_KEYS[fmt])
+        check_body_extras(body, BODY_KEYS[fmt])
         model = self._model(body.get("model"))
-        changes = _openai_overrides(body, fmt)
+        changes = openai_overrides(body, fmt)
         if fmt is InputFormat.OPENAI_CHAT:
             if "messages" not in body:
                 raise BadField("missing_prompt", "body.messages is required for /v1/chat/completions")
@@ -263,47 +247,3 @@ class _LineParser:
                 self.params_cache.clear()
             self.params_cache[key] = params
         return params
-
-
-def _check_body_extras(body: dict, used: frozenset[str]) -> None:
-    for key in body.keys() - used:
-        if key in _IGNORED_BODY:
-            continue
-        neutral = _NEUTRAL_BODY.get(key)
-        if neutral is None:
-            raise BadField("unknown_field", f"body.{key} is not a field this tool knows")
-        if body[key] not in neutral:
-            allowed = " or ".join(show(v) for v in neutral)
-            raise BadField("unsupported", f"body.{key} = {show(body[key])} is not supported (only {allowed})")
-
-
-def _openai_overrides(body: dict, fmt: InputFormat) -> dict:
-    """Sampling changes of an OpenAI body, with OpenAI's own spellings and limits."""
-    logprobs = body.get("logprobs")
-    changes = sampling_overrides({k: v for k, v in body.items() if k != "logprobs"})
-    stops = changes.get("stop", ())
-    if len(stops) > OPENAI_MAX_STOP:
-        raise BadField("invalid_value", f"body.stop holds {len(stops)} strings; OpenAI allows at most {OPENAI_MAX_STOP}")
-    changes["constraint"] = response_format_constraint(body.get("response_format"))
-    if fmt is InputFormat.OPENAI_CHAT:
-        if body.get("max_completion_tokens") is not None:  # the newer name wins, as in OpenAI's API
-            changes["max_tokens"] = as_int(body["max_completion_tokens"], "body.max_completion_tokens")
-        top = body.get("top_logprobs")
-        wants = logprobs is not None and as_bool(logprobs, "body.logprobs")
-        if top is not None and not wants:
-            raise BadField("invalid_value", "body.top_logprobs needs body.logprobs set to true")
-        changes["logprobs"] = (as_int(top, "body.top_logprobs") if top is not None else 0) if wants else None
-    elif logprobs is not None:
-        k = as_int(logprobs, "body.logprobs")
-        if not 0 <= k <= OPENAI_COMPLETION_MAX_LOGPROBS:
-            raise BadField("invalid_value", f"body.logprobs must be in [0, {OPENAI_COMPLETION_MAX_LOGPROBS}], got {k}")
-        changes["logprobs"] = k
-    return changes
-
-
-def openai_body_fields() -> str:
-    """One line for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
-    their no-op value (anything else is an error line)."""
-    honoured = sorted((_BODY_KEYS[InputFormat.OPENAI_CHAT] | _BODY_KEYS[InputFormat.OPENAI_COMPLETION]))
-    return (f"body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
-            f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}")

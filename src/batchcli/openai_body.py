@@ -1,0 +1,73 @@
+"""What an OpenAI batch line's body may hold, and how its fields become sampling changes.
+
+Invariant: every body field is honoured (BODY_KEYS), ignored because it cannot change the tokens
+(_IGNORED_BODY), accepted only at its no-op value (_NEUTRAL_BODY), or an error for that line.
+"""
+
+from __future__ import annotations
+
+from batchcli.constraint_fields import response_format_constraint
+from batchcli.fields import SAMPLING_KEYS, BadField, as_bool, as_int, sampling_overrides, show
+from batchcli.requests import InputFormat, SamplingParams
+
+BODY_KEYS = {
+    InputFormat.OPENAI_COMPLETION: frozenset({"prompt", "response_format"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens", "top_logprobs", "response_format"}) | SAMPLING_KEYS,
+}
+# OpenAI's defaults for OpenAI lines: sampling at temperature 1, output bounded by the context only.
+OPENAI_DEFAULTS = SamplingParams(max_tokens=None, temperature=1.0)
+OPENAI_MAX_STOP = 4
+OPENAI_COMPLETION_MAX_LOGPROBS = 5
+# Body fields with no effect on the tokens we produce.
+_IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
+# Body fields we accept only at the value that leaves the output unchanged.
+_NEUTRAL_BODY: dict[str, tuple] = {
+    "stream": (None, False), "echo": (None, False),
+    "best_of": (None, 1), "suffix": (None, ""), "prediction": (None,), "modalities": (None, ["text"]),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"),
+    "functions": (None, []), "function_call": (None, "none", "auto"),
+}
+
+
+def check_body_extras(body: dict, used: frozenset[str]) -> None:
+    for key in body.keys() - used:
+        if key in _IGNORED_BODY:
+            continue
+        neutral = _NEUTRAL_BODY.get(key)
+        if neutral is None:
+            raise BadField("unknown_field", f"body.{key} is not a field this tool knows")
+        if body[key] not in neutral:
+            allowed = " or ".join(show(v) for v in neutral)
+            raise BadField("unsupported", f"body.{key} = {show(body[key])} is not supported (only {allowed})")
+
+
+def openai_overrides(body: dict, fmt: InputFormat) -> dict:
+    """Sampling changes of an OpenAI body, with OpenAI's own spellings and limits."""
+    logprobs = body.get("logprobs")
+    changes = sampling_overrides({k: v for k, v in body.items() if k != "logprobs"})
+    stops = changes.get("stop", ())
+    if len(stops) > OPENAI_MAX_STOP:
+        raise BadField("invalid_value", f"body.stop holds {len(stops)} strings; OpenAI allows at most {OPENAI_MAX_STOP}")
+    changes["constraint"] = response_format_constraint(body.get("response_format"))
+    if fmt is InputFormat.OPENAI_CHAT:
+        if body.get("max_completion_tokens") is not None:  # the newer name wins, as in OpenAI's API
+            changes["max_tokens"] = as_int(body["max_completion_tokens"], "body.max_completion_tokens")
+        top = body.get("top_logprobs")
+        wants = logprobs is not None and as_bool(logprobs, "body.logprobs")
+        if top is not None and not wants:
+            raise BadField("invalid_value", "body.top_logprobs needs body.logprobs set to true")
+        changes["logprobs"] = (as_int(top, "body.top_logprobs") if top is not None else 0) if wants else None
+    elif logprobs is not None:
+        k = as_int(logprobs, "body.logprobs")
+        if not 0 <= k <= OPENAI_COMPLETION_MAX_LOGPROBS:
+            raise BadField("invalid_value", f"body.logprobs must be in [0, {OPENAI_COMPLETION_MAX_LOGPROBS}], got {k}")
+        changes["logprobs"] = k
+    return changes
+
+
+def openai_body_fields() -> str:
+    """One line for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
+    their no-op value (anything else is an error line)."""
+    honoured = sorted((BODY_KEYS[InputFormat.OPENAI_CHAT] | BODY_KEYS[InputFormat.OPENAI_COMPLETION]))
+    return (f"body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
+            f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}")
