@@ -112,7 +112,8 @@ def _build(cxx: str, target: Path) -> float:
         done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip()[:200])
-            raise NativeUnavailable(f"building the fused CPU ops failed: {first}")
+            raise NativeUnavailable(f"building the fused CPU ops failed ({cxx} exited {done.returncode})"
+                                    + (f": {first}" if first else ""))
         os.replace(tmp, target)
     except (OSError, subprocess.SubprocessError) as exc:
         raise NativeUnavailable(f"building the fused CPU ops failed: {exc}") from None
