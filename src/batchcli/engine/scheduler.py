@@ -86,14 +86,7 @@ class Scheduler:
                 raise ValueError(f"sequence {seq_id} was restored twice")
             seq.generated = list(tokens)
         for seq_id in done:
-            seq = self._seqs[seq_id]
-            seq.status = SeqStatus.FINISHED
-            self._unfinished -= 1
-            self._estimator.observe(seq.group, len(seq.generated))
-            for g in seq.chain:
-                self._segs[g].users -= 1
-                if self._segs[g].users == 0:
-                    self._release_segment(self._segs[g], SegStatus.FREED)
+            self._retire(self._seqs[seq_id])
         self._waiting = deque(s for s in self._waiting if s.status is SeqStatus.WAITING)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -148,6 +141,10 @@ class Scheduler:
         if seq.status is not SeqStatus.RUNNING:
             raise ValueError(f"cannot finish sequence {seq_id}: it is {seq.status.value}")
         self._stop_running(seq)
+        self._retire(seq)
+
+    def _retire(self, seq: Sequence) -> None:
+        """Mark `seq` finished (its own KV already freed): learn its length, release segments it was last under."""
         seq.status = SeqStatus.FINISHED
         self._unfinished -= 1
         self._estimator.observe(seq.group, len(seq.generated))
