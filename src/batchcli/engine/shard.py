@@ -1,0 +1,84 @@
+"""The engine's input and output at any process boundary: a Shard in, plain events out.
+
+A shard is a set of requests with everything the engine needs to run them and nothing of the front
+half (no tokenizer, no Request objects, no writer): the prompt tokens, the sampling parameters and the
+plan over exactly these requests. Events name a request by its index in the whole job (`Shard.index`),
+so the front half maps them back to its requests however the job was split. Everything here pickles.
+
+Invariant: a shard's plan is the plan of its own prompts (request i of the plan = position i of the
+shard), made with the job's plan settings; a subset is replanned, never sliced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, TypeAlias
+
+import numpy as np
+
+from batchcli.plan import Plan, build_plan
+from batchcli.requests import SamplingParams
+from batchcli.results import Completion
+from batchcli.tokens import TokenArrays
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    index: tuple[int, ...]  # per request of the shard: its index among the job's requests (what events carry)
+    tokens: TokenArrays  # prompt tokens, one entry per request
+    params: tuple[SamplingParams, ...]
+    plan: Plan  # over these requests (plan request i = shard position i)
+
+    def __post_init__(self) -> None:
+        if not len(self.index) == len(self.tokens) == len(self.params) == self.plan.stats.requests:
+            raise ValueError(f"a shard needs one index, prompt and parameter set per planned request; got "
+                             f"{len(self.index)}, {len(self.tokens)}, {len(self.params)} for {self.plan.stats.requests}")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def output_budget(self) -> int:
+        """Output tokens the shard may generate at most: max_tokens x n over its requests."""
+        return sum(p.max_tokens * p.n for p in self.params)
+
+    def subset(self, keep: Sequence[int]) -> Shard:
+        """The requests at positions `keep` (ascending) as a shard of their own, replanned."""
+        tokens = TokenArrays.from_lists([self.tokens[i] for i in keep])
+        params = tuple(self.params[i] for i in keep)
+        plan = plan_requests(tokens, params, self.plan)
+        return Shard(tuple(self.index[i] for i in keep), tokens, params, plan)
+
+
+def plan_requests(tokens: TokenArrays, params: Sequence[SamplingParams], like: Plan) -> Plan:
+    """The plan of these prompts with the settings, model, fingerprint and error count of `like`."""
+    max_tokens = np.fromiter((p.max_tokens for p in params), dtype=np.int64, count=len(params))
+    n = np.fromiter((p.n for p in params), dtype=np.int64, count=len(params))
+    return build_plan(tokens, max_tokens, n, like.settings, model=like.model, fingerprint=like.fingerprint,
+                      errors=like.stats.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A request finished: its n completions in sample order."""
+
+    request: int  # index among the job's requests
+    completions: tuple[Completion, ...]
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens served from shared KV instead of being computed for this request
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.completions)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the engine could not answer (see results.Failure): rendered as an error line."""
+
+    request: int  # index among the job's requests
+    code: str
+    message: str
+
+
+Event: TypeAlias = Answer | Refusal
