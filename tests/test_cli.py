@@ -198,3 +198,16 @@ def test_sampling_flags_reach_every_line_and_are_checked(tmp_path, model):
     assert res.exit_code == 2 and "min_tokens" in res.stderr
     res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--frequency-penalty", "2.5"])
     assert res.exit_code == 2 and "frequency_penalty" in res.stderr
+
+
+def test_the_seed_flag_repeats_samples_and_another_seed_changes_them(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", [{"id": "s", "prompt": "Tell me a story.", "max_tokens": 8}])
+
+    def text(seed: str) -> str:
+        res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--quiet", "--temperature", "1.0",
+                                  "--seed", seed])
+        assert res.exit_code == 0, res.stderr
+        return lines(res.stdout)[0]["text"]
+
+    first = text("1")
+    assert text("1") == first and text("2") != first

@@ -97,7 +97,7 @@ def test_greedy_matches_transformers(tiny, sharing):
 
 
 @pytest.mark.parametrize("sharing", ["multi", "single", "off"])
-@pytest.mark.parametrize("config", [dict(token_budget=5), dict(kv_budget="48tok", token_budget=16, admission="8")],
+@pytest.mark.parametrize("config", [dict(token_budget=5), dict(kv_budget="48tok", token_budget=16, max_running=8)],
                          ids=["chunked-prefill", "preemption"])
 def test_greedy_matches_transformers_under_pressure(tiny, config, sharing):
     directory, prompts, max_new, expected = tiny

@@ -200,7 +200,7 @@ def tiny32(request, tmp_path_factory):
     return directory, prompts, max_new, expected
 
 
-@pytest.mark.parametrize("config", [dict(), dict(token_budget=7), dict(kv_budget="160tok", token_budget=40, admission="6")],
+@pytest.mark.parametrize("config", [dict(), dict(token_budget=7), dict(kv_budget="160tok", token_budget=40, max_running=6)],
                          ids=["plain", "chunked-prefill", "preemption"])
 def test_native_engine_matches_transformers(tiny32, cache, config):
     directory, prompts, max_new, expected = tiny32

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from batchcli.choices import parse_admission
 from batchcli.engine.kv_pool import BlockPool
 from batchcli.engine.policies import OutputEstimator, SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
@@ -229,12 +230,12 @@ def test_segment_blocks_are_freed_when_the_last_member_finishes():
     assert last[1] < last[0] and last[2] < last[0]
 
 
-@pytest.mark.parametrize("admission, blocks", [(6, 11), ("memory", 11)])
-def test_tiny_budget_preempts_and_outputs_are_unchanged(admission, blocks):
+@pytest.mark.parametrize("max_running, blocks", [(6, 11), (None, 11)])
+def test_tiny_budget_preempts_and_outputs_are_unchanged(max_running, blocks):
     # memory mode underestimates: group A's first member stops after 1 token, the others run long
     job = two_level(max_tokens=12, stop_len=[12, 12, 1, 12, 12, 12])
     big = drive(job, budget=8)
-    small = drive(job, blocks=blocks, budget=8, admission=admission, check_segments=False)
+    small = drive(job, blocks=blocks, budget=8, max_running=max_running, check_segments=False)
     assert small.sched.counters.preemptions > 0 and small.sched.counters.recomputed_tokens > 0
     assert small.outputs == big.outputs == job.reference()
     assert small.sched.counters.peak_blocks <= blocks < big.sched.counters.peak_blocks
@@ -245,7 +246,7 @@ def test_last_running_sequence_evicts_idle_segment_kv_rather_than_failing():
     prompts = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13, 14]]
     plan = make_plan([(-1, 0, 4, 0, 1, 1), (-1, 0, 8, 1, 1, 1)], order=[0, 1], leaf=[0, 1])
     job = Job(prompts, [SamplingParams(max_tokens=12), SamplingParams(max_tokens=4)], plan)
-    trace = drive(job, blocks=5, budget=8, admission=2, check_segments=False)
+    trace = drive(job, blocks=5, budget=8, max_running=2, check_segments=False)
     assert trace.outputs == job.reference()
     assert trace.sched.counters.segment_evictions == 1 and trace.sched.counters.preemptions >= 1
     job_b = [c for st in trace.steps for c in st.chunks if c.seq_id == 3]
@@ -308,7 +309,7 @@ def test_input_order_computes_segments_once_too():
 
 def test_fixed_admission_caps_running_requests():
     job = two_level()
-    capped, free = drive(job, budget=16, admission=2), drive(job, budget=16)
+    capped, free = drive(job, budget=16, max_running=2), drive(job, budget=16)
     def most(t: Trace) -> int:
         return max(len({c.seq_id for c in st.chunks if c.seq_id < 6}) for st in t.steps)
     assert most(capped) <= 2 < most(free)
@@ -327,8 +328,8 @@ def test_observed_output_lengths_let_more_requests_in():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("blocks, budget, opts", [(1000, 16, {}), (14, 5, {}), (14, 7, {"admission": 4}),
-                                                    (14, 7, {"order": "input", "admission": 3})])
+@pytest.mark.parametrize("blocks, budget, opts", [(1000, 16, {}), (14, 5, {}), (14, 7, {"max_running": 4}),
+                                                    (14, 7, {"order": "input", "max_running": 3})])
 def test_planned_random_workloads_match_reference(seed, blocks, budget, opts):
     job = random_job(seed)
     trace = drive(job, blocks=blocks, budget=budget, check_segments=blocks == 1000, **opts)
@@ -357,11 +358,11 @@ def test_protocol_errors():
     with pytest.raises(ValueError, match="'fifo'"):
         SchedulerConfig(order="fifo")
     with pytest.raises(ValueError, match="'lots'"):
-        SchedulerConfig(admission="lots")
+        parse_admission("lots")
     with pytest.raises(ValueError, match="got 0"):
-        SchedulerConfig(admission=0)
+        SchedulerConfig(max_running=0)
     assert list(sched.seq_ids(5)) == [5]
-    assert SchedulerConfig(admission="4").admission == "4"
+    assert parse_admission("4") == 4 and parse_admission("memory") is None
     empty = Scheduler(make_plan([], [], []), TokenArrays.from_lists([]), [], pool, SchedulerConfig(block_size=BS))
     assert empty.schedule() is None and not empty.has_unfinished()
 
@@ -378,7 +379,7 @@ def test_stop_admitting_lets_the_running_finish_and_starts_nothing_new():
     job = two_level(max_tokens=5, stop_len=[5, 5, 1, 5, 5, 5])  # request 2 is done after step 2
     pool = BlockPool(1000)
     sched = Scheduler(job.plan, TokenArrays.from_lists(job.prompts), job.params, pool,
-                      SchedulerConfig(block_size=BS, token_budget=8, admission=2))
+                      SchedulerConfig(block_size=BS, token_budget=8, max_running=2))
     engine = FakeEngine(job, sched)
     seen: set[int] = set()
     for i in range(60):

@@ -121,16 +121,16 @@ def test_tree_invariants(work, sharing):
 
 def test_identical_prompts_share_all_but_the_last_partial_block():
     prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 9]]
-    tree = build_tree(TokenArrays.from_lists(prompts), np.array([1, 1]), 2)
+    tree = build_tree(TokenArrays.from_lists(prompts), np.array([1, 1]), 2, "multi")
     assert tree.length.tolist() == [4] and tree.shared.tolist() == [4, 4]
-    whole_blocks = build_tree(TokenArrays.from_lists([[5, 6, 7, 8]] * 2), np.array([1, 1]), 2)
+    whole_blocks = build_tree(TokenArrays.from_lists([[5, 6, 7, 8]] * 2), np.array([1, 1]), 2, "multi")
     assert whole_blocks.length.tolist() == [2]  # [7, 8] holds the last token: computed privately
 
 
 def test_one_request_with_samples_shares_with_itself():
-    tree = build_tree(TokenArrays.from_lists([[1, 2, 3, 4, 5]]), np.array([3]), 2)
+    tree = build_tree(TokenArrays.from_lists([[1, 2, 3, 4, 5]]), np.array([3]), 2, "multi")
     assert tree.length.tolist() == [4] and tree.sequences.tolist() == [3]
-    alone = build_tree(TokenArrays.from_lists([[1, 2, 3, 4, 5]]), np.array([1]), 2)
+    alone = build_tree(TokenArrays.from_lists([[1, 2, 3, 4, 5]]), np.array([1]), 2, "multi")
     assert alone.num_segments == 0 and alone.leaf.tolist() == [-1]
 
 
@@ -149,9 +149,9 @@ def test_hash_collisions_fall_back_to_exact_grouping():
     rng = np.random.default_rng(3)
     prompts = [list(rng.integers(0, 3, size=int(rng.integers(1, 20)))) for _ in range(60)]
     tokens, n = TokenArrays.from_lists(prompts), rng.integers(1, 3, size=60)
-    want = build_tree(tokens, n, 2)
+    want = build_tree(tokens, n, 2, "multi")
     with mock.patch.object(trie, "_block_keys", lambda parent, block: np.zeros(len(parent), np.uint64)):
-        got = build_tree(tokens, n, 2)
+        got = build_tree(tokens, n, 2, "multi")
     assert observed(got) == observed(want) and got.shared.tolist() == want.shared.tolist()
     assert want.num_segments > 3
 
@@ -168,5 +168,5 @@ def test_many_prompts_build_fast_and_exact():
     docs = rng.integers(100, 30000, size=(200, 64), dtype=np.int32)
     docs[:, 0] = np.arange(200)  # distinct first token: documents never share with each other
     prompts = [np.concatenate([docs[d], [d % 7 + 1, q], rng.integers(0, 9, size=5)]) for d in range(200) for q in range(20)]
-    tree = build_tree(TokenArrays.from_lists(prompts), np.ones(len(prompts), np.int64), 16)
+    tree = build_tree(TokenArrays.from_lists(prompts), np.ones(len(prompts), np.int64), 16, "multi")
     assert tree.num_segments == 200 and (tree.length == 64).all() and (tree.requests == 20).all()

@@ -16,14 +16,11 @@ from typing import Callable
 import orjson
 
 from batchcli.engine.resume import RNG_STATE_SIZES, InFlight, SampleState
-from batchcli.errors import OutputError
+from batchcli.errors import CheckpointFileError
 from batchcli.requests import Request
 
 _VERSION = 1
 
-
-class CheckpointFileError(OutputError):
-    """A checkpoint that cannot be read or does not fit this job."""
 
 
 def checkpoint_path(output: Path) -> Path:

@@ -1,7 +1,9 @@
 """The `batchllm` command line: parse options, build configs, call the library, render.
 
 Data goes to stdout (results with `-o -`, the plan with `plan -o -`, the dry-run summary); progress,
-logs and errors go to stderr. Library errors become one line on stderr and an exit code (errors.py).
+logs and errors go to stderr. One handler around every command (`_Commands.invoke`) turns the errors
+of errors.TABLE into one line on stderr and their exit code; anything else is a bug and keeps its
+traceback. Choices and defaults come from batchcli.choices and the config dataclasses.
 """
 
 from __future__ import annotations
@@ -12,21 +14,43 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 
-from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError, UsageError
+from batchcli.choices import Compile, Device, DType, Order, Schedule, Sharing, parse_admission, spelled
+from batchcli.engine.config import EngineConfig
+from batchcli.errors import UsageError, row_for
 from batchcli.openai_body import openai_body_fields
+from batchcli.plan import PlanSettings
 from batchcli.requests import SamplingParams
 from batchcli.streams import install_lenient_stderr
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-    help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
-    "Shared prompt prefixes are found across the whole file first, computed once, and kept exactly as long as needed.",
-)
+ENGINE, PLAN = EngineConfig(), PlanSettings()  # the defaults the help shows and unset options fall back to
 err = Console(stderr=True, soft_wrap=True)  # a log line is one line, whatever the width (cron, log files)
 out = Console()
 
+
+class _Commands(typer.core.TyperGroup):
+    """The one error handler around every command: errors.TABLE gives the message prefix and exit code."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        try:
+            return super().invoke(ctx)
+        except (Exception, KeyboardInterrupt) as exc:
+            row = row_for(exc)
+            if row is None:
+                raise
+            message = row.message if row.message is not None else str(exc)
+            err.print(f"[red]{row.prefix}:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(row.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
+    "Shared prompt prefixes are found across the whole file first, computed once, and kept exactly as long as needed.",
+)
 RUN_EXAMPLES = """
 [bold]Examples[/bold]
 
@@ -67,11 +91,6 @@ def _main(
     """Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out."""
 
 
-def _fail(exc: Exception, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
-    return typer.Exit(code)
-
-
 def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
     """Defaults for plain lines and for OpenAI lines: each side's own, overridden by the flags given.
 
@@ -85,17 +104,8 @@ def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
              if v is not None and v is not False and v != []}  # `is`: 0 and 0.0 are real values
     try:
         return SamplingParams(**given), replace(OPENAI_DEFAULTS, **given)
-    except ValueError as e:
-        raise _fail(e, EXIT_USAGE) from None
-
-
-def _settings(block_size: int, sharing: str):
-    from batchcli.plan import PlanSettings
-
-    try:
-        return PlanSettings(block_size=block_size, sharing=sharing)
-    except ValueError as e:
-        raise _fail(e, EXIT_USAGE) from None
+    except ValueError as e:  # SamplingParams' checks also judge input lines, whose errors are no usage errors
+        raise UsageError(str(e)) from None
 
 
 @app.command(epilog=PLAN_EXAMPLES)
@@ -105,8 +115,8 @@ def plan(
     dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Print the summary and the top of the prefix tree; write nothing, load no weights."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the statistics as one JSON object on stdout (for scripts) instead of the summary."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
-    block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
-    sharing: str = typer.Option("multi", "--sharing", help="multi (whole prefix tree), single (one shared level, BatchLLM) or off."),
+    block_size: int = typer.Option(PLAN.block_size, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
+    sharing: str = typer.Option(PLAN.sharing, "--sharing", help=f"{spelled(Sharing)}: the whole prefix tree, one shared level (BatchLLM) or none."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first); plain lines 256, OpenAI lines the context."),
     n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for (default: the model directory's name); as for run."),
@@ -121,15 +131,12 @@ def plan(
     target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
     if (note := pending_conversion(model)) is not None:
         err.print(note, highlight=False)
-    try:
-        if target != "-" and not dry_run:
-            check_writable(Path(target), "plan file")
-        plain, openai = _defaults(max_tokens=max_tokens, n=n)
-        model_dir = resolve_model(model)
-        job = prepare(input, plain, _settings(block_size, sharing), model_dir, openai_defaults=openai,
-                      served_model=served_model_name or model_dir.name)
-    except BatchError as e:
-        raise _fail(e, e.exit_code) from None
+    if target != "-" and not dry_run:
+        check_writable(Path(target), "plan file")
+    plain, openai = _defaults(max_tokens=max_tokens, n=n)
+    model_dir = resolve_model(model)
+    job = prepare(input, plain, PlanSettings(block_size=block_size, sharing=sharing), model_dir, openai_defaults=openai,
+                  served_model=served_model_name or model_dir.name)
     if as_json:
         sys.stdout.buffer.write(stats_json(job) + b"\n")
     elif dry_run:
@@ -138,14 +145,11 @@ def plan(
         return
     data = plan_to_json(job.plan)
     if target == "-" and as_json:
-        raise _fail(UsageError("--json prints the statistics on stdout; write the plan to a file with -o FILE"), EXIT_USAGE)
+        raise UsageError("--json prints the statistics on stdout; write the plan to a file with -o FILE")
     if target == "-":
         sys.stdout.buffer.write(data + b"\n")
     else:
-        try:
-            write_file(Path(target), data, "plan file")
-        except BatchError as e:
-            raise _fail(e, e.exit_code) from None
+        write_file(Path(target), data, "plan file")
         if not as_json:
             plan_summary(job, err)
         err.print(f"plan written to {target}", highlight=False)
@@ -155,22 +159,22 @@ def plan(
 def run(
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input."),
-    order: str = typer.Option("completion", "--order", help="completion (write as each finishes) or input (buffer to input order)."),
+    order: Optional[str] = typer.Option(None, "--order", help=f"{spelled(Order)}: write each line as it finishes (the default), or buffer to input order."),
     resume: bool = typer.Option(False, "--resume", metavar="", help="Append to an existing output, skipping ids already answered."),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file."),
-    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan` (refused if made for other data)."),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan`, with its block size and sharing (refused if made for other data or other settings)."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
+    device: str = typer.Option(ENGINE.device, "--device", help=f"{spelled(Device)}."),
+    dtype: str = typer.Option(ENGINE.dtype, "--dtype", help=f"{spelled(DType)} (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
     attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, native (fused CPU ops), torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
-    compile: str = typer.Option("auto", "--compile", help="Fused CPU ops (C++, built once per machine in about a second, kept in the cache): auto (when already built or the job is big enough), on, off."),
-    kv_budget: str = typer.Option("auto", "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
-    token_budget: int = typer.Option(4096, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
-    sharing: str = typer.Option("multi", "--sharing", help="multi, single or off."),
-    block_size: int = typer.Option(16, "--block-size", help="KV block size in tokens."),
-    schedule: str = typer.Option("plan", "--schedule", help="plan (decode-heavy groups first) or input (input order; ablation)."),
+    compile: str = typer.Option(ENGINE.compile, "--compile", help=f"Fused CPU ops (C++, built once per machine in about a second, kept in the cache): {spelled(Compile)} (auto: when already built or the job is big enough)."),
+    kv_budget: str = typer.Option(ENGINE.kv_budget, "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
+    token_budget: int = typer.Option(ENGINE.token_budget, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
+    sharing: Optional[str] = typer.Option(None, "--sharing", help=f"{spelled(Sharing)} (default: {PLAN.sharing}; with --plan, the plan's)."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help=f"KV block size in tokens (default: {PLAN.block_size}; with --plan, the plan's)."),
+    schedule: str = typer.Option(ENGINE.schedule, "--schedule", help=f"{spelled(Schedule)}: decode-heavy groups first, or input order (ablation)."),
     admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation)."),
-    checkpoint_every: float = typer.Option(30.0, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
+    checkpoint_every: float = typer.Option(ENGINE.checkpoint_every, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr."),
     errors: Optional[str] = typer.Option(None, "--errors", help="Write error lines to this file instead of the output (as OpenAI's error file)."),
@@ -180,7 +184,7 @@ def run(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Default nucleus cut (1 = off)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Default top-k cut (0 = off)."),
     min_p: Optional[float] = typer.Option(None, "--min-p", help="Default min-p cut (0 = off)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed: the same --seed gives the same samples, also across --resume (unseeded requests draw fresh randomness each run)."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
     stop_token_ids: Optional[list[int]] = typer.Option(None, "--stop-token-id", help="Default stop token id (repeatable)."),
     n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
@@ -192,36 +196,29 @@ def run(
     ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""
-    from batchcli.engine.config import EngineConfig
+    from batchcli.errors import OutputWriteError
     from batchcli.job import RunOptions, run_job
-    from batchcli.writer import OutputWriteError
 
     defaults, openai_defaults = _defaults(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, stop=stop,
         stop_token_ids=stop_token_ids, n=n, min_tokens=min_tokens, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty, logprobs=logprobs,
         ignore_eos=ignore_eos)
-    settings = _settings(block_size, sharing)
-    try:
-        config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
-                              token_budget=token_budget, schedule=schedule, admission=admission,
-                              compile=compile, checkpoint_every=checkpoint_every)
-        options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
-                             order=order, resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics,
-                             errors=errors, served_model_name=served_model_name)
-    except ValueError as e:
-        raise _fail(e, EXIT_USAGE) from None
+    plan_flags = {k: v for k, v in (("block_size", block_size), ("sharing", sharing)) if v is not None}
+    settings = None if plan_file is not None and not plan_flags else PlanSettings(**plan_flags)
+    config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
+                          token_budget=token_budget, schedule=schedule, max_running=parse_admission(admission),
+                          compile=compile, checkpoint_every=checkpoint_every)
+    options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
+                         **({} if order is None else {"order": order}), resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics,
+                         errors=errors, served_model_name=served_model_name)
     try:
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet,
                        openai_defaults=openai_defaults)
-    except BatchError as e:
-        if options.output == "-" and isinstance(e, OutputWriteError):
+    except OutputWriteError:
+        if options.output == "-":
             _drop_stdout()
-        raise _fail(e, e.exit_code) from None
-    except KeyboardInterrupt:  # while reading, tokenizing or loading, before the engine's own handler
-        err.print("batchllm: interrupted before any request ran; rerun the same command (add --resume if the "
-                  "output file was created: error lines may already be in it)", highlight=False)
-        raise typer.Exit(EXIT_SIGINT) from None
+        raise
     raise typer.Exit(code)
 
 

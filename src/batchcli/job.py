@@ -19,6 +19,7 @@ import orjson
 from rich.console import Console
 
 from batchcli.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from batchcli.choices import Order, check
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
@@ -43,7 +44,7 @@ from batchcli.writer import Answered, OutputWriter, WriteCounts
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     output: str  # path or "-"
-    order: str = "completion"  # completion | input
+    order: Order = "completion"
     resume: bool = False
     overwrite: bool = False
     plan_file: Path | None = None
@@ -52,10 +53,9 @@ class RunOptions:
     served_model_name: str | None = None  # the name OpenAI lines must ask for; None: the model directory's
 
     def __post_init__(self) -> None:
-        if self.order not in ("completion", "input"):
-            raise ValueError(f"--order must be completion or input, got {self.order!r}")
+        check("--order", self.order, Order)
         if self.errors is not None and self.errors == self.output:
-            raise ValueError(f"--errors {self.errors!r} must be another file than the output")
+            raise UsageError(f"--errors {self.errors!r} must be another file than the output")
 
 
 class StopFlag:
@@ -107,12 +107,13 @@ class _Sinks:
         return Answered(a.ids | b.ids, a.lines | b.lines)
 
 
-def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings,
+def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings | None,
             config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool,
             openai_defaults: SamplingParams = OPENAI_DEFAULTS) -> int:
     """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted).
 
-    Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`."""
+    Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`; `settings` None: the
+    plan file's, else the defaults (see pipeline.prepare)."""
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
     started = time.perf_counter()

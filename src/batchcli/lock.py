@@ -12,11 +12,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from batchcli.errors import OutputError
+from batchcli.errors import OutputError, OutputLockedError
 
-
-class OutputLockedError(OutputError):
-    """Another live run holds the output's lock."""
 
 
 def lock_path(output: Path) -> Path:

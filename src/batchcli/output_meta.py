@@ -15,17 +15,9 @@ from pathlib import Path
 
 import orjson
 
-from batchcli.errors import OutputError
+from batchcli.errors import OutputError, OutputMismatchError, SameFileError
 
 _VERSION = 1
-
-
-class OutputMismatchError(OutputError):
-    """--resume of an output that another job (other input, options or model) wrote."""
-
-
-class SameFileError(OutputError):
-    """The output path names the input file."""
 
 
 def job_record_path(output: Path) -> Path:

@@ -2,7 +2,7 @@
 
 Invariants: the fingerprint covers exactly what a plan depends on (the tokenized prompts, request ids,
 output budgets, tokenizer identity and plan settings), so a plan is accepted only for the data it was
-made from; a loaded plan is also checked to be the plan of these prompts, so an edited one is refused.
+made from (computed with a plan file's own settings, which the job then uses); a loaded plan is also checked to be the plan of these prompts, so an edited one is refused.
 The job identity covers what the answers depend on (every line's outcome, parameters, prompt tokens,
 and the model), tying an output to its job. Both are computed over the whole input, before `--resume`
 drops answered requests. No two records of a job carry the same id: an error line whose id a valid
@@ -120,46 +120,60 @@ def _eos_ids(model_dir: Path) -> tuple[int, ...]:
 
 
 def prepare(
-    source: str, defaults: SamplingParams, settings: PlanSettings, model_dir: Path, *,
+    source: str, defaults: SamplingParams, settings: PlanSettings | None, model_dir: Path, *,
     plan_file: Path | None = None, answered: Answered | None = None,
     openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
 ) -> PreparedJob:
     """Read, tokenize and plan `source` (a path or "-"); skip what `answered` holds (--resume).
 
-    OpenAI lines start from `openai_defaults` and must name `served_model` (when given) as body.model.
+    `settings` None: the plan file's settings, else the defaults; settings given with a plan file must
+    be the plan's (else it is refused as made for other settings). OpenAI lines start from
+    `openai_defaults` and must name `served_model` (when given) as body.model.
     """
+    loaded = None if plan_file is None else read_plan(plan_file)
+    if settings is None:
+        settings = PlanSettings() if loaded is None else loaded.settings
     tokenizer = PromptTokenizer(model_dir)
     batch = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model), tokenizer))
     batch, grammars = compile_constraints(batch, tokenizer, lambda: _eos_ids(model_dir))
     fp = fingerprint(batch, tokenizer.identity(), settings)
     identity = job_identity(batch, model_dir.name)
     plan = plan_for(batch, settings, model_dir.name, fp)
-    if plan_file is not None:
-        plan = load_plan(plan_file, plan)
-        settings = plan.settings
+    if loaded is not None:
+        check_plan(loaded, plan, plan_file)
+        plan = loaded
     skipped = 0
     if answered:
         batch, skipped = _without(batch, answered)
+        # Replanned, not filtered: a plan is exactly the plan its prompts give (check_plan refuses any
+        # other), so a loaded plan adds only its settings, and those are kept. A filtered plan could not
+        # be that plan of the remaining prompts: a segment whose other members were answered is no longer
+        # shared and folds into its child, the decode-ratio order and the stats change, and the engine
+        # relies on a plan being the plan of the prompts it runs (engine/shard.py).
         plan = plan_for(batch, settings, model_dir.name, fp)
     return PreparedJob(model_dir, tokenizer, batch, plan, skipped, identity, grammars)
 
 
-def load_plan(path: Path, expected: Plan) -> Plan:
-    """The plan in `path`, refused unless it is `expected` (the plan of this job's prompts): only the
-    plan that these prompts give is safe to run, since a segment read for a request must hold exactly
-    that request's prompt tokens."""
+def read_plan(path: Path) -> Plan:
+    """The plan in `path`; PlanFileError if it cannot be read or is not a valid plan file."""
     try:
-        plan = plan_from_json(Path(path).read_bytes())
-        check_fingerprint(plan, expected.fingerprint)
+        return plan_from_json(Path(path).read_bytes())
     except OSError as e:
         raise PlanFileError(f"cannot read plan file {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise PlanFileError(f"plan file {path} is not a valid plan: {e}") from None
+
+
+def check_plan(plan: Plan, expected: Plan, path: Path) -> None:
+    """Refuse the plan read from `path` unless it is `expected` (the plan of this job's prompts, made
+    with the same settings): only the plan that these prompts give is safe to run, since a segment read
+    for a request must hold exactly that request's prompt tokens."""
+    try:
+        check_fingerprint(plan, expected.fingerprint)
     except PlanMismatchError:
         raise PlanFileError(f"plan file {path} was made for other data, another tokenizer or other settings; "
                             "make a new one with `batchllm plan`") from None
-    except ValueError as e:
-        raise PlanFileError(f"plan file {path} is not a valid plan: {e}") from None
     for name in ("segments", "order", "leaf", "stats"):
         if getattr(plan, name) != getattr(expected, name):
             raise PlanFileError(f"plan file {path} does not match the plan of this input (its {name} differ: edited?); "
                                 "make a new one with `batchllm plan`")
-    return plan

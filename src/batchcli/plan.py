@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import orjson
 
+from batchcli.choices import Sharing, check
+from batchcli.errors import UsageError
 from batchcli.tokens import TokenArrays
 from batchcli.trie import PrefixTree, build_tree
 
@@ -38,14 +40,13 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class PlanSettings:
-    block_size: int = 16
-    sharing: str = "multi"  # multi | single | off
+    block_size: int = 16  # KV block size in tokens; shared segments are whole blocks
+    sharing: Sharing = "multi"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"block_size must be a power of two >= 1, got {self.block_size}")
-        if self.sharing not in ("multi", "single", "off"):
-            raise ValueError(f"sharing must be multi, single or off, got {self.sharing!r}")
+            raise UsageError(f"block_size must be a power of two >= 1, got {self.block_size}")
+        check("sharing", self.sharing, Sharing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +254,7 @@ def _record(cls: type, value: object, name: str):
     if not isinstance(value, dict) or sorted(value) != sorted(names):
         raise ValueError(f"plan file {name} must be an object with fields {names}, got {value!r}")
     for f in fields(cls):
-        kind = {"int": int, "float": float, "str": str}[f.type]
+        kind = {"int": int, "float": float, "str": str, "Sharing": str}[f.type]  # PlanSettings checks the value
         if type(value[f.name]) is not kind:
             raise ValueError(f"plan file {name}.{f.name} must be {f.type}, got {value[f.name]!r}")
     return cls(**value)

@@ -22,7 +22,7 @@ from typing import IO
 import orjson
 
 from batchcli.constraint_fields import PLAIN_KEYS, plain_constraint
-from batchcli.errors import InputError
+from batchcli.errors import InputUnreadableError
 from batchcli.fields import (
     SAMPLING_KEYS, BadField, as_messages, as_text, as_token_ids, sampling_overrides, show,
 )
@@ -37,14 +37,6 @@ _PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 _LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | SAMPLING_KEYS | PLAIN_KEYS
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
 _OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT}
-
-
-class ReaderError(InputError):
-    """The input as a whole cannot be read; bad single lines are `LineError`s instead."""
-
-
-class InputUnreadableError(ReaderError):
-    """The input path cannot be opened (missing, a directory, no permission)."""
 
 
 def read_requests(

@@ -9,11 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from batchcli.errors import OutputError
+from batchcli.errors import SideFileError
 
-
-class SideFileError(OutputError):
-    """A --metrics or plan path that cannot be written."""
 
 
 def check_writable(path: Path, what: str) -> None:

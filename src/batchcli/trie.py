@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from batchcli.choices import Sharing, check
 from batchcli.tokens import TokenArrays
 
-SHARING_MODES = ("multi", "single", "off")
 _HASH_SEED = 0x5EED_B10C
 
 
@@ -33,7 +33,7 @@ class PrefixTree:
     """Shared segments (S of them) over R requests; ids are indices into the segment arrays."""
 
     block_size: int
-    sharing: str
+    sharing: Sharing
     parent: np.ndarray  # int64 [S]: enclosing segment, -1 at the top level
     start: np.ndarray  # int64 [S]: token offset of the segment inside every member prompt
     length: np.ndarray  # int64 [S]: tokens, a positive multiple of block_size
@@ -57,7 +57,7 @@ class PrefixTree:
         return out[::-1]
 
 
-def build_tree(tokens: TokenArrays, n: np.ndarray, block_size: int, sharing: str = "multi") -> PrefixTree:
+def build_tree(tokens: TokenArrays, n: np.ndarray, block_size: int, sharing: Sharing) -> PrefixTree:
     """Build the prefix tree of `tokens` (request i = prompt i) with `n[i]` samples per request.
 
     sharing: "multi" keeps the whole tree; "single" is BatchLLM's one-level form (one shared prefix
@@ -70,15 +70,14 @@ def build_tree(tokens: TokenArrays, n: np.ndarray, block_size: int, sharing: str
         raise ValueError(f"n must be >= 1 for every request, got {int(n.min())}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if sharing not in SHARING_MODES:
-        raise ValueError(f"sharing must be one of {SHARING_MODES}, got {sharing!r}")
+    check("sharing", sharing, Sharing)
     if sharing == "off":
         return _tree(block_size, sharing, np.full(len(tokens), -1, np.int64), np.zeros(len(tokens), np.int64))
     tree = _multi_level(tokens, n, block_size)
     return tree if sharing == "multi" else _single_level(tree, n)
 
 
-def _tree(block_size: int, sharing: str, leaf: np.ndarray, shared: np.ndarray, **segments: np.ndarray) -> PrefixTree:
+def _tree(block_size: int, sharing: Sharing, leaf: np.ndarray, shared: np.ndarray, **segments: np.ndarray) -> PrefixTree:
     empty = np.zeros(0, np.int64)
     cols = {k: np.asarray(segments.get(k, empty), dtype=np.int64) for k in ("parent", "start", "length", "requests", "sequences", "depth")}
     return PrefixTree(block_size=block_size, sharing=sharing, leaf=leaf, shared=shared, **cols)

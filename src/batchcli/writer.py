@@ -18,39 +18,14 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Literal
+from typing import IO, Callable
 
 import orjson
 
-from batchcli.errors import EXIT_USAGE, OutputError
-
-Order = Literal["completion", "input"]
-
-
-class WriterError(OutputError):
-    """The output cannot be opened or resumed as asked."""
-
-
-class OutputExistsError(WriterError):
-    """The output file exists and is not empty, and neither resume nor overwrite was asked."""
-
-
-class ConflictingOptionsError(WriterError):
-    """Writer options that contradict each other (resume with overwrite, resume onto stdout)."""
-
-    exit_code = EXIT_USAGE
-
-
-class OutputUnwritableError(WriterError):
-    """The output path cannot be opened for writing (a directory, no permission, no such folder)."""
-
-
-class OutputWriteError(WriterError):
-    """Writing a record failed (disk full, stdout closed); the records before it are in the output."""
-
-
-class CorruptOutputError(WriterError):
-    """Resume found a complete line in the output that is not a record this tool writes."""
+from batchcli.choices import Order, spelled, values
+from batchcli.errors import (
+    ConflictingOptionsError, CorruptOutputError, OutputExistsError, OutputUnwritableError, OutputWriteError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +57,8 @@ class OutputWriter:
     def __init__(
         self, target: str | Path, *, order: Order = "completion", resume: bool = False, overwrite: bool = False
     ) -> None:
-        if order not in ("completion", "input"):
-            raise ConflictingOptionsError(f"order must be 'completion' or 'input', got {order!r}")
+        if order not in values(Order):
+            raise ConflictingOptionsError(f"order must be {spelled(Order)}, got {order!r}")
         if resume and overwrite:
             raise ConflictingOptionsError("resume and overwrite exclude each other; choose one")
         self._order = order

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
+from batchcli.choices import Device, DType
 from batchcli.errors import UsageError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[DType, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: Device) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but no CUDA device is available")
     if name == "auto":
@@ -25,7 +26,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> torch.dtype:
+def pick_dtype(name: DType, device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> torch.dtype:
     """The asked dtype; for "auto", bf16 on GPU and on CPUs with native bf16 (~3.5x faster there with
     AMX), float32 on CPUs that would emulate bf16 (slower than float32)."""
     if name != "auto":

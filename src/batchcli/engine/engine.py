@@ -164,9 +164,9 @@ class Engine:
         runner = ModelRunner(model, self._allocate_kv(num_blocks, block_size), block_size, self.device)
         sched = Scheduler(shard.plan, shard.tokens, list(shard.params), pool,
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
-                                          order=self.config.schedule, admission=self.config.admission))
+                                          order=self.config.schedule, max_running=self.config.max_running))
         results = _Results(shard, on_event)
-        sampler = Sampler(self.config.seed)
+        sampler = Sampler()
         decoder = Decoder(sampler, grammars, self.eos_ids)
         if checkpoint is not None:
             position = {r: i for i, r in enumerate(shard.index)}

@@ -19,15 +19,12 @@ from batchcli.engine.attention import AttnMetadata, Backend, attention
 from batchcli.engine.native.linear import pack_weights, project
 from batchcli.engine.native.ops import NativeOps
 from batchcli.engine.native.work import attention_work
-from batchcli.errors import BatchError
+from batchcli.errors import UnsupportedModelError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-
-class UnsupportedModelError(BatchError, ValueError):
-    """A checkpoint whose architecture or option this model code does not implement."""
 
 
 def check_model_type(model_type: object) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from batchcli.choices import Schedule, check
+from batchcli.engine.config import TOKEN_BUDGET
 from batchcli.plan import Plan
 
 
@@ -29,7 +31,7 @@ def input_order(plan: Plan) -> list[int]:
     return sorted(plan.order)
 
 
-ORDERS: dict[str, Callable[[Plan], list[int]]] = {"plan": plan_order, "input": input_order}
+ORDERS: dict[Schedule, Callable[[Plan], list[int]]] = {"plan": plan_order, "input": input_order}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +78,9 @@ class FixedAdmission:
         return below_cap and c.new_blocks + 1 <= pool.free_blocks
 
 
-def make_admission(spec: str | int) -> Admission:
-    """The admission policy for "memory" or a positive request cap (an int or a string of digits)."""
-    if spec == "memory":
-        return MemoryAdmission()
-    if (isinstance(spec, int) and not isinstance(spec, bool)) or (isinstance(spec, str) and spec.isdigit()):
-        return FixedAdmission(int(spec))
-    raise ValueError(f"admission must be 'memory' or a request count, got {spec!r}")
+def make_admission(max_running: int | None) -> Admission:
+    """Memory admission for None, else at most `max_running` running requests."""
+    return MemoryAdmission() if max_running is None else FixedAdmission(max_running)
 
 
 class OutputEstimator:
@@ -109,15 +107,14 @@ class OutputEstimator:
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     block_size: int = 16
-    token_budget: int = 2048  # tokens computed per step; also the cap on running sequences
-    order: str = "plan"  # plan | input
-    admission: str | int = "memory"  # memory | a fixed cap on running requests
+    token_budget: int = TOKEN_BUDGET  # tokens computed per step; also the cap on running sequences
+    order: Schedule = "plan"
+    max_running: int | None = None  # None: memory admission; else a fixed cap on running requests
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.token_budget < 1:
             raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        make_admission(self.admission)
+        check("order", self.order, Schedule)
+        make_admission(self.max_running)

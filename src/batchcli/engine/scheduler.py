@@ -39,7 +39,7 @@ class Scheduler:
         self._cfg, self._prompts, self._pool = config, prompts, pool
         jobs = build_jobs(plan, prompts.lengths, params, config.block_size)
         self._seqs, self._segs, self._first_seq = jobs.seqs, jobs.segments, jobs.first_seq
-        self._admission = make_admission(config.admission)
+        self._admission = make_admission(config.max_running)
         self._estimator = OutputEstimator()
         order = ORDERS[config.order](plan)
         self._waiting: deque[Sequence] = deque(self._seqs[i] for r in order for i in self.seq_ids(r))

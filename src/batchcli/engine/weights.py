@@ -22,7 +22,7 @@ from batchcli.engine.model import (
     SUPPORTED_DTYPES, ArchConfig, CausalLM, LayerWeights, ModelWeights, RopeConfig,
     UnsupportedModelError, check_model_type,
 )
-from batchcli.errors import BatchError, ModelNotFoundError
+from batchcli.errors import BatchError, CheckpointError, ModelNotFoundError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -30,9 +30,6 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _INT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                "vocab_size", "max_position_embeddings")  # derived buffers some old exports saved
 
-
-class CheckpointError(BatchError, ValueError):
-    """A checkpoint directory whose files or tensors do not match its config."""
 
 
 def _read_json(path: Path) -> dict:
