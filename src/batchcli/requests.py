@@ -1,7 +1,9 @@
 """Typed request data: what one input line asks for once parsed.
 
-Invariant: a `Request` is always valid on its own (parameters in range, exactly one prompt form);
-anything wrong with a line becomes a `LineError` instead, never a half-filled `Request`.
+Invariant: a `Request` the reader builds is valid on its own (parameters in range, exactly one prompt
+form); anything wrong with a line becomes a `LineError` instead. After tokenization the front half keeps
+only `without_prompt()` copies: same id, form and parameters, prompt content emptied (the token arrays
+hold the prompt from then on), so such a Request cannot be tokenized again.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def _single_level(tree: PrefixTree, n: np.ndarray) -> PrefixTree:
     """
     if tree.num_segments == 0:
         return _tree(tree.block_size, "single", tree.leaf, tree.shared)
-    top, second = _ancestors(tree)
+    top, second = _level_ancestors(tree)
     is_child = tree.depth == 2  # [S]
     lifted = np.zeros(tree.num_segments, bool)
     lifted[is_child] = (tree.sequences[is_child] - 1) * tree.length[is_child] > tree.length[tree.parent[is_child]]
@@ -204,7 +204,7 @@ def _single_level(tree: PrefixTree, n: np.ndarray) -> PrefixTree:
     )
 
 
-def _ancestors(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray]:
+def _level_ancestors(tree: PrefixTree) -> tuple[np.ndarray, np.ndarray]:
     """Per segment: its top-level ancestor, and its depth-2 ancestor (-1 for top-level segments)."""
     top = np.arange(tree.num_segments)  # [S]
     second = np.where(tree.depth == 2, top, -1)  # [S]
