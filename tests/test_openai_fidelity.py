@@ -49,33 +49,85 @@ def _records(path) -> list[dict]:
     return [orjson.loads(x) for x in path.read_bytes().splitlines()]
 
 
-def test_openai_batch_file_round_trip(tmp_path):
-    res, out = _run(tmp_path)
-    assert res.exit_code == 3, res.stderr
-    records = _records(out)
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """LINES run once through the CLI: (the run's folder, exit code, output records in input order)."""
+    folder = tmp_path_factory.mktemp("openai-batch")
+    res, out = _run(folder)
+    return folder, res.exit_code, _records(out)
+
+
+def _by_name(batch) -> dict[str, dict]:
+    names = ("chat", "cmpl", "wrong", "torn", "missing", "dup", "plain")
+    return dict(zip(names, batch[2], strict=True))
+
+
+def test_the_batch_exits_3_with_one_valid_record_per_line(batch):
+    _, code, records = batch
+    assert code == 3
     assert len(records) == len(LINES)
     for record in records:
         if "custom_id" in record:
             validate_openai_line(record)
-    chat, cmpl, wrong, torn, missing, dup, plain = records
-    body = chat["response"]["body"]
-    assert body["model"] == "smol"
+
+
+def test_a_chat_answer_carries_the_served_model_name(batch):
+    assert _by_name(batch)["chat"]["response"]["body"]["model"] == "smol"
+
+
+def test_chat_logprobs_have_openais_shape_and_spell_the_content(batch):
+    body = _by_name(batch)["chat"]["response"]["body"]
     content = body["choices"][0]["logprobs"]["content"]
     assert len(content) == body["usage"]["completion_tokens"] - (body["choices"][0]["finish_reason"] == "stop")
     assert all(len(c["top_logprobs"]) == 2 and c["top_logprobs"][0]["logprob"] >= c["logprob"] - 1e-6 for c in content)
     assert "".join(bytes(c["bytes"]).decode("utf-8", "replace") for c in content) == body["choices"][0]["message"]["content"]
+
+
+def test_completions_logprobs_have_openais_shape_and_spell_the_text(batch):
+    cmpl = _by_name(batch)["cmpl"]
     lp = cmpl["response"]["body"]["choices"][0]["logprobs"]
     assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 4
     assert lp["text_offset"][0] == 0 and "".join(lp["tokens"]) == cmpl["response"]["body"]["choices"][0]["text"]
+
+
+def test_another_model_name_is_model_not_found(batch):
+    wrong = _by_name(batch)["wrong"]
     assert (wrong["error"]["code"], wrong["custom_id"], wrong["response"]) == ("model_not_found", "wrong-model", None)
+
+
+def test_a_torn_line_is_invalid_json_without_custom_id(batch):
+    torn = _by_name(batch)["torn"]
     assert (torn["error"]["code"], torn["custom_id"]) == ("invalid_json", None)
+
+
+def test_a_line_without_custom_id_is_missing_required_parameter(batch):
+    missing = _by_name(batch)["missing"]
     assert (missing["error"]["code"], missing["custom_id"]) == ("missing_required_parameter", None)
+
+
+def test_a_duplicate_custom_id_gets_the_line_n_fallback(batch):
+    dup = _by_name(batch)["dup"]
     # its record must not carry the id a valid line has (resume matches ids): the line-N fallback instead
     assert (dup["error"]["code"], dup["custom_id"]) == ("duplicate_id", f"line-{dup['line']}")
+
+
+def test_a_plain_line_reports_its_stop_string(batch):
+    plain = _by_name(batch)["plain"]
     assert plain["stop_reason"] == " Paris" and plain["finish_reason"] == "stop"
-    assert plain["usage"]["total_tokens"] == plain["usage"]["prompt_tokens"] + plain["usage"]["completion_tokens"]
-    assert all(set(e) == {"token_id", "token", "logprob", "top_logprobs"} for e in plain["logprobs"])
-    res, out = _run(tmp_path, "--resume")  # every line, custom_id-less ones included, counts as answered
+
+
+def test_a_plain_line_reports_total_tokens(batch):
+    usage = _by_name(batch)["plain"]["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_plain_logprobs_entries_have_exactly_their_fields(batch):
+    assert all(set(e) == {"token_id", "token", "logprob", "top_logprobs"} for e in _by_name(batch)["plain"]["logprobs"])
+
+
+def test_resume_counts_every_line_as_answered(batch):
+    folder, _, records = batch
+    res, out = _run(folder, "--resume")  # every line, custom_id-less ones included, counts as answered
     assert res.exit_code == 0 and _records(out) == records
 
 

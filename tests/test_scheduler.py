@@ -337,33 +337,77 @@ def test_planned_random_workloads_match_reference(seed, blocks, budget, opts):
     assert segment_jobs_run(trace, sum(p.n for p in job.params)) == set(range(len(job.plan.segments)))
 
 
-def test_protocol_errors():
+def _scheduled() -> tuple[Job, BlockPool, Scheduler, StepBatch]:
+    """A two-level job's scheduler right after its first schedule() (the step not yet done)."""
     job = two_level()
     pool = BlockPool(100)
     sched = Scheduler(job.plan, TokenArrays.from_lists(job.prompts), job.params, pool, SchedulerConfig(block_size=BS))
-    step = sched.schedule()
+    return job, pool, sched, sched.schedule()
+
+
+def _done(sched: Scheduler, step: StepBatch) -> None:
+    sched.on_step_done(step, {c.seq_id: 1 for c in step.chunks if c.sample})
+
+
+def test_a_second_schedule_before_on_step_done_is_refused():
+    _, _, sched, _ = _scheduled()
     with pytest.raises(RuntimeError, match="before on_step_done"):
         sched.schedule()
+
+
+def test_on_step_done_needs_a_token_for_exactly_the_sampled_chunks():
+    _, _, sched, step = _scheduled()
     with pytest.raises(ValueError, match="expected exactly"):
         sched.on_step_done(step, {0: 1})
+
+
+def test_finish_before_on_step_done_is_refused():
+    _, _, sched, _ = _scheduled()
     with pytest.raises(RuntimeError, match="before on_step_done"):
         sched.finish(0)
-    sched.on_step_done(step, {c.seq_id: 1 for c in step.chunks if c.sample})
+
+
+def test_on_step_done_of_a_step_already_done_is_refused():
+    _, _, sched, step = _scheduled()
+    _done(sched, step)
     with pytest.raises(ValueError, match="not the one last scheduled"):
         sched.on_step_done(step, {})
+
+
+def test_an_unknown_sequence_id_is_refused():
+    _, _, sched, step = _scheduled()
+    _done(sched, step)
     with pytest.raises(ValueError, match="no request sequence with id 6"):
         sched.seq(6)
+
+
+def test_a_plan_of_another_block_size_is_refused():
+    job, pool, _, _ = _scheduled()
     with pytest.raises(ValueError, match="block size 4, scheduler uses 16"):
         Scheduler(job.plan, TokenArrays.from_lists(job.prompts), job.params, pool, SchedulerConfig(block_size=16))
+
+
+def test_scheduler_config_refuses_an_unknown_order_and_a_cap_below_one():
     with pytest.raises(ValueError, match="'fifo'"):
         SchedulerConfig(order="fifo")
-    with pytest.raises(ValueError, match="'lots'"):
-        parse_admission("lots")
     with pytest.raises(ValueError, match="got 0"):
         SchedulerConfig(max_running=0)
-    assert list(sched.seq_ids(5)) == [5]
+
+
+def test_admission_is_memory_or_a_positive_request_cap():
+    with pytest.raises(ValueError, match="'lots'"):
+        parse_admission("lots")
     assert parse_admission("4") == 4 and parse_admission("memory") is None
-    empty = Scheduler(make_plan([], [], []), TokenArrays.from_lists([]), [], pool, SchedulerConfig(block_size=BS))
+
+
+def test_a_request_with_one_sample_has_one_sequence_id():
+    _, _, sched, step = _scheduled()
+    _done(sched, step)
+    assert list(sched.seq_ids(5)) == [5]
+
+
+def test_an_empty_plan_schedules_nothing():
+    empty = Scheduler(make_plan([], [], []), TokenArrays.from_lists([]), [], BlockPool(100), SchedulerConfig(block_size=BS))
     assert empty.schedule() is None and not empty.has_unfinished()
 
 
