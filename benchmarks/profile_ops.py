@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(model_dir, EngineConfig(dtype=args.dtype, compile=args.compile), job.tokenizer.decode)
     started = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        stats = engine.run(job, lambda r: None, lambda p: None, _Stop())
+        stats = engine.run(job.shard(), lambda e: None, lambda p: None, _Stop(), grammars=job.grammars)
     wall = time.perf_counter() - started
     events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
     per_category: dict[str, float] = defaultdict(float)

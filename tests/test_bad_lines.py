@@ -19,7 +19,7 @@ from batchcli.results import Failure, Result
 from batchcli.tokenize import PromptTokenizer, tokenize_requests
 from helpers_models import save_tiny_checkpoint
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
-from test_engine import EOS, _Never, make_job
+from test_engine import EOS, make_job, run_records
 
 
 def run(*args: str):
@@ -98,8 +98,8 @@ def test_non_finite_logits_fail_only_their_request(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine_module, "ModelRunner", Breaking)
     events: list[Result | Failure] = []
-    Engine(tmp_path, EngineConfig(dtype="float32", attention="torch"), decode=lambda ids: "").run(
-        job, events.append, lambda p: None, _Never())
+    run_records(Engine(tmp_path, EngineConfig(dtype="float32", attention="torch"), decode=lambda ids: ""), job,
+                events.append)
     assert sorted(e.request.id for e in events) == ["r0", "r1", "r2"]  # one event per request
     failed = [e for e in events if isinstance(e, Failure)]
     assert [(e.request.id, e.code) for e in failed] == [("r1", "sampling_failed")]

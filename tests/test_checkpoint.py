@@ -18,14 +18,14 @@ from batchcli.engine.resume import Checkpointing
 from batchcli.requests import SamplingParams
 from helpers_models import save_tiny_checkpoint
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
-from test_engine import EOS, _Never, make_job, shared_prompts
+from test_engine import EOS, make_job, run_records, shared_prompts
 
 
 def _run(directory, job, checkpoint=None):
     got = {}
     engine = Engine(directory, EngineConfig(dtype="float32", attention="torch", seed=7), decode=lambda ids: "")
-    stats = engine.run(job, lambda r: got.__setitem__(r.request.id, [c.token_ids for c in r.completions]),
-                       lambda p: None, _Never(), checkpoint=checkpoint)
+    stats = run_records(engine, job, lambda r: got.__setitem__(r.request.id, [c.token_ids for c in r.completions]),
+                        checkpoint=checkpoint)
     return got, stats
 
 

@@ -17,6 +17,7 @@ from batchcli.engine.engine import Engine
 from batchcli.pipeline import prepare
 from batchcli.plan import PlanSettings
 from batchcli.requests import SamplingParams
+from test_engine import run_records
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def test_every_constrained_output_parses_and_validates(tmp_path, smol_dir, monke
     assert "no-such-format" in job.batch.errors[0].message
     engine = Engine(smol_dir, EngineConfig(dtype="float32", attention="torch"), job.tokenizer.decode)
     got = {}
-    engine.run(job, lambda r: got.__setitem__(r.request.id, r), lambda p: None, type("N", (), {"requested": False})())
+    run_records(engine, job, lambda r: got.__setitem__(r.request.id, r))
     assert len(got) == len(lines) - 2
     for i, line in enumerate(lines[:-2]):
         rid = line.get("id", line.get("custom_id"))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from batchcli.engine.config import EngineConfig
-from batchcli.engine.engine import Engine
+from batchcli.engine.engine import Engine, RunStats
+from batchcli.engine.shard import resolve
 from batchcli.pipeline import PreparedJob, plan_for
 from batchcli.plan import PlanSettings
 from batchcli.requests import InputFormat, Request, SamplingParams
@@ -56,11 +57,16 @@ def run_engine(model_dir, job: PreparedJob, stats: list | None = None, cache=Non
     engine = Engine(model_dir, EngineConfig(**{"dtype": "float32", "attention": "torch", **config}),
                     decode=lambda ids: "", cache=cache)
     got: dict[str, list[tuple[int, ...]]] = {}
-    run = engine.run(job, lambda r: got.__setitem__(r.request.id, [c.token_ids for c in r.completions]),
-                     lambda p: None, _Never())
+    run = run_records(engine, job, lambda r: got.__setitem__(r.request.id, [c.token_ids for c in r.completions]))
     if stats is not None:
         stats.append(run)
     return got
+
+
+def run_records(engine: Engine, job: PreparedJob, on_record, **kwargs) -> RunStats:
+    """`engine.run` over the whole job, each event handed to `on_record` as the front half's Result/Failure."""
+    return engine.run(job.shard(), lambda e: on_record(resolve(e, job.batch.requests)), lambda p: None, _Never(),
+                      grammars=job.grammars, **kwargs)
 
 
 def hf_greedy(model, prompt: list[int], max_new: int) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from batchcli.engine.engine import Engine
 from batchcli.requests import SamplingParams
 from batchcli.results import Result
 from helpers_models import save_tiny_checkpoint
-from test_engine import EOS, _Never, make_job, shared_prompts
+from test_engine import EOS, make_job, run_records, shared_prompts
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
 def run(directory, prompts, params, sharing: str = "multi") -> dict[str, Result]:
     engine = Engine(directory, EngineConfig(dtype="float32", attention="torch"), decode=lambda ids: "")
     got: dict[str, Result] = {}
-    engine.run(make_job(prompts, params, sharing), lambda r: got.__setitem__(r.request.id, r), lambda p: None, _Never())
+    run_records(engine, make_job(prompts, params, sharing), lambda r: got.__setitem__(r.request.id, r))
     return got
 
 

@@ -22,6 +22,7 @@ from batchcli.checkpoint import checkpoint_path, load_checkpoint, save_checkpoin
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
+from batchcli.engine.shard import Event, resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
@@ -34,7 +35,7 @@ from batchcli.plan import PlanSettings
 from batchcli.progress import ProgressView
 from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
-from batchcli.results import Failure, Result
+from batchcli.results import Failure
 from batchcli.token_text import TokenText
 from batchcli.writer import Answered, OutputWriter, WriteCounts
 
@@ -202,20 +203,22 @@ def _execute(job: PreparedJob, config: EngineConfig, sinks: _Sinks, served: str,
 
     answered = 0
 
-    def emit(event: Result | Failure) -> None:
+    def emit(event: Event) -> None:
         nonlocal answered
         answered += 1
-        request = event.request
-        if isinstance(event, Failure):
-            error = LineError(request.id, request.line, event.code, event.message, request.custom_id)
+        record = resolve(event, job.batch.requests)
+        request = record.request
+        if isinstance(record, Failure):
+            error = LineError(request.id, request.line, record.code, record.message, request.custom_id)
             sinks.write(render_error(error, request.format), key=request.line)
         else:
-            sinks.write(render_result(event, model=served, created=created, names=names), key=request.line)
+            sinks.write(render_result(record, model=served, created=created, names=names), key=request.line)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressView(console, quiet=quiet) as view:
-            stats = engine.run(job, emit, view.update, stop, log=say, checkpoint=checkpointing)
+            stats = engine.run(job.shard(), emit, view.update, stop, log=say, checkpoint=checkpointing,
+                               grammars=job.grammars)
         return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT

@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 
+from batchcli.engine.shard import Shard, plan_requests
 from batchcli.errors import InputError, PlanFileError
 from batchcli.grammars import Grammars, compile_constraints
-from batchcli.plan import Plan, PlanMismatchError, PlanSettings, build_plan, check_fingerprint, plan_from_json
+from batchcli.plan import Plan, PlanMismatchError, PlanSettings, check_fingerprint, plan_from_json
 from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.reader import read_requests
 from batchcli.requests import LineError, Request, SamplingParams
@@ -38,6 +38,11 @@ class PreparedJob:
     skipped: int  # requests and error lines already answered in the output (--resume)
     identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
     grammars: Grammars | None = None  # compiled output constraints, None when no request has one
+
+    def shard(self) -> Shard:
+        """The whole job as the engine's input (request i of the shard = request i of the batch)."""
+        params = tuple(r.params for r in self.batch.requests)
+        return Shard(tuple(range(len(params))), self.batch.tokens, params, self.plan)
 
 
 def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
@@ -75,15 +80,9 @@ def _unique_error_ids(batch: TokenizedRequests) -> TokenizedRequests:
     return TokenizedRequests(batch.requests, batch.tokens, errors)
 
 
-def _params_arrays(requests: list[Request]) -> tuple[np.ndarray, np.ndarray]:
-    max_tokens = np.fromiter((r.params.max_tokens for r in requests), dtype=np.int64, count=len(requests))
-    n = np.fromiter((r.params.n for r in requests), dtype=np.int64, count=len(requests))
-    return max_tokens, n
-
-
 def plan_for(batch: TokenizedRequests, settings: PlanSettings, model: str, fp: str) -> Plan:
-    max_tokens, n = _params_arrays(batch.requests)
-    return build_plan(batch.tokens, max_tokens, n, settings, model=model, fingerprint=fp, errors=len(batch.errors))
+    params = [r.params for r in batch.requests]
+    return plan_requests(batch.tokens, params, settings, model=model, fingerprint=fp, errors=len(batch.errors))
 
 
 def _without(batch: TokenizedRequests, done: Answered) -> tuple[TokenizedRequests, int]:
@@ -92,14 +91,6 @@ def _without(batch: TokenizedRequests, done: Answered) -> tuple[TokenizedRequest
     skipped = len(batch.requests) - len(keep) + len(batch.errors) - len(errors)
     tokens = TokenArrays.from_lists([batch.tokens[i] for i in keep])
     return TokenizedRequests([batch.requests[i] for i in keep], tokens, errors), skipped
-
-
-def keep_requests(job: PreparedJob, keep: list[int]) -> PreparedJob:
-    """`job` with only the requests at indices `keep` (ascending), replanned with the same settings."""
-    tokens = TokenArrays.from_lists([job.batch.tokens[i] for i in keep])
-    batch = TokenizedRequests([job.batch.requests[i] for i in keep], tokens, job.batch.errors)
-    plan = plan_for(batch, job.plan.settings, job.plan.model, job.plan.fingerprint)
-    return replace(job, batch=batch, plan=plan)
 
 
 def check_input(source: str) -> None:

@@ -1,9 +1,10 @@
-"""The engine loop: schedule -> run -> postprocess, until every sequence of the plan has finished.
+"""The engine loop: schedule -> run -> postprocess, until every sequence of the shard's plan has finished.
 
-Invariant: each request gets exactly one event, a Result as soon as its last sample finishes, or a
-Failure (it cannot fit the KV budget even alone; a sample's logits were not finite) while the others
-go on; a stop request (SIGINT/SIGTERM) stops admission, and the loop ends when the running sequences
-are done.
+The engine's input is a Shard and its output a stream of events (engine.shard): both plain data, so
+the same loop runs in the CLI's process or in a worker of a cluster. Invariant: each request of the
+shard gets exactly one event, an Answer as soon as its last sample finishes, or a Refusal (it cannot
+fit the KV budget even alone; a sample's logits were not finite) while the others go on; a stop
+request (SIGINT/SIGTERM) stops admission, and the loop ends when the running sequences are done.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from batchcli.engine.policies import SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
 from batchcli.engine.weights import eos_token_ids, load_model
+from batchcli.engine.shard import Answer, Event, Refusal, Shard
 from batchcli.errors import KVBudgetError, UsageError
+from batchcli.grammars import Grammars
 from batchcli.models import cache_dir
-from batchcli.pipeline import PreparedJob, keep_requests
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams
-from batchcli.results import Completion, Failure, Result
+from batchcli.results import Completion
 
 class StopRequest(Protocol):
     @property
@@ -95,11 +97,10 @@ class Engine:
     def describe(self) -> str:
         return f"device {self.device.type}, {str(self.dtype).removeprefix('torch.')}"
 
-    def _model_for(self, job: PreparedJob, block_size: int, log: Callable[[str], None]) -> tuple[CausalLM, str]:
-        """The model to run this job with, and its attention's name: fused where it pays (see engine.fused)."""
+    def _model_for(self, shard: Shard, block_size: int, log: Callable[[str], None]) -> tuple[CausalLM, str]:
+        """The model to run this shard with, and its attention's name: fused where it pays (see engine.fused)."""
         if self.try_fused:
-            outputs = sum(r.params.max_tokens * r.params.n for r in job.batch.requests)
-            work = job.plan.stats.physical_prefill_tokens + outputs
+            work = shard.plan.stats.physical_prefill_tokens + shard.output_budget
             started = time.perf_counter()
             ops = choose_fused(self.config.compile, self.config.attention, self.model.arch, self.dtype, block_size,
                                work, self.cache, log)
@@ -115,7 +116,7 @@ class Engine:
     def _available_bytes(self) -> int:
         return torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else mem_available_bytes()
 
-    def _pool_blocks(self, job: PreparedJob, block_size: int) -> int:
+    def _pool_blocks(self, shard: Shard, block_size: int) -> int:
         per_token = kv_bytes_per_token(self.model.spec)
         available = self._available_bytes()
         try:
@@ -125,10 +126,9 @@ class Engine:
         if blocks * block_size * per_token > available:
             raise KVBudgetError(f"--kv-budget {self.config.kv_budget} asks for {_gib(blocks * block_size * per_token)} "
                                 f"of KV cache, but only {_gib(available)} of memory is available")
-        if self.config.kv_budget == "auto":  # never more than the whole job could ever hold at once
-            outputs = sum(r.params.max_tokens * r.params.n for r in job.batch.requests)
-            seqs = job.plan.stats.sequences
-            need = job.plan.stats.physical_prefill_tokens + outputs + seqs * block_size
+        if self.config.kv_budget == "auto":  # never more than the whole shard could ever hold at once
+            stats = shard.plan.stats
+            need = stats.physical_prefill_tokens + shard.output_budget + stats.sequences * block_size
             blocks = max(1, min(blocks, -(-need // block_size)))
         return blocks
 
@@ -142,33 +142,35 @@ class Engine:
             raise KVBudgetError(f"cannot allocate {_gib(asked)} of KV cache (--kv-budget {self.config.kv_budget}); "
                                 f"{_gib(self._available_bytes())} of memory is available; lower --kv-budget") from None
 
-    def run(self, job: PreparedJob, on_result: Callable[[Result | Failure], None],
-            on_progress: Callable[[Progress], None], stop: StopRequest,
-            log: Callable[[str], None] = lambda line: None, checkpoint: Checkpointing | None = None) -> RunStats:
-        """Execute the job's plan; call `on_result` once per request, with its Result or Failure.
+    def run(self, shard: Shard, on_event: Callable[[Event], None], on_progress: Callable[[Progress], None],
+            stop: StopRequest, log: Callable[[str], None] = lambda line: None,
+            checkpoint: Checkpointing | None = None, grammars: Grammars | None = None) -> RunStats:
+        """Execute the shard's plan; call `on_event` once per request, with its Answer or Refusal.
 
-        With `checkpoint`, start from its restored samples, and hand it the in-flight state every
-        `checkpoint.every_s` seconds and once when the loop ends (empty when everything finished)."""
+        `grammars` holds the compiled output constraints of the shard's requests (None: no request has
+        one). With `checkpoint` (restored samples by job-level request index), start from its restored
+        samples, and hand it the in-flight state every `checkpoint.every_s` seconds and once when the
+        loop ends (empty when everything finished)."""
         started = time.perf_counter()
-        block_size = job.plan.settings.block_size
-        model, attention = self._model_for(job, block_size, log)
-        num_blocks = self._pool_blocks(job, block_size)
-        job, kept = _without_misfits(job, num_blocks, block_size, on_result)  # kept[new index] = index in the job given
+        block_size = shard.plan.settings.block_size
+        model, attention = self._model_for(shard, block_size, log)
+        num_blocks = self._pool_blocks(shard, block_size)
+        shard = _without_misfits(shard, num_blocks, block_size, on_event)
         per_block = block_size * kv_bytes_per_token(self.model.spec)
         log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
             f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step, "
             f"attention {attention}")
         pool = BlockPool(num_blocks)
         runner = ModelRunner(model, self._allocate_kv(num_blocks, block_size), block_size, self.device)
-        sched = Scheduler(job.plan, job.batch.tokens, [r.params for r in job.batch.requests], pool,
+        sched = Scheduler(shard.plan, shard.tokens, list(shard.params), pool,
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
                                           order=self.config.schedule, admission=self.config.admission))
-        results = _Results(job, on_result)
+        results = _Results(shard, on_event)
         sampler = Sampler(self.config.seed)
-        decoder = Decoder(sampler, job.grammars, self.eos_ids)
+        decoder = Decoder(sampler, grammars, self.eos_ids)
         if checkpoint is not None:
-            renumber = {old: new for new, old in enumerate(kept)}
-            restored = {renumber[r]: s for r, s in checkpoint.restored.items() if r in renumber}
+            position = {r: i for i, r in enumerate(shard.index)}
+            restored = {position[r]: s for r, s in checkpoint.restored.items() if r in position}
             results.started.update(restored)
             restore(restored, sched, sampler, self.stopper, results.params, results.add)
         while True:
@@ -179,18 +181,18 @@ class Engine:
                 break
             self._step(step, runner, sched, decoder, results)
             if checkpoint is not None and checkpoint.due():
-                checkpoint.save(snapshot(results.started, sched, sampler, kept))
+                checkpoint.save(snapshot(results.started, sched, sampler, shard.index))
             c = sched.counters
-            on_progress(Progress(results.done, len(job.batch.requests), c.prefill_tokens, c.decode_tokens,
+            on_progress(Progress(results.done, len(shard), c.prefill_tokens, c.decode_tokens,
                                  pool.num_used, num_blocks, time.perf_counter() - started))
         if checkpoint is not None:
-            checkpoint.save(snapshot(results.started, sched, sampler, kept))
+            checkpoint.save(snapshot(results.started, sched, sampler, shard.index))
         c = sched.counters
         return RunStats(
             model_load_s=self.load_s, run_s=time.perf_counter() - started, requests=results.done,
             prompt_tokens=results.prompt_tokens, completion_tokens=results.completion_tokens,
             cached_tokens=results.cached_tokens, prefill_tokens_computed=c.prefill_tokens,
-            decode_tokens=c.decode_tokens, saving_ratio=job.plan.stats.saving_ratio, steps=c.steps,
+            decode_tokens=c.decode_tokens, saving_ratio=shard.plan.stats.saving_ratio, steps=c.steps,
             preemptions=c.preemptions, kv_blocks=num_blocks, peak_kv_blocks=c.peak_blocks,
             peak_kv_bytes=c.peak_blocks * block_size * kv_bytes_per_token(self.model.spec), device=self.device.type,
             dtype=str(self.dtype).removeprefix("torch."), attention=attention, native_build_s=self.build_s,
@@ -225,68 +227,64 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.2f} GiB"
 
 
-def _without_misfits(job: PreparedJob, num_blocks: int, block_size: int,
-                     on_result: Callable[[Result | Failure], None]) -> tuple[PreparedJob, list[int]]:
-    """Fail the requests one sample of which cannot fit the pool even alone, and drop them from the job;
-    also returns, per request kept, its index in `job`.
+def _without_misfits(shard: Shard, num_blocks: int, block_size: int, on_event: Callable[[Event], None]) -> Shard:
+    """Refuse the requests one sample of which cannot fit the pool even alone; the shard without them.
 
     A sample alone needs its prompt + max_tokens of KV (shared segments are whole blocks, so counting
     them with its private tail rounds the same); any sample that fits alone finishes, by preemption.
     """
-    need = -(-(job.batch.tokens.lengths + [r.params.max_tokens for r in job.batch.requests]) // block_size)  # [R]
+    max_tokens = np.fromiter((p.max_tokens for p in shard.params), dtype=np.int64, count=len(shard))
+    need = -(-(shard.tokens.lengths + max_tokens) // block_size)  # [R]
     misfits = set((need > num_blocks).nonzero()[0].tolist())
     for i in sorted(misfits):
-        request = job.batch.requests[i]
-        on_result(Failure(request, "kv_budget_exceeded",
-                          f"prompt of {int(job.batch.tokens.lengths[i])} tokens + max_tokens {request.params.max_tokens} "
-                          f"needs {int(need[i])} KV blocks of {block_size} tokens, the KV budget holds {num_blocks}; "
-                          "raise --kv-budget or lower max_tokens"))
-    kept = [i for i in range(len(job.batch.requests)) if i not in misfits]
-    return (keep_requests(job, kept) if misfits else job), kept
+        on_event(Refusal(shard.index[i], "kv_budget_exceeded",
+                         f"prompt of {int(shard.tokens.lengths[i])} tokens + max_tokens {int(max_tokens[i])} "
+                         f"needs {int(need[i])} KV blocks of {block_size} tokens, the KV budget holds {num_blocks}; "
+                         "raise --kv-budget or lower max_tokens"))
+    return shard.subset([i for i in range(len(shard)) if i not in misfits]) if misfits else shard
 
 
 class _Results:
-    """Collects the samples of each request and emits its Result once all n are done."""
+    """Collects the samples of each request (by shard position) and emits its Answer once all n are done."""
 
-    def __init__(self, job: PreparedJob, on_result: Callable[[Result], None]) -> None:
-        self._requests = job.batch.requests
-        self._lengths = job.batch.tokens.lengths
-        self._tokens = job.batch.tokens
-        self._on_result = on_result
+    def __init__(self, shard: Shard, on_event: Callable[[Event], None]) -> None:
+        self._shard = shard
+        self._on_event = on_event
         self._pending: dict[int, dict[int, Completion]] = {}
         self._failed: set[int] = set()
         self.started: set[int] = set()  # requests with a sampled token and no event yet (what a checkpoint holds)
         self.done = self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
 
     def params(self, request: int) -> SamplingParams:
-        return self._requests[request].params
+        return self._shard.params[request]
 
     def fail(self, request: int, code: str, message: str) -> None:
-        """Answer `request` with a Failure now; its other samples are dropped when they finish."""
+        """Answer `request` with a Refusal now; its other samples are dropped when they finish."""
         if request in self._failed:
             return
         self._failed.add(request)
         self._pending.pop(request, None)
         self.started.discard(request)
-        self._on_result(Failure(self._requests[request], code, message))
+        self._on_event(Refusal(self._shard.index[request], code, message))
         self.done += 1
 
     def prompt(self, request: int) -> np.ndarray:
-        return self._tokens[request]
+        return self._shard.tokens[request]
 
     def add(self, request: int, sample: int, completion: Completion, cached: int) -> None:
         if request in self._failed:
             return
         got = self._pending.setdefault(request, {})
         got[sample] = completion
-        n = self._requests[request].params.n
+        n = self._shard.params[request].n
         if len(got) < n:
             return
         del self._pending[request]
         self.started.discard(request)
-        result = Result(self._requests[request], tuple(got[i] for i in range(n)), int(self._lengths[request]), cached)
-        self._on_result(result)
+        prompt_tokens = len(self._shard.tokens[request])
+        answer = Answer(self._shard.index[request], tuple(got[i] for i in range(n)), prompt_tokens, cached)
+        self._on_event(answer)
         self.done += 1
-        self.prompt_tokens += result.prompt_tokens * n
-        self.completion_tokens += result.completion_tokens
+        self.prompt_tokens += prompt_tokens * n
+        self.completion_tokens += answer.completion_tokens
         self.cached_tokens += cached * n

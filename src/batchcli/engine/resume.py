@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -59,7 +59,7 @@ class Checkpointing:
         return True
 
 
-def snapshot(requests: set[int], sched: Scheduler, sampler: Sampler, numbering: list[int]) -> list[InFlight]:
+def snapshot(requests: set[int], sched: Scheduler, sampler: Sampler, numbering: Sequence[int]) -> list[InFlight]:
     """The in-flight state of `requests` (those started and not yet answered), sorted, each named by
     `numbering[index]` (its index in the job the caller gave)."""
     out = []

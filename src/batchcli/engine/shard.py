@@ -16,9 +16,9 @@ from typing import Sequence, TypeAlias
 
 import numpy as np
 
-from batchcli.plan import Plan, build_plan
-from batchcli.requests import SamplingParams
-from batchcli.results import Completion
+from batchcli.plan import Plan, PlanSettings, build_plan
+from batchcli.requests import Request, SamplingParams
+from batchcli.results import Completion, Failure, Result
 from batchcli.tokens import TokenArrays
 
 
@@ -46,16 +46,18 @@ class Shard:
         """The requests at positions `keep` (ascending) as a shard of their own, replanned."""
         tokens = TokenArrays.from_lists([self.tokens[i] for i in keep])
         params = tuple(self.params[i] for i in keep)
-        plan = plan_requests(tokens, params, self.plan)
+        like = self.plan
+        plan = plan_requests(tokens, params, like.settings, model=like.model, fingerprint=like.fingerprint,
+                             errors=like.stats.errors)
         return Shard(tuple(self.index[i] for i in keep), tokens, params, plan)
 
 
-def plan_requests(tokens: TokenArrays, params: Sequence[SamplingParams], like: Plan) -> Plan:
-    """The plan of these prompts with the settings, model, fingerprint and error count of `like`."""
+def plan_requests(tokens: TokenArrays, params: Sequence[SamplingParams], settings: PlanSettings, *,
+                  model: str, fingerprint: str, errors: int) -> Plan:
+    """The plan of prompts `tokens` with their sampling parameters (build_plan over max_tokens and n)."""
     max_tokens = np.fromiter((p.max_tokens for p in params), dtype=np.int64, count=len(params))
     n = np.fromiter((p.n for p in params), dtype=np.int64, count=len(params))
-    return build_plan(tokens, max_tokens, n, like.settings, model=like.model, fingerprint=like.fingerprint,
-                      errors=like.stats.errors)
+    return build_plan(tokens, max_tokens, n, settings, model=model, fingerprint=fingerprint, errors=errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +84,11 @@ class Refusal:
 
 
 Event: TypeAlias = Answer | Refusal
+
+
+def resolve(event: Event, requests: Sequence[Request]) -> Result | Failure:
+    """The front half's record of `event`, `requests` being the job's requests (what indices name)."""
+    request = requests[event.request]
+    if isinstance(event, Refusal):
+        return Failure(request, event.code, event.message)
+    return Result(request, event.completions, event.prompt_tokens, event.cached_tokens)
