@@ -226,7 +226,7 @@ def test_every_running_decode_is_in_every_step():
 
 def test_segment_blocks_are_freed_when_the_last_member_finishes():
     job = two_level(stop_len=[2, 2, 3, 4, 4, 9])
-    trace = drive(job, budget=8)  # drive checks refcounts after every finish
+    trace = drive(job, budget=8)  # drive checks segment blocks after every finish
     assert trace.outputs == job.reference()
     # SYS is read by request 5, the last to finish: it lives to the end; DOC_A (segment 1) dies earlier
     last = {g: max(i for i, st in enumerate(trace.steps) if g in st.segments) for g in range(3)}

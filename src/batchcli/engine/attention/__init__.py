@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 if TYPE_CHECKING:
     from batchcli.engine.attention.backend import AttentionBackend, AttnShape
@@ -63,9 +63,9 @@ BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
     BackendEntry("gather", "no prefix decomposition; ablation", None, _gather),
     BackendEntry("reference", "", None, _reference, in_help=False),
 )}
-ATTENTION: tuple[AttentionChoice, ...] = ("auto", *BACKENDS)  # type: ignore[assignment]
-EAGER = tuple(name for name, e in BACKENDS.items() if e.make is not None)
-assert set(ATTENTION) == set(AttentionChoice.__args__), "AttentionChoice and the registry must name the same backends"
+ATTENTION: tuple[str, ...] = ("auto", *BACKENDS)  # every --attention choice
+EAGER = tuple(name for name, e in BACKENDS.items() if e.make is not None)  # what load_model can build
+assert ATTENTION == get_args(AttentionChoice), "AttentionChoice and the registry must name the same backends"
 
 
 def attention_help() -> str:
