@@ -38,12 +38,12 @@ class TokenCosts:
     decode_s: float  # seconds per output token
 
 
-# Measured on the 2-core AMD EPYC (Zen 4) CPU machine, SmolLM2-135M in bf16 with the fused CPU ops, from
-# `batchllm run FILE --metrics M` run_s over tokens: a prefill-only job (256 unshared 512-token prompts,
-# max_tokens 1) and a decode-heavy one (256 16-token prompts, 128 output tokens each); see
-# benchmarks/RESULTS.md. Decode cost per token falls as more sequences share a step; one figure per kind is
-# what the split needs (the ratio between the two, not the seconds).
-CPU_COSTS = TokenCosts(prefill_s=1.3e-4, decode_s=1.1e-3)
+# Solved from two generation times measured by `python -m benchmarks` on the idle 2-core AMD EPYC (Zen 4)
+# machine, SmolLM2-135M in bf16 with the fused CPU ops (benchmarks/RESULTS.md, 2026-12-01): no-sharing,
+# 32,768 prompt + 8,192 output tokens in 35.8 s, and decode-heavy, 2,048 computed + 4,224 output tokens in
+# 12.6 s. Decode cost per token falls as more sequences share a step; one figure per kind is what the cut
+# needs (the ratio between the two, not the seconds).
+CPU_COSTS = TokenCosts(prefill_s=3.9e-4, decode_s=2.8e-3)
 
 
 @dataclass(frozen=True, slots=True)
