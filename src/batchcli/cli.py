@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from batchcli.choices import Compile, Device, DType, Order, Schedule, Sharing, parse_admission, spelled
+from batchcli.engine.attention import attention_help
 from batchcli.engine.config import EngineConfig
 from batchcli.errors import UsageError, row_for
 from batchcli.openai_body import openai_body_fields
@@ -166,7 +167,7 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     device: str = typer.Option(ENGINE.device, "--device", help=f"{spelled(Device)}."),
     dtype: str = typer.Option(ENGINE.dtype, "--dtype", help=f"{spelled(DType)} (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
-    attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, native (fused CPU ops), torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
+    attention: str = typer.Option("auto", "--attention", help=attention_help()),
     compile: str = typer.Option(ENGINE.compile, "--compile", help=f"Fused CPU ops (C++, built once per machine in about a second, kept in the cache): {spelled(Compile)} (auto: when already built or the job is big enough)."),
     kv_budget: str = typer.Option(ENGINE.kv_budget, "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
     token_budget: int = typer.Option(ENGINE.token_budget, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),

@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass
 
 from batchcli.choices import Compile, Device, DType, Schedule, check
+from batchcli.engine.attention import ATTENTION
 from batchcli.engine.kv_pool import parse_kv_budget
 from batchcli.errors import UsageError
 
 # tokens computed per step, also the scheduler's default (4096 measured fastest on the 2-core CPU vs 512-2048)
 TOKEN_BUDGET = 4096
-ATTENTION = ("auto", "native", "torch", "triton", "gather", "reference")
 
 
 @dataclass(frozen=True, slots=True)
