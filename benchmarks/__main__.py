@@ -25,7 +25,7 @@ PEERS = ("batchllm", "vllm", "transformers")
 
 def default_model() -> Path:
     """The project's cached default model (SmolLM2-135M-Instruct as an HF directory)."""
-    from batchcli.models import default_model_dir  # the project's cache lookup, converting on first use
+    from batchcli.model_store import default_model_dir  # the project's cache lookup, converting on first use
 
     return Path(default_model_dir())
 

@@ -25,7 +25,7 @@ import orjson
 from batchcli.plan import PlanSettings, build_plan
 from batchcli.reader import read_requests
 from batchcli.requests import SamplingParams
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 from benchmarks import synth
 
 BLOCK_SIZE = 16

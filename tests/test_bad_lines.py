@@ -110,7 +110,7 @@ def test_no_process_state_changes():
     state = torch.random.get_rng_state()
     Sampler()
     assert torch.equal(torch.random.get_rng_state(), state)  # torch's global generator was not reseeded
-    code = ("import os; before = dict(os.environ); import batchcli.cli, batchcli.job, batchcli.models, "
+    code = ("import os; before = dict(os.environ); import batchcli.cli, batchcli.job, batchcli.model_store, "
             "batchcli.engine.engine; print(dict(os.environ) == before)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

@@ -108,7 +108,7 @@ def test_masks_cover_padded_vocabularies_and_rows_in_any_order(smol_tokenizer):
     from batchcli.engine.constraints import Guides
     from batchcli.requests import Constraint, InputFormat, Request
     from batchcli.tokenize import TokenizedRequests
-    from batchcli.tokens import TokenArrays
+    from batchcli.token_arrays import TokenArrays
 
     choice = Constraint("choice", '["yes","no"]')
     params = SamplingParams(constraint=choice)

@@ -18,7 +18,7 @@ from batchcli.pipeline import PreparedJob, plan_for
 from batchcli.plan import PlanSettings
 from batchcli.requests import InputFormat, Request, SamplingParams
 from batchcli.tokenize import TokenizedRequests
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 from helpers_models import save_tiny_checkpoint
 
 EOS = 2

@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from batchcli import models
+from batchcli import model_store
 from batchcli.cli import app
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
 
@@ -73,11 +73,11 @@ def test_quiet_silences_a_first_use_conversion(tmp_path, monkeypatch, capfd):
         print("Converting and de-quantizing GGUF tensors: 100%", file=sys.stderr)
         (work / "config.json").write_text("{}")
 
-    monkeypatch.setattr(models, "_convert_into", noisy)
+    monkeypatch.setattr(model_store, "_convert_into", noisy)
     monkeypatch.setenv("BATCHLLM_CACHE", str(tmp_path / "cache"))
     (tmp_path / "a.gguf").write_bytes(b"x")
     (tmp_path / "b.gguf").write_bytes(b"y")
-    models.resolve_model(str(tmp_path / "a.gguf"), quiet=True)
+    model_store.resolve_model(str(tmp_path / "a.gguf"), quiet=True)
     assert capfd.readouterr().err == ""
-    models.resolve_model(str(tmp_path / "b.gguf"))
+    model_store.resolve_model(str(tmp_path / "b.gguf"))
     assert "de-quantizing" in capfd.readouterr().err

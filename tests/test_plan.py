@@ -12,7 +12,7 @@ from batchcli.plan import (
     Plan, PlanMismatchError, PlanSettings, PlanStats, build_plan, check_fingerprint, plan_from_json, plan_to_json,
     top_segments,
 )
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 
 def make_plan(prompts, max_tokens, n, block_size=4, sharing="multi") -> Plan:

@@ -23,7 +23,7 @@ from batchcli.engine.step import SegOwner, SeqOwner, StepBatch
 from batchcli.errors import KVBudgetError
 from batchcli.plan import Plan, PlanSettings, PlanStats, Segment, build_plan
 from batchcli.requests import SamplingParams
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 BS = 4
 

@@ -10,7 +10,7 @@ from batchcli.engine.shard import Shard, plan_requests
 from batchcli.plan import PlanSettings, build_plan
 from batchcli.requests import SamplingParams
 from batchcli.sharding import TokenCosts, make_shards, pull_loads, skew
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 COSTS = TokenCosts(prefill_s=1.0, decode_s=8.0)
 

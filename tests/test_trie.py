@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchcli import trie
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 from batchcli.trie import build_tree
 
 

@@ -123,7 +123,7 @@ def plan(
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for (default: the model directory's name); as for run."),
 ) -> None:
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
-    from batchcli.models import pending_conversion, resolve_model
+    from batchcli.model_store import pending_conversion, resolve_model
     from batchcli.pipeline import prepare
     from batchcli.plan import plan_to_json
     from batchcli.render import plan_summary, stats_json

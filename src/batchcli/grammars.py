@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from batchcli.requests import Constraint, LineError
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 _ANY_OBJECT = '{"type": "object"}'
 # Fixed separators, no free whitespace: a small model given free whitespace can emit newlines until

@@ -27,7 +27,7 @@ from batchcli.engine.shard import Event, resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
-from batchcli.models import pending_conversion, resolve_model
+from batchcli.model_store import pending_conversion, resolve_model
 from batchcli.output_meta import bind_output, refuse_output_is_input
 from batchcli.engine.devices import pick_device
 from batchcli.pipeline import PreparedJob, check_input, prepare

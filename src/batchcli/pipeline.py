@@ -25,7 +25,7 @@ from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.reader import read_requests
 from batchcli.requests import LineError, Request, SamplingParams
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 from batchcli.writer import Answered
 
 

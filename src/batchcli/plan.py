@@ -19,7 +19,7 @@ import orjson
 
 from batchcli.choices import Sharing, check
 from batchcli.errors import UsageError
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 from batchcli.trie import PrefixTree, build_tree
 
 PLAN_VERSION = 1

@@ -22,7 +22,7 @@ import numpy as np
 
 from batchcli.errors import ModelNotFoundError
 from batchcli.requests import InputFormat, LineError, Request
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 CHUNK = 2048  # requests encoded per batched tokenizer call
 

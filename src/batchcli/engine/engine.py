@@ -35,7 +35,7 @@ from batchcli.engine.weights import eos_token_ids, load_model
 from batchcli.engine.shard import Answer, Event, Refusal, Shard
 from batchcli.errors import KVBudgetError, UsageError
 from batchcli.grammars import Grammars
-from batchcli.models import cache_dir
+from batchcli.model_store import cache_dir
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams
 from batchcli.results import Completion

@@ -28,7 +28,7 @@ from batchcli.engine.step import SegmentView, StepBatch
 from batchcli.errors import KVBudgetError
 from batchcli.plan import Plan
 from batchcli.requests import SamplingParams
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 
 class Scheduler:

@@ -27,7 +27,7 @@ from batchcli.engine.step import SegOwner, SeqChunk, SeqOwner
 from batchcli.errors import KVBudgetError
 from batchcli.plan import Plan
 from batchcli.requests import SamplingParams
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 
 class SeqStatus(enum.Enum):

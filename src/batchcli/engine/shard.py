@@ -19,7 +19,7 @@ import numpy as np
 from batchcli.plan import Plan, PlanSettings, build_plan
 from batchcli.requests import Request, SamplingParams
 from batchcli.results import Completion, Failure, Result
-from batchcli.tokens import TokenArrays
+from batchcli.token_arrays import TokenArrays
 
 
 @dataclass(frozen=True, slots=True)
