@@ -15,7 +15,8 @@ and pieces of at most fair/2^k (fair = total / workers) by the estimated finish 
 parts, recomputation included; a finer cut must finish strictly earlier than every coarser one.
 
 A part names its requests only: `Shard.subset(part.index)` makes the shard, with its own plan, where
-it runs (planning is per part and costs milliseconds each; a cluster's workers do it in parallel).
+it runs (planning is per part: 16-30 ms for a part of paper-shaped 2,200-token prompts, the tree walking
+the shared prefix block by block; a cluster's workers do it in parallel).
 Token counts are estimates from the whole plan's tree: exact, except that two pieces of one split group
 packed into the same part share their prefix once when run (so the recomputation is an upper bound).
 """
