@@ -44,3 +44,7 @@ class PlanFileError(BatchError):
 
 class KVBudgetError(BatchError):
     """The KV budget cannot hold even one sequence of the job."""
+
+
+class WorkerError(BatchError):
+    """Engine workers (--workers, --ray-address) cannot start or load the model, or a shard keeps failing."""

@@ -22,7 +22,8 @@ from batchcli.checkpoint import checkpoint_path, load_checkpoint, save_checkpoin
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
-from batchcli.engine.shard import Event, resolve
+from batchcli.distributed import ClusterOptions
+from batchcli.engine.shard import Event, Shard, resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
@@ -32,7 +33,7 @@ from batchcli.engine.devices import pick_device
 from batchcli.pipeline import PreparedJob, check_input, prepare
 from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
-from batchcli.progress import ProgressView
+from batchcli.progress import Progress, ProgressView
 from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure
@@ -109,10 +110,11 @@ class _Sinks:
 
 def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings,
             config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool,
-            openai_defaults: SamplingParams = OPENAI_DEFAULTS) -> int:
+            openai_defaults: SamplingParams = OPENAI_DEFAULTS, cluster: ClusterOptions = ClusterOptions()) -> int:
     """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted).
 
-    Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`."""
+    Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`. With `cluster`
+    wanted, the engines run on Ray workers (batchcli.distributed) and this process writes."""
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
     started = time.perf_counter()
@@ -120,6 +122,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if (note := pending_conversion(model)) is not None:
         say(note)
     check_input(source)
+    on_cluster = _OnCluster(cluster) if cluster.wanted else None  # before any work: is Ray installed?
     pick_device(config.device)
     if options.metrics is not None:
         check_writable(options.metrics, "--metrics")
@@ -147,8 +150,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
         for e in job.batch.errors:
             sinks.write(render_error(e, None), key=e.line)
-        checkpointing = _checkpointing(job, config, options, say)
-        stats, complete = (_execute(job, config, sinks, served, stop, console, quiet, say, checkpointing)
+        engines = on_cluster or _InProcess(_checkpointing(job, config, options, say))
+        stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say)
                            if job.batch.requests else (None, True))
         counts, codes = sinks.counts, sinks.error_codes
     if not job.batch.requests:
@@ -156,7 +159,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     wall = time.perf_counter() - started
     if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
         metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
-                   "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped}
+                   "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped,
+                   **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
     if stop.requested and not complete:
         # how to resume is worth a line even with --quiet
@@ -189,14 +193,67 @@ def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
                          lambda in_flight: save_checkpoint(path, job.identity, job.batch.requests, in_flight), restored)
 
 
-def _execute(job: PreparedJob, config: EngineConfig, sinks: _Sinks, served: str, stop: StopFlag, console: Console,
-             quiet: bool, say: Callable[[str], None],
-             checkpointing: Checkpointing | None) -> tuple[RunStats | None, bool]:
-    """Load the engine and run the plan, writing results as they finish. Returns the stats (None if
-    stopped at once) and whether every request got its line (a stop that came after the work is no stop)."""
-    engine = Engine(job.model_dir, config, job.tokenizer.decode)
-    say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
-        f"{job.skipped:,} already answered; {engine.describe()}")
+class _InProcess:
+    """The engine in this process, on the whole job as one shard."""
+
+    def __init__(self, checkpointing: Checkpointing | None) -> None:
+        self.checkpointing = checkpointing
+
+    def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
+            on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
+        engine = Engine(job.model_dir, config, job.tokenizer.decode)
+        say(f"batchllm: {_counts(job)}; {engine.describe()}")
+        return engine.run(job.shard(), on_event, on_progress, stop, log=say, checkpoint=self.checkpointing,
+                          grammars=job.grammars)
+
+    def metrics(self) -> dict:
+        return {}
+
+
+class _OnCluster:
+    """Engines on Ray workers (batchcli.distributed); this process is the driver and the only writer.
+    In-flight checkpoints are single-process only: a killed run resumes from the answered lines."""
+
+    def __init__(self, options: ClusterOptions) -> None:
+        try:
+            from batchcli.distributed.cluster import run_on_cluster
+        except ModuleNotFoundError as e:
+            if e.name != "ray":
+                raise
+            raise UsageError("--workers and --ray-address need Ray: pip install 'batchllm[ray]'") from None
+        self.options, self._run, self.done = options, run_on_cluster, None
+
+    def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
+            on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
+        say(f"batchllm: {_counts(job)}")
+        whole = job.shard()
+        self.done = self._run(self.options, lambda workers: _interim_shards(whole, workers), job.model_dir, config,
+                              on_event, on_progress, stop, log=say)
+        return self.done.stats
+
+    def metrics(self) -> dict:
+        if self.done is None:
+            return {}
+        return {"workers": [asdict(w) for w in self.done.workers], "retries": [asdict(r) for r in self.done.retries]}
+
+
+def _interim_shards(whole: Shard, workers: int) -> list[Shard]:
+    """Contiguous runs of the plan's order, two per worker, largest first (until sharding.make_shards)."""
+    order = whole.plan.order
+    cuts = [round(k * len(order) / (2 * workers)) for k in range(2 * workers + 1)]
+    parts = [sorted(order[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return sorted((whole.subset(p) for p in parts), key=len, reverse=True)
+
+
+def _counts(job: PreparedJob) -> str:
+    return (f"{len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
+            f"{job.skipped:,} already answered")
+
+
+def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: _Sinks, served: str,
+             stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None]) -> tuple[RunStats | None, bool]:
+    """Run the job's engines, writing results as they finish. Returns the stats (None if stopped at
+    once) and whether every request got its line (a stop that came after the work is no stop)."""
     created = int(time.time())
     wants_logprobs = any(r.params.logprobs is not None for r in job.batch.requests)
     names = TokenText(job.tokenizer.tok) if wants_logprobs else None
@@ -217,8 +274,7 @@ def _execute(job: PreparedJob, config: EngineConfig, sinks: _Sinks, served: str,
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressView(console, quiet=quiet) as view:
-            stats = engine.run(job.shard(), emit, view.update, stop, log=say, checkpoint=checkpointing,
-                               grammars=job.grammars)
+            stats = engines.run(job, config, emit, view.update, stop, say)
         return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
