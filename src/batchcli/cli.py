@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError, UsageError
 from batchcli.openai_body import openai_body_fields
@@ -69,7 +70,8 @@ def _main(
 
 
 def _fail(exc: Exception, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+    # escaped: a message may hold brackets (batchllm[ray]) that rich would read as markup
+    err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
