@@ -6,7 +6,7 @@ Shapes are SmolLM2-135M's attention (9 query heads, 3 KV heads, head dim 64), bl
   mixed:   both in one step.
 KV block ids are either shuffled (a pool after churn: every read is a gather) or ascending (a fresh
 pool: segments' blocks are evenly spaced runs, which the backend reads in place).
-Backends: "shared" is torch_attention (its plan, built once per step, is timed apart); "per-request"
+Backends: "shared" is TorchAttention (its plan, built once per step, is timed apart); "per-request"
 gathers each request's full KV (segment + private) and runs SDPA per request; "padded" runs one
 SDPA over all requests padded to the longest KV, with a key mask. Gather indices and masks of the
 naive ones are built once per step too, so only per-layer work is timed. Invariant: all three are
@@ -30,10 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batchcli.engine.attention import AttnMetadata, build_metadata
-from batchcli.engine.attention.torch_backend import torch_attention
-from batchcli.engine.attention.torch_plan import step_plan
-from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
+from batchcli.engine.attention.metadata import AttnMetadata, build_metadata
+from batchcli.engine.attention.torch_backend import TorchAttention
+from batchcli.engine.step import SegmentView, SeqChunk, SeqOwner, StepBatch
 
 N_HEADS, N_KV, HEAD_DIM, BLOCK = 9, 3, 64, 16
 SEG_LEN = 1024
@@ -61,10 +60,10 @@ def make_step(shape: Shape, rng: np.random.Generator, shuffled: bool) -> tuple[S
     chunks = []
     for i, tail in enumerate(tails.tolist()):
         blocks = tuple(next(free) for _ in range(-(-tail // BLOCK)))
-        chunks.append(SeqChunk(i, (0,), SEG_LEN + tail - 1, SEG_LEN, blocks, (i // shape.members,), True))
+        chunks.append(SeqChunk(SeqOwner(i), (0,), SEG_LEN + tail - 1, SEG_LEN, blocks, (i // shape.members,), True))
     if shape.prefill:
         blocks = tuple(next(free) for _ in range(-(-shape.prefill // BLOCK)))
-        chunks.append(SeqChunk(len(chunks), (0,) * shape.prefill, SEG_LEN, SEG_LEN, blocks, (n_segs - 1,), True))
+        chunks.append(SeqChunk(SeqOwner(len(chunks)), (0,) * shape.prefill, SEG_LEN, SEG_LEN, blocks, (n_segs - 1,), True))
     return StepBatch(tuple(chunks), segments), need
 
 
@@ -101,7 +100,7 @@ def naive_step(step: StepBatch) -> NaiveStep:
 def per_request(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata,
                 naive: NaiveStep, scale: float) -> torch.Tensor:
     k_flat, v_flat = k_cache.view(-1, N_KV, HEAD_DIM), v_cache.view(-1, N_KV, HEAD_DIM)
-    starts = meta.host["q_start"]
+    starts = meta.host.q_start
     out = torch.empty_like(q)  # [T, H, d]
     for s, (slots, mask) in enumerate(zip(naive.slots, naive.masks)):
         qs = q[starts[s] : starts[s + 1]].transpose(0, 1)[None]  # [1, H, q_len, d]
@@ -118,7 +117,7 @@ def padded(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
     k_flat, v_flat = k_cache.view(-1, N_KV, HEAD_DIM), v_cache.view(-1, N_KV, HEAD_DIM)
     n_seq, width = naive.padded_slots.shape
     depth = naive.padded_mask.shape[2]
-    q_len = torch.from_numpy(meta.host["q_len"]).long()  # [S]
+    q_len = torch.from_numpy(meta.host.q_len).long()  # [S]
     real = torch.arange(depth)[None, :] < q_len[:, None]  # [S, Q]
     qs = q.new_zeros(n_seq, depth, N_HEADS, HEAD_DIM)
     qs[real] = q  # [S, Q, H, d]
@@ -148,19 +147,21 @@ def bench_shape(name: str, dtype: torch.dtype, layout: str, repeat: int) -> None
     k_cache = torch.randn(num_blocks, BLOCK, N_KV, HEAD_DIM, generator=gen).to(dtype)
     v_cache = torch.randn(num_blocks, BLOCK, N_KV, HEAD_DIM, generator=gen).to(dtype)
     scale = 1 / math.sqrt(HEAD_DIM)
-    torch_attention(q, k_cache, v_cache, build_metadata(step, BLOCK), scale)  # warm-up
+    backend = TorchAttention(dtype)
+    meta = build_metadata(step, BLOCK)
+    backend.run(q, k_cache, v_cache, backend.plan(meta), scale)  # warm-up
     metadata, plan = [], []  # per fresh step: build_metadata, and the backend's plan
     for _ in range(repeat):
         start = time.process_time()
         meta = build_metadata(step, BLOCK)
         metadata.append(time.process_time() - start)
         start = time.process_time()
-        step_plan(meta, dtype)
+        step_plan = backend.plan(meta)
         plan.append(time.process_time() - start)
-    shared = torch_attention(q, k_cache, v_cache, meta, scale)
+    shared = backend.run(q, k_cache, v_cache, step_plan, scale)
     naive = naive_step(step)
     runs = {
-        "shared": lambda: torch_attention(q, k_cache, v_cache, meta, scale),
+        "shared": lambda: backend.run(q, k_cache, v_cache, step_plan, scale),
         "per-request": lambda: per_request(q, k_cache, v_cache, meta, naive, scale),
         "padded": lambda: padded(q, k_cache, v_cache, meta, naive, scale),
     }

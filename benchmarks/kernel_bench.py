@@ -59,15 +59,15 @@ def _blocks(n_tokens: int, next_block: list[int]) -> tuple[int, ...]:
 
 def _steps(case: Case):
     """(shared StepBatch, no-share StepBatch, total blocks, per-request prefix block lists)."""
-    from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
+    from batchcli.engine.step import SegmentView, SeqChunk, SeqOwner, StepBatch
 
     nxt = [0]
     seg = SegmentView(0, case.prefix, _blocks(case.prefix, nxt))
     own = case.history + case.q_len
     tokens = tuple(range(case.q_len))
-    shared = [SeqChunk(i, tokens, case.prefix + case.history, case.prefix, _blocks(own, nxt), (0,), True)
+    shared = [SeqChunk(SeqOwner(i), tokens, case.prefix + case.history, case.prefix, _blocks(own, nxt), (0,), True)
               for i in range(case.degree)]
-    private = [SeqChunk(i, tokens, case.prefix + case.history, 0, _blocks(case.prefix + own, nxt), (), True)
+    private = [SeqChunk(SeqOwner(i), tokens, case.prefix + case.history, 0, _blocks(case.prefix + own, nxt), (), True)
                for i in range(case.degree)]
     return StepBatch(tuple(shared), {0: seg}), StepBatch(tuple(private), {}), nxt[0]
 
@@ -109,7 +109,7 @@ def run_case(case: Case, dtype: torch.dtype) -> Row:
     from triton.testing import do_bench
 
     from batchcli.engine.attention.metadata import build_metadata
-    from batchcli.kernels.shared_prefix_attention import default_config, triton_attention
+    from batchcli.kernels.shared_prefix_attention import TritonAttention, default_config
     from batchcli.kernels.tiles import plan_tiles
 
     dev = torch.device("cuda")
@@ -124,15 +124,17 @@ def run_case(case: Case, dtype: torch.dtype) -> Row:
     scale = HEAD_DIM**-0.5
 
     t0 = time.perf_counter()
-    plan_tiles(meta_s.host, BLOCK, KV_HEADS, default_config(HEADS // KV_HEADS, BLOCK, dev))
+    plan_tiles(meta_s.host, KV_HEADS, default_config(HEADS // KV_HEADS, BLOCK, dev))
     plan_ms = (time.perf_counter() - t0) * 1e3
-    shared_ms = do_bench(lambda: triton_attention(q, k_cache, v_cache, meta_s, scale), warmup=10, rep=50)
-    private_ms = do_bench(lambda: triton_attention(q, k_cache, v_cache, meta_p, scale), warmup=10, rep=50)
+    backend = TritonAttention(KV_HEADS, HEADS // KV_HEADS)
+    plan_s, plan_p = backend.plan(meta_s), backend.plan(meta_p)
+    shared_ms = do_bench(lambda: backend.run(q, k_cache, v_cache, plan_s, scale), warmup=10, rep=50)
+    private_ms = do_bench(lambda: backend.run(q, k_cache, v_cache, plan_p, scale), warmup=10, rep=50)
     k_dense, v_dense = _dense_kv(k_cache, private_step, case), _dense_kv(v_cache, private_step, case)
     sdpa, note = _sdpa_fn(q, k_dense, v_dense, case, scale)
     sdpa_ms = do_bench(sdpa, warmup=10, rep=50)
     ref = sdpa().transpose(1, 2).reshape(q.shape)  # [T, H, d]
-    diff = (triton_attention(q, k_cache, v_cache, meta_s, scale).float() - ref.float()).abs().max().item()
+    diff = (backend.run(q, k_cache, v_cache, plan_s, scale).float() - ref.float()).abs().max().item()
     return Row(case, shared_ms * 1e3, private_ms * 1e3, sdpa_ms * 1e3, plan_ms, diff, note)
 
 

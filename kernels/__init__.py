@@ -1,6 +1,6 @@
 """Triton kernels of batchllm, shipped as `batchcli.kernels`.
 
-`shared_prefix_attention.triton_attention` is the CUDA attention backend (see
+`shared_prefix_attention.TritonAttention` is the CUDA attention backend (see
 `batchcli.engine.attention`); `tiles` plans its tiles once per step in numpy. Nothing here is
 imported by the package on CPU unless the "triton" backend is asked for.
 """

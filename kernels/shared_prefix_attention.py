@@ -10,7 +10,8 @@ base 2. `_merge_kernel` then combines the partials of rows seen by several tiles
 `o = sum_i 2^(lse_i - M) o_i / sum_i 2^(lse_i - M)` with `M = max_i lse_i`.
 
 Invariant: inputs are fp16/bf16 (fp32 under the interpreter); dot products accumulate in fp32; the
-output has q's dtype. The tile plan is built once per step and cached in `meta.prepared`.
+output has q's dtype. The tile plan is built once per step (`TritonAttention.plan`) and read by
+every layer's `run`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import triton.language as tl
 from batchcli.engine.attention.metadata import AttnMetadata
 from batchcli.kernels.tiles import TileConfig, TilePlan, check_host_metadata, plan_tiles
 
-__all__ = ["triton_attention", "default_config", "TileConfig"]
+__all__ = ["TritonAttention", "TritonPlan", "default_config", "TileConfig"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_GROUP = 16
@@ -138,12 +139,27 @@ def _merge_kernel(
     tl.store(out_ptr + o_off[:, None] + d[None, :], o.to(out_ptr.dtype.element_ty), mask=live[:, None])
 
 
-@dataclass(slots=True)
-class _DevicePlan:
-    """A TilePlan and its arrays copied to the device of the step."""
+@dataclass(frozen=True, slots=True)
+class TritonPlan:
+    """A step's TilePlan with its arrays copied to the step's device (same names as TilePlan's fields)."""
 
-    plan: TilePlan
-    tensors: dict[str, torch.Tensor]  # same names as the TilePlan fields
+    tiles: TilePlan
+    num_tokens: int
+    block_size: int
+    num_kv_heads: int
+    config: TileConfig
+    blk_off: torch.Tensor
+    kv_lo: torch.Tensor
+    kv_hi: torch.Tensor
+    ent_row: torch.Tensor
+    ent_limit: torch.Tensor
+    ent_dst: torch.Tensor
+    blocks: torch.Tensor
+    merge_rows: torch.Tensor
+    merge_start: torch.Tensor
+
+
+_DEVICE_ARRAYS = ("blk_off", "kv_lo", "kv_hi", "ent_row", "ent_limit", "ent_dst", "blocks", "merge_rows", "merge_start")
 
 
 def _interpreted() -> bool:
@@ -161,7 +177,7 @@ def default_config(group: int, block_size: int, device: torch.device) -> TileCon
                       min_split_tokens=512, target_programs=programs)
 
 
-def _check_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata, scale: float) -> None:
+def _check_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: TritonPlan, scale: float) -> None:
     """Shapes, dtypes, strides and devices; ValueError names the bad argument."""
     if q.ndim != 3:
         raise ValueError(f"q must be [T, H, d], got shape {tuple(q.shape)}")
@@ -185,10 +201,12 @@ def _check_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, m
         raise ValueError(f"k_cache head_dim must be a power of two from 16 to 256, got {head_dim}")
     if q.shape[1] % n_kv or not 1 <= q.shape[1] // n_kv <= _MAX_GROUP:
         raise ValueError(f"q heads {q.shape[1]} must be 1..{_MAX_GROUP} times k_cache's {n_kv} KV heads")
-    if block_size != meta.block_size:
-        raise ValueError(f"k_cache block_size {block_size} differs from meta.block_size {meta.block_size}")
-    if q.shape[0] != meta.num_tokens:
-        raise ValueError(f"q has {q.shape[0]} rows, meta.num_tokens is {meta.num_tokens}")
+    if block_size != plan.block_size:
+        raise ValueError(f"k_cache block_size {block_size} differs from meta.block_size {plan.block_size}")
+    if q.shape[0] != plan.num_tokens:
+        raise ValueError(f"q has {q.shape[0]} rows, meta.num_tokens is {plan.num_tokens}")
+    if n_kv != plan.num_kv_heads:
+        raise ValueError(f"k_cache has {n_kv} KV heads, the plan was made for {plan.num_kv_heads}")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in head_dim, got strides {t.stride()}")
@@ -196,60 +214,57 @@ def _check_args(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, m
         raise ValueError(f"scale must be a positive finite number, got {scale}")
 
 
-def _prepared(meta: AttnMetadata, n_kv: int, cfg: TileConfig, device: torch.device) -> _DevicePlan:
-    """The step's tile plan on `device`, built on the first layer's call and reused by the others."""
-    key = ("triton_tiles", n_kv, cfg, str(device))
-    cached = meta.prepared.get(key)
-    if cached is None:
-        check_host_metadata(meta.host, meta.block_size, meta.num_tokens)
-        plan = plan_tiles(meta.host, meta.block_size, n_kv, cfg)
-        names = ("blk_off", "kv_lo", "kv_hi", "ent_row", "ent_limit", "ent_dst", "blocks", "merge_rows", "merge_start")
-        tensors = {n: torch.from_numpy(getattr(plan, n)).to(device) for n in names}
-        cached = meta.prepared[key] = _DevicePlan(plan, tensors)
-    assert isinstance(cached, _DevicePlan), f"meta.prepared[{key!r}] holds a {type(cached).__name__}"
-    return cached
+class TritonAttention:
+    """The "triton" backend for a model's KV heads and query heads per KV head (contract:
+    attention.backend). `config` fixes the tiles (tests, benchmarks); by default `default_config`."""
 
+    def __init__(self, num_kv_heads: int, group: int, config: TileConfig | None = None) -> None:
+        self.num_kv_heads, self.group, self.config = num_kv_heads, group, config
 
-def triton_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata, scale: float,
-    config: TileConfig | None = None,
-) -> torch.Tensor:
-    """Shared-prefix paged attention: q [T, H, d], caches [num_blocks, bs, n_kv, d] -> [T, H, d] (q's dtype)."""
-    _check_args(q, k_cache, v_cache, meta, scale)
-    num_tokens, num_heads, head_dim = q.shape
-    num_blocks, block_size, n_kv, _ = k_cache.shape
-    group = num_heads // n_kv
-    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)  # [T, H, d]
-    if num_tokens == 0:
-        return out
-    cfg = config or default_config(group, block_size, q.device)
-    group_pad = triton.next_power_of_2(group)
-    if cfg.block_m * group_pad < 16 or cfg.block_n < 16:
-        raise ValueError(f"config {cfg} gives {cfg.block_m * group_pad} x {cfg.block_n} tiles; tl.dot needs 16 x 16 at least")
-    dp = _prepared(meta, n_kv, cfg, q.device)
-    if dp.plan.max_block >= num_blocks:
-        raise ValueError(f"meta names KV block {dp.plan.max_block}, but the caches hold {num_blocks} blocks")
-    num_partials = dp.plan.num_partials
-    part_o = torch.empty((num_partials, num_heads, head_dim), dtype=torch.float32, device=q.device)  # [P, H, d]
-    part_lse = torch.empty((num_partials, num_heads), dtype=torch.float32, device=q.device)  # [P, H]
-    t = dp.tensors
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    _tile_kernel[(dp.plan.num_tiles, n_kv)](
-        q, k_cache, v_cache, out, part_o, part_lse,
-        t["blk_off"], t["kv_lo"], t["kv_hi"], t["ent_row"], t["ent_limit"], t["ent_dst"], t["blocks"],
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        scale * math.log2(math.e),
-        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PRECISION=precision,
-        UPCAST=_interpreted() and q.dtype == torch.bfloat16,  # interpreter dot on bf16 is wrong: triton#11584
-    )
-    num_pairs = int(dp.plan.merge_rows.size) * num_heads
-    if num_pairs:
-        # the interpreter pays per program, so it merges everything in one
-        block_j = min(triton.next_power_of_2(num_pairs), 1024) if _interpreted() else 32
-        _merge_kernel[(triton.cdiv(num_pairs, block_j),)](
-            out, part_o, part_lse, t["merge_rows"], t["merge_start"], num_pairs, out.stride(0), out.stride(1),
-            NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_J=block_j,
+    def plan(self, meta: AttnMetadata) -> TritonPlan:
+        """The step's tile plan, its arrays on the step's device, for every layer's `run`."""
+        cfg = self.config or default_config(self.group, meta.block_size, meta.device)
+        group_pad = triton.next_power_of_2(self.group)
+        if cfg.block_m * group_pad < 16 or cfg.block_n < 16:
+            raise ValueError(f"config {cfg} gives {cfg.block_m * group_pad} x {cfg.block_n} tiles; tl.dot needs 16 x 16 at least")
+        check_host_metadata(meta.host, meta.num_tokens)
+        tiles = plan_tiles(meta.host, self.num_kv_heads, cfg)
+        tensors = {n: torch.from_numpy(getattr(tiles, n)).to(meta.device) for n in _DEVICE_ARRAYS}
+        return TritonPlan(tiles, meta.num_tokens, meta.block_size, self.num_kv_heads, cfg, **tensors)
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: TritonPlan,
+            scale: float) -> torch.Tensor:
+        """Shared-prefix paged attention: q [T, H, d], caches [num_blocks, bs, n_kv, d] -> [T, H, d] (q's dtype)."""
+        _check_args(q, k_cache, v_cache, plan, scale)
+        num_tokens, num_heads, head_dim = q.shape
+        num_blocks, block_size, n_kv, _ = k_cache.shape
+        group = num_heads // n_kv
+        out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)  # [T, H, d]
+        if num_tokens == 0:
+            return out
+        if plan.tiles.max_block >= num_blocks:
+            raise ValueError(f"meta names KV block {plan.tiles.max_block}, but the caches hold {num_blocks} blocks")
+        cfg = plan.config
+        num_partials = plan.tiles.num_partials
+        part_o = torch.empty((num_partials, num_heads, head_dim), dtype=torch.float32, device=q.device)  # [P, H, d]
+        part_lse = torch.empty((num_partials, num_heads), dtype=torch.float32, device=q.device)  # [P, H]
+        precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        _tile_kernel[(plan.tiles.num_tiles, n_kv)](
+            q, k_cache, v_cache, out, part_o, part_lse,
+            plan.blk_off, plan.kv_lo, plan.kv_hi, plan.ent_row, plan.ent_limit, plan.ent_dst, plan.blocks,
+            q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            scale * math.log2(math.e),
+            NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=triton.next_power_of_2(group), HEAD_DIM=head_dim,
+            BLOCK_SIZE=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PRECISION=precision,
+            UPCAST=_interpreted() and q.dtype == torch.bfloat16,  # interpreter dot on bf16 is wrong: triton#11584
         )
-    return out
+        num_pairs = int(plan.tiles.merge_rows.size) * num_heads
+        if num_pairs:
+            # the interpreter pays per program, so it merges everything in one
+            block_j = min(triton.next_power_of_2(num_pairs), 1024) if _interpreted() else 32
+            _merge_kernel[(triton.cdiv(num_pairs, block_j),)](
+                out, part_o, part_lse, plan.merge_rows, plan.merge_start, num_pairs, out.stride(0), out.stride(1),
+                NUM_HEADS=num_heads, HEAD_DIM=head_dim, BLOCK_J=block_j,
+            )
+        return out

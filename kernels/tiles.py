@@ -12,14 +12,19 @@ segment under few rows is read by many programs at once and still fills the GPU.
 Invariant: a row's partials together cover exactly the KV the row may see, once each. A row with one
 partial is written straight to the output (`dst` = -1); the partials of every other row occupy the
 contiguous slots `merge_start[r] .. merge_start[r + 1] - 1` of the partial buffers, merged exactly.
-The plan is built once per step (cached in `AttnMetadata.prepared`) and read by every layer.
+The plan is built once per step (TritonAttention.plan) and read by every layer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from batchcli.engine.attention.metadata import HostMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +69,10 @@ class TilePlan:
         return int(self.merge_start[-1])
 
 
-def check_host_metadata(host: dict[str, np.ndarray], block_size: int, num_tokens: int) -> None:
+def check_host_metadata(host: HostMeta, num_tokens: int) -> None:
     """Index-range checks on the step metadata; ValueError names the bad field and value."""
-    q_len, ctx_len, q_start = host["q_len"], host["ctx_len"], host["q_start"]
+    block_size = host.block_size
+    q_len, ctx_len, q_start = host.q_len, host.ctx_len, host.q_start
     if q_start[-1] != num_tokens:
         raise ValueError(f"meta.q_start ends at {int(q_start[-1])}, but meta.num_tokens is {num_tokens}")
     bad = np.flatnonzero((q_len < 1) | (ctx_len < q_len))
@@ -74,15 +80,15 @@ def check_host_metadata(host: dict[str, np.ndarray], block_size: int, num_tokens
         s = int(bad[0])
         raise ValueError(f"meta chunk {s}: q_len {int(q_len[s])} must be >= 1 and <= ctx_len {int(ctx_len[s])}")
     need = -(-ctx_len // block_size)
-    if need.size and need.max() > host["block_table"].shape[1]:
-        raise ValueError(f"meta.block_table has {host['block_table'].shape[1]} columns, a chunk needs {int(need.max())}")
-    seg_len = host["seg_len"]
+    if need.size and need.max() > host.block_table.shape[1]:
+        raise ValueError(f"meta.block_table has {host.block_table.shape[1]} columns, a chunk needs {int(need.max())}")
+    seg_len = host.seg_len
     bad = np.flatnonzero((seg_len < 1) | (seg_len % block_size != 0))
     if bad.size:
         raise ValueError(f"meta.seg_len[{int(bad[0])}] = {int(seg_len[bad[0]])} is not a positive multiple of block size {block_size}")
-    if seg_len.size and seg_len.max() // block_size > host["seg_block_table"].shape[1]:
-        raise ValueError(f"meta.seg_block_table has {host['seg_block_table'].shape[1]} columns, a segment needs {int(seg_len.max()) // block_size}")
-    rows = host["seg_q_rows"]
+    if seg_len.size and seg_len.max() // block_size > host.seg_block_table.shape[1]:
+        raise ValueError(f"meta.seg_block_table has {host.seg_block_table.shape[1]} columns, a segment needs {int(seg_len.max()) // block_size}")
+    rows = host.seg_q_rows
     if rows.size and (rows.min() < 0 or rows.max() >= num_tokens):
         raise ValueError(f"meta.seg_q_rows holds rows outside 0..{num_tokens - 1}: {int(rows.min())}..{int(rows.max())}")
 
@@ -96,26 +102,27 @@ def _row_tiles(counts: np.ndarray, block_m: int) -> tuple[np.ndarray, np.ndarray
     return run, first, np.minimum(counts[run] - first, block_m)
 
 
-def plan_tiles(host: dict[str, np.ndarray], block_size: int, n_kv: int, cfg: TileConfig) -> TilePlan:
-    """All tiles of one step, their entries and partial slots, from `AttnMetadata.host`."""
+def plan_tiles(host: HostMeta, n_kv: int, cfg: TileConfig) -> TilePlan:
+    """All tiles of one step, their entries and partial slots, from the host metadata."""
+    block_size = host.block_size
     if cfg.block_n % block_size:
         raise ValueError(f"TileConfig.block_n {cfg.block_n} is not a multiple of block size {block_size}")
     m = np.arange(cfg.block_m)  # [block_m]
-    seg_table, priv_table = host["seg_block_table"], host["block_table"]
+    seg_table, priv_table = host.seg_block_table, host.block_table
     # private tiles: rows q_start[s] + first + m, seeing private positions < history + first + m + 1
-    s, first, n = _row_tiles(host["q_len"].astype(np.int64), cfg.block_m)
-    hist = (host["ctx_len"] - host["q_len"]).astype(np.int64)[s]  # [tiles]
+    s, first, n = _row_tiles(host.q_len.astype(np.int64), cfg.block_m)
+    hist = (host.ctx_len - host.q_len).astype(np.int64)[s]  # [tiles]
     valid = m[None, :] < n[:, None]  # [tiles, block_m]
-    p_row = np.where(valid, host["q_start"][s][:, None] + first[:, None] + m, -1)  # [tiles, block_m]
+    p_row = np.where(valid, host.q_start[s][:, None] + first[:, None] + m, -1)  # [tiles, block_m]
     p_limit = np.where(valid, hist[:, None] + first[:, None] + m + 1, 0)  # [tiles, block_m]
     p_off = seg_table.size + s * priv_table.shape[1]  # [tiles]
     p_len = hist + first + n  # [tiles]: the last row's limit
     # shared tiles: stacked rows of every chunk under segment g, all seeing seg_len[g] tokens
-    seg_len = host["seg_len"].astype(np.int64)
-    g, first, n = _row_tiles(np.diff(host["seg_q_start"]).astype(np.int64), cfg.block_m)
+    seg_len = host.seg_len.astype(np.int64)
+    g, first, n = _row_tiles(np.diff(host.seg_q_start).astype(np.int64), cfg.block_m)
     valid = m[None, :] < n[:, None]  # [tiles, block_m]
-    idx = np.where(valid, host["seg_q_start"][g][:, None] + first[:, None] + m, 0)  # [tiles, block_m]
-    g_row = np.where(valid, host["seg_q_rows"][idx] if idx.size else idx, -1)  # [tiles, block_m]
+    idx = np.where(valid, host.seg_q_start[g][:, None] + first[:, None] + m, 0)  # [tiles, block_m]
+    g_row = np.where(valid, host.seg_q_rows[idx] if idx.size else idx, -1)  # [tiles, block_m]
     g_limit = np.where(valid, seg_len[g][:, None], 0)  # [tiles, block_m]
 
     rows = np.concatenate([g_row, p_row]).reshape(-1, cfg.block_m)  # [base tiles, block_m]
@@ -125,13 +132,13 @@ def plan_tiles(host: dict[str, np.ndarray], block_size: int, n_kv: int, cfg: Til
     used = np.concatenate([seg_table[g].ravel(), _used_private_blocks(host, block_size)])
     return _split_and_assign(rows, limit, off, length, n_kv, cfg,
                              np.concatenate([seg_table.ravel(), priv_table.ravel()]),
-                             int(used.max()) if used.size else -1, int(host["q_start"][-1]))
+                             int(used.max()) if used.size else -1, int(host.q_start[-1]))
 
 
-def _used_private_blocks(host: dict[str, np.ndarray], block_size: int) -> np.ndarray:
-    need = -(-host["ctx_len"].astype(np.int64) // block_size)  # [S]
-    mask = np.arange(host["block_table"].shape[1])[None, :] < need[:, None]  # [S, width]
-    return host["block_table"][mask]
+def _used_private_blocks(host: HostMeta, block_size: int) -> np.ndarray:
+    need = -(-host.ctx_len.astype(np.int64) // block_size)  # [S]
+    mask = np.arange(host.block_table.shape[1])[None, :] < need[:, None]  # [S, width]
+    return host.block_table[mask]
 
 
 def _split_size(length: np.ndarray, n_kv: int, cfg: TileConfig) -> int:

@@ -1,4 +1,4 @@
-"""torch_attention (the CPU shared-prefix backend) against the float32 reference, and build_metadata.
+"""TorchAttention (the CPU shared-prefix backend) against the float32 reference, and build_metadata.
 
 Steps are hand-made StepBatches over shuffled block ids, with random caches everywhere (so a wrong
 slot, block or mask reads wrong numbers), built through build_metadata like the runner does.
@@ -8,57 +8,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 import torch
 
-from batchcli.engine.attention import AttnMetadata, build_metadata, torch_backend
+from batchcli.engine.attention.gather_backend import GatherAttention
+from batchcli.engine.attention.metadata import AttnMetadata, build_metadata
 from batchcli.engine.attention.reference import reference_attention
-from batchcli.engine.attention.gather_backend import gather_attention
-from batchcli.engine.attention.torch_backend import torch_attention
-from batchcli.engine.attention.torch_plan import step_plan
-from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
-
-# Per dtype: bf16 rounds q/k/v, the softmax weights fed to the second matmul, and each part's output.
-TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=1e-2, rtol=1.6e-2)}
-
-
-@dataclass(frozen=True)
-class Chunk:
-    segments: tuple[int, ...]  # segment ids, outermost first
-    history: int  # private tokens computed in earlier steps
-    q_len: int  # tokens computed now
-
-
-# Segment sizes are in blocks (segments are whole blocks); private lengths are deliberately odd.
-SCENARIOS: dict[str, tuple[dict[int, int], list[Chunk]]] = {
-    "decode": (
-        {0: 3, 1: 2},
-        [Chunk((0,), 0, 1), Chunk((0,), 5, 1), Chunk((0,), 17, 1), Chunk((0,), 30, 1),  # tails differ
-         Chunk((1,), 9, 1),  # a one-member group
-         Chunk((), 22, 1)],  # no shared prefix
-    ),
-    "prefill": (
-        {0: 2},
-        [Chunk((0,), 0, 37),
-         Chunk((), 13, 20),  # a chunk in the middle of a private prompt
-         Chunk((), 0, 11)],  # plain causal
-    ),
-    "mixed": (
-        {0: 2, 1: 1},
-        [Chunk((0,), 3, 1), Chunk((0,), 6, 1), Chunk((0, 1), 10, 1), Chunk((0,), 7, 19), Chunk((), 0, 5)],
-    ),
-    "no_sharing": ({}, [Chunk((), 0, 11), Chunk((), 7, 1), Chunk((), 20, 1)]),  # a part per row: no merge
-    "one_prefill": ({0: 3}, [Chunk((0,), 0, 40)]),  # a part per bucket: each can be read in place
-    "nested": (  # three levels: 0 > 1 > 2, rows under one, two and three segments
-        {0: 2, 1: 1, 2: 3},
-        [Chunk((0,), 4, 1), Chunk((0, 1), 2, 1), Chunk((0, 1, 2), 0, 9), Chunk((0, 1, 2), 3, 1),
-         Chunk((0, 1, 2), 25, 6), Chunk((0, 1), 1, 13)],
-    ),
-}
-GQA = [(2, 1), (2, 3), (1, 4), (2, 8)]  # (n_kv, query heads per KV head)
+from batchcli.engine.attention import torch_backend
+from batchcli.engine.attention.torch_backend import TorchAttention
+from batchcli.engine.step import SegmentView, SeqChunk, SeqOwner, StepBatch
+from helpers_attention import GQA, SCENARIOS, assert_near, attend, random_inputs, scenario_step
 
 
 @pytest.fixture(autouse=True)
@@ -70,50 +30,14 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def assert_near(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, loosen: float = 1.0) -> None:
-    """Elementwise |actual - expected| <= loosen * (atol + rtol * |expected|), NaN failing."""
-    tol = {name: loosen * value for name, value in TOLERANCE[dtype].items()}
-    err = (actual.float() - expected).abs()
-    ok = err <= tol["atol"] + tol["rtol"] * expected.abs()
-    assert bool(ok.all()), f"{int((~ok).sum())} of {ok.numel()} values off, max error {err.max().item():.3g}"
-
-
-def make_step(scenario: str, block_size: int, seed: int = 0, shuffle: bool = True) -> tuple[StepBatch, int]:
-    """The scenario as a StepBatch over shuffled (or ascending) block ids; returns it and the cache's
-    block count."""
-    seg_blocks, chunks = SCENARIOS[scenario]
-    need = sum(seg_blocks.values()) + sum(-(-(c.history + c.q_len) // block_size) for c in chunks)
-    order = np.random.default_rng(seed).permutation(need + 3) if shuffle else np.arange(need + 3)
-    free = iter(order.tolist())  # 3 blocks never used
-    segments = {
-        g: SegmentView(g, n * block_size, tuple(next(free) for _ in range(n))) for g, n in seg_blocks.items()
-    }
-    seqs = []
-    for i, c in enumerate(chunks):
-        private_start = sum(segments[g].length for g in c.segments)
-        blocks = tuple(next(free) for _ in range(-(-(c.history + c.q_len) // block_size)))
-        seqs.append(SeqChunk(i, tuple(range(c.q_len)), private_start + c.history, private_start, blocks,
-                             c.segments, True))
-    return StepBatch(tuple(seqs), segments), need + 3
-
-
-def random_inputs(step: StepBatch, num_blocks: int, block_size: int, n_kv: int, group: int, d: int,
-                  dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(step.num_tokens, n_kv * group, d, generator=gen).to(dtype)  # [T, H, d]
-    k_cache = torch.randn(num_blocks, block_size, n_kv, d, generator=gen).to(dtype)
-    v_cache = torch.randn(num_blocks, block_size, n_kv, d, generator=gen).to(dtype)
-    return q, k_cache, v_cache
-
-
 def check(scenario: str, dtype: torch.dtype, n_kv: int, group: int, block_size: int = 16, d: int = 32,
           q_gain: float = 1.0, loosen: float = 1.0, shuffle: bool = True) -> AttnMetadata:
-    step, num_blocks = make_step(scenario, block_size, shuffle=shuffle)
+    step, num_blocks = scenario_step(scenario, block_size, shuffle=shuffle)
     meta = build_metadata(step, block_size)
     q, k_cache, v_cache = random_inputs(step, num_blocks, block_size, n_kv, group, d, dtype)
     q = q * q_gain
     scale = 1 / math.sqrt(d)
-    out = torch_attention(q, k_cache, v_cache, meta, scale)
+    out = attend(TorchAttention(dtype), q, k_cache, v_cache, meta, scale)
     assert out.dtype == dtype and out.shape == q.shape
     expected = reference_attention(q, k_cache, v_cache, meta, scale)
     assert_near(out, expected, dtype, loosen)
@@ -136,7 +60,7 @@ def test_small_blocks_and_head_dim_64(scenario: str) -> None:
 def test_blocks_in_order_are_read_in_place(dtype: torch.dtype) -> None:
     """Ascending block ids: both buckets (segment, own tokens) read the cache through a view."""
     meta = check("one_prefill", dtype, n_kv=2, group=3, block_size=4, shuffle=False)
-    buckets = step_plan(meta, dtype).buckets
+    buckets = TorchAttention(dtype).plan(meta).buckets
     assert len(buckets) == 2 and all(b.kv_view is not None for b in buckets)
 
 
@@ -154,16 +78,16 @@ def test_matmul_kernel_matches_reference(scenario: str, monkeypatch: pytest.Monk
     check(scenario, torch.bfloat16, n_kv=2, group=4)
 
 
-def test_plan_built_once_and_reused_by_every_layer() -> None:
-    step, num_blocks = make_step("mixed", 16)
+def test_one_plan_serves_every_layer() -> None:
+    """The plan is made once per step; layers with other numbers reuse it and stay exact."""
+    step, num_blocks = scenario_step("mixed", 16)
     meta = build_metadata(step, 16)
-    plans = []
+    backend = TorchAttention(torch.float32)
+    plan = backend.plan(meta)
     for layer in range(3):
         q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 32, torch.float32, seed=layer)
-        out = torch_attention(q, k_cache, v_cache, meta, 0.2)
+        out = backend.run(q, k_cache, v_cache, plan, 0.2)
         assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.2), torch.float32)
-        plans.append(step_plan(meta, torch.float32))
-    assert plans[0] is plans[1] is plans[2]
 
 
 def test_segment_queries_are_stacked_and_each_segment_read_once() -> None:
@@ -177,14 +101,16 @@ def test_segment_queries_are_stacked_and_each_segment_read_once() -> None:
     for i in range(128):
         g, tail = i // 8, 9 + i % 5
         blocks = (1024 + 2 * i, 1025 + 2 * i)
-        chunks.append(SeqChunk(i, (1,), seg_blocks * bs + tail - 1, seg_blocks * bs, blocks, (g,), True))
+        chunks.append(SeqChunk(SeqOwner(i), (1,), seg_blocks * bs + tail - 1, seg_blocks * bs, blocks, (g,), True))
     step = StepBatch(tuple(chunks), segments)
     meta = build_metadata(step, bs)
     q, k_cache, v_cache = random_inputs(step, 1024 + 256, bs, 3, 3, 16, torch.float32)
-    out = torch_attention(q, k_cache, v_cache, meta, 0.25)
+    backend = TorchAttention(torch.float32)
+    plan = backend.plan(meta)
+    out = backend.run(q, k_cache, v_cache, plan, 0.25)
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.25), torch.float32)
 
-    buckets = step_plan(meta, torch.float32).buckets
+    buckets = plan.buckets
     seg_bucket = [b for b in buckets if tuple(b.q_index.shape) == (16, 8)]
     assert len(seg_bucket) == 1, [tuple(b.q_index.shape) for b in buckets]
     seg_slots = seg_bucket[0].kv_slots.flatten().sort().values
@@ -197,7 +123,7 @@ def test_empty_step() -> None:
     meta = build_metadata(StepBatch((), {}), 16)
     q = torch.zeros(0, 6, 32)
     cache = torch.zeros(2, 16, 2, 32)
-    assert torch_attention(q, cache, cache, meta, 0.1).shape == (0, 6, 32)
+    assert attend(TorchAttention(torch.float32), q, cache, cache, meta, 0.1).shape == (0, 6, 32)
 
 
 @pytest.mark.parametrize(
@@ -211,20 +137,20 @@ def test_empty_step() -> None:
 )
 def test_rejects_mismatched_inputs(q_shape: tuple[int, ...], k_shape: tuple[int, ...], k_dtype: torch.dtype,
                                    match: str) -> None:
-    step = StepBatch((SeqChunk(0, (1, 2, 3), 0, 0, (1,), (), True),), {})
+    step = StepBatch((SeqChunk(SeqOwner(0), (1, 2, 3), 0, 0, (1,), (), True),), {})
     meta = build_metadata(step, 16)
     cache = torch.zeros(k_shape, dtype=k_dtype)
     with pytest.raises(ValueError, match=match):
-        torch_attention(torch.zeros(q_shape), cache, cache, meta, 0.1)
+        attend(TorchAttention(torch.float32), torch.zeros(q_shape), cache, cache, meta, 0.1)
 
 
 def test_query_slice_of_a_fused_projection() -> None:
     """q as the runner may pass it: a non-contiguous slice of a fused [T, (H + 2 n_kv) * d] output."""
-    step, num_blocks = make_step("mixed", 16)
+    step, num_blocks = scenario_step("mixed", 16)
     meta = build_metadata(step, 16)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 32, torch.float32)
     fused = torch.cat([q, torch.zeros(q.shape[0], 4, 32)], dim=1)  # [T, H + 2 n_kv, d]
-    out = torch_attention(fused[:, :6], k_cache, v_cache, meta, 0.2)
+    out = attend(TorchAttention(torch.float32), fused[:, :6], k_cache, v_cache, meta, 0.2)
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.2), torch.float32)
 
 
@@ -232,9 +158,9 @@ def test_slot_mapping_by_hand() -> None:
     """bs 4; one 2-block segment; private blocks (7, 2); history 5, 2 new tokens -> positions 5, 6."""
     segment = SegmentView(0, 8, (3, 5))
     step = StepBatch(
-        (SeqChunk(0, (11, 12), 8 + 5, 8, (7, 2), (0,), True),  # block 2, offsets 1 and 2
-         SeqChunk(1, (13,), 8 + 3, 8, (4,), (0,), True),  # block 4, offset 3
-         SeqChunk(2, (14, 15, 16), 0, 0, (6,), (), True)),  # block 6, offsets 0..2
+        (SeqChunk(SeqOwner(0), (11, 12), 8 + 5, 8, (7, 2), (0,), True),  # block 2, offsets 1 and 2
+         SeqChunk(SeqOwner(1), (13,), 8 + 3, 8, (4,), (0,), True),  # block 4, offset 3
+         SeqChunk(SeqOwner(2), (14, 15, 16), 0, 0, (6,), (), True)),  # block 6, offsets 0..2
         {0: segment},
     )
     meta = build_metadata(step, 4)
@@ -244,7 +170,7 @@ def test_slot_mapping_by_hand() -> None:
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 @pytest.mark.parametrize("block_size", [4, 16])
 def test_slot_mapping_matches_blocks(scenario: str, block_size: int) -> None:
-    step, _ = make_step(scenario, block_size, seed=3)
+    step, _ = scenario_step(scenario, block_size, seed=3)
     meta = build_metadata(step, block_size)
     expected = []
     for c in step.chunks:
@@ -256,8 +182,8 @@ def test_slot_mapping_matches_blocks(scenario: str, block_size: int) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_gather_baseline_matches_reference(scenario: str, dtype: torch.dtype) -> None:
-    step, num_blocks = make_step(scenario, 16)
+    step, num_blocks = scenario_step(scenario, 16)
     meta = build_metadata(step, 16)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 32, dtype)
-    out = gather_attention(q, k_cache, v_cache, meta, 0.2)
+    out = attend(GatherAttention(), q, k_cache, v_cache, meta, 0.2)
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.2), dtype)

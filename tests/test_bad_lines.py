@@ -91,7 +91,7 @@ def test_non_finite_logits_fail_only_their_request(tmp_path, monkeypatch):
         def run(self, step):
             logits = super().run(step).clone()  # [rows, vocab]
             calls.append(1)
-            sampled = [c.seq_id for c in step.chunks if c.sample]
+            sampled = [c.owner.seq_id for c in step.chunks if c.sample]
             if len(calls) == 2 and 1 in sampled:  # seq 1 is request 1's first sample
                 logits[sampled.index(1)] = float("nan")
             return logits

@@ -8,7 +8,7 @@ Triton is imported), so shapes stay small. With CUDA the same cases run on the G
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +22,14 @@ if not HAS_CUDA:
         pytest.skip("no CUDA and TRITON_INTERPRET is not 1: nothing can run Triton", allow_module_level=True)
 pytest.importorskip("triton", reason="triton is not installed")
 
-from batchcli.engine.attention import get_backend  # noqa: E402
 from batchcli.engine.attention.metadata import AttnMetadata, build_metadata  # noqa: E402
 from batchcli.engine.attention.reference import reference_attention  # noqa: E402
 from batchcli.engine.model import CausalLM, allocate_kv  # noqa: E402
-from batchcli.engine.step import SegmentView, SeqChunk, StepBatch  # noqa: E402
+from batchcli.engine.step import SegmentView, SegOwner, SeqChunk, SeqOwner, StepBatch  # noqa: E402
 from batchcli.engine.weights import load_model  # noqa: E402
-from batchcli.kernels.shared_prefix_attention import triton_attention  # noqa: E402
+from batchcli.kernels.shared_prefix_attention import TritonAttention  # noqa: E402
 from batchcli.kernels.tiles import TileConfig, plan_tiles  # noqa: E402
+from helpers_attention import Chunk, attend, make_step  # noqa: E402
 from helpers_models import save_tiny_checkpoint  # noqa: E402
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
@@ -46,42 +46,25 @@ def _one_thread():
 
 
 @dataclass(frozen=True)
-class Chunk:
-    segments: tuple[int, ...]  # segment ids, outermost first
-    history: int  # private tokens computed in earlier steps
-    q_len: int  # tokens computed now
-
-
-@dataclass(frozen=True)
 class Case:
     seg_blocks: tuple[int, ...]  # blocks per segment id
     chunks: tuple[Chunk, ...]
 
 
-def make_step(case: Case, block_size: int, seed: int = 0) -> tuple[StepBatch, int]:
-    """A StepBatch over shuffled block ids; returns it and the number of cache blocks."""
-    need = sum(case.seg_blocks) + sum(-(-(c.history + c.q_len) // block_size) for c in case.chunks)
-    num_blocks = need + 3
-    free = iter(np.random.default_rng(seed).permutation(num_blocks).tolist())
-    segs = {g: SegmentView(g, n * block_size, tuple(next(free) for _ in range(n))) for g, n in enumerate(case.seg_blocks)}
-    chunks = []
-    for i, c in enumerate(case.chunks):
-        shared = sum(segs[g].length for g in c.segments)
-        blocks = tuple(next(free) for _ in range(-(-(c.history + c.q_len) // block_size)))
-        chunks.append(SeqChunk(i, tuple(range(c.q_len)), shared + c.history, shared, blocks, c.segments, True))
-    return StepBatch(tuple(chunks), {g: segs[g] for c in case.chunks for g in c.segments}), num_blocks
+def case_step(case: Case, block_size: int) -> tuple[StepBatch, int]:
+    return make_step(dict(enumerate(case.seg_blocks)), case.chunks, block_size)
 
 
 def run_case(case: Case, dtype: torch.dtype, group: int = 4, n_kv: int = 1, head_dim: int = 64,
              block_size: int = 16, config: TileConfig | None = None) -> None:
-    step, num_blocks = make_step(case, block_size)
+    step, num_blocks = case_step(case, block_size)
     meta = build_metadata(step, block_size, DEVICE)
     gen = torch.Generator().manual_seed(1)
     q = (2 * torch.randn(meta.num_tokens, group * n_kv, head_dim, generator=gen)).to(DEVICE, dtype)  # [T, H, d]
     k_cache = torch.randn(num_blocks, block_size, n_kv, head_dim, generator=gen).to(DEVICE, dtype)
     v_cache = torch.randn(num_blocks, block_size, n_kv, head_dim, generator=gen).to(DEVICE, dtype)
     scale = head_dim**-0.5
-    out = triton_attention(q, k_cache, v_cache, meta, scale, config)
+    out = attend(TritonAttention(n_kv, group, config), q, k_cache, v_cache, meta, scale)
     assert out.dtype == dtype and out.shape == q.shape
     ref = reference_attention(q.cpu(), k_cache.cpu(), v_cache.cpu(), meta, scale)  # [T, H, d] float32
     torch.testing.assert_close(out.float().cpu(), ref, atol=TOL[dtype], rtol=TOL[dtype])
@@ -127,14 +110,14 @@ def test_split_kv_ranges_merge_exactly(dtype: torch.dtype) -> None:
 
 
 def _step_meta(case: Case = MIXED, block_size: int = 16) -> tuple[AttnMetadata, int]:
-    step, num_blocks = make_step(case, block_size)
+    step, num_blocks = case_step(case, block_size)
     return build_metadata(step, block_size, DEVICE), num_blocks
 
 
 def test_tile_plan_covers_each_row_once_per_source() -> None:
     meta, _ = _step_meta()
     cfg = TileConfig(block_m=4, block_n=16, min_split_tokens=16, target_programs=1000)
-    plan = plan_tiles(meta.host, 16, 2, cfg)
+    plan = plan_tiles(meta.host, 2, cfg)
     h = meta.host
     seen = np.zeros(meta.num_tokens, dtype=np.int64)  # KV tokens each row gets from all its tiles
     for t in range(plan.num_tiles):
@@ -142,10 +125,10 @@ def test_tile_plan_covers_each_row_once_per_source() -> None:
             if row >= 0:
                 seen[row] += max(0, min(limit, plan.kv_hi[t]) - plan.kv_lo[t])
     seg_tokens = np.zeros(meta.num_tokens, dtype=np.int64)
-    for g in range(len(h["seg_len"])):
-        seg_tokens[h["seg_q_rows"][h["seg_q_start"][g] : h["seg_q_start"][g + 1]]] += h["seg_len"][g]
-    chunk = np.repeat(np.arange(len(h["q_len"])), h["q_len"])
-    private = h["ctx_len"][chunk] - h["q_len"][chunk] + np.arange(meta.num_tokens) - h["q_start"][chunk] + 1
+    for g in range(len(h.seg_len)):
+        seg_tokens[h.seg_q_rows[h.seg_q_start[g] : h.seg_q_start[g + 1]]] += h.seg_len[g]
+    chunk = np.repeat(np.arange(len(h.q_len)), h.q_len)
+    private = h.ctx_len[chunk] - h.q_len[chunk] + np.arange(meta.num_tokens) - h.q_start[chunk] + 1
     np.testing.assert_array_equal(seen, seg_tokens + private)
     direct = set(plan.ent_row[plan.ent_dst < 0].tolist()) - {-1}
     assert direct.isdisjoint(plan.merge_rows.tolist()) and len(direct) + len(plan.merge_rows) == meta.num_tokens
@@ -157,20 +140,24 @@ def test_long_segment_under_few_rows_is_cut_to_fill_the_gpu(target: int, min_spl
     # 512 -> 2 pieces; 64 programs floor at 128 -> 8 pieces; no target -> never cut
     meta, _ = _step_meta(Case((64,), tuple(Chunk((0,), 3, 1) for _ in range(4))))
     cfg = TileConfig(block_m=16, block_n=64, min_split_tokens=min_split, target_programs=target)
-    plan = plan_tiles(meta.host, 16, 1, cfg)
-    shared = plan.blk_off < meta.host["seg_block_table"].size  # [NT]
+    plan = plan_tiles(meta.host, 1, cfg)
+    shared = plan.blk_off < meta.host.seg_block_table.size  # [NT]
     assert int(shared.sum()) == pieces and int(plan.kv_hi[shared].max()) == 1024
 
 
-def test_plan_is_built_once_per_step() -> None:
+def test_one_plan_serves_every_layer() -> None:
+    """The tile plan is made once per step; layers with other numbers reuse it and stay exact."""
     meta, num_blocks = _step_meta()
-    q = torch.randn(meta.num_tokens, 4, 64, device=DEVICE)
-    cache = torch.randn(num_blocks, 16, 2, 64, device=DEVICE)
-    first = triton_attention(q, cache, cache, meta, 0.125)
-    (plan,) = meta.prepared.values()
-    second = triton_attention(q, cache, cache, meta, 0.125)
-    assert list(meta.prepared.values()) == [plan]
-    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    backend = TritonAttention(2, 2)
+    plan = backend.plan(meta)
+    for layer in range(2):
+        gen = torch.Generator().manual_seed(layer)
+        q = torch.randn(meta.num_tokens, 4, 64, generator=gen).to(DEVICE)
+        cache = torch.randn(num_blocks, 16, 2, 64, generator=gen).to(DEVICE)
+        out = backend.run(q, cache, cache, plan, 0.125)
+        ref = reference_attention(q.cpu(), cache.cpu(), cache.cpu(), meta, 0.125)
+        torch.testing.assert_close(out.float().cpu(), ref, atol=TOL[torch.float32], rtol=TOL[torch.float32])
+    torch.testing.assert_close(backend.run(q, cache, cache, plan, 0.125), out, atol=0, rtol=0)
 
 
 def _bad_inputs(meta: AttnMetadata, num_blocks: int) -> dict[str, tuple]:
@@ -196,15 +183,14 @@ def test_launcher_rejects_bad_arguments(message: str) -> None:
     meta, num_blocks = _step_meta()
     q, k, v, scale = _bad_inputs(meta, num_blocks)[message]
     with pytest.raises(ValueError, match=message):
-        triton_attention(q, k, v, meta, scale)
+        attend(TritonAttention(2, 2), q, k, v, meta, scale)
 
 
 def test_launcher_rejects_bad_metadata() -> None:
     meta, num_blocks = _step_meta()
-    meta.host["seg_q_rows"] = meta.host["seg_q_rows"] + meta.num_tokens
-    cache = torch.randn(num_blocks, 16, 2, 64, device=DEVICE)
+    meta = replace(meta, host=replace(meta.host, seg_q_rows=meta.host.seg_q_rows + meta.num_tokens))
     with pytest.raises(ValueError, match="seg_q_rows"):
-        triton_attention(torch.randn(meta.num_tokens, 4, 64, device=DEVICE), cache, cache, meta, 0.1)
+        TritonAttention(2, 2).plan(meta)
 
 
 @pytest.mark.cuda
@@ -229,14 +215,14 @@ def _greedy(model: CausalLM, new_tokens: int) -> tuple[list[list[int]], list[tor
     generated: list[list[int]] = [[], [], []]
     logits_seen = []
     # step 0 prefills the segment (its own job) and the unshared request; later steps everything else
-    segment_job = [SeqChunk(100, prefix, 0, 0, segment.block_ids, (), False)]
+    segment_job = [SeqChunk(SegOwner(0), prefix, 0, 0, segment.block_ids, (), False)]
     while min(len(g) for g in generated) < new_tokens:
         ready = [r for r in range(3) if not (segment_job and under[r])]
         chunks, segment_job = segment_job, []
         for r in ready:
             todo = tuple(private[r][done[r]:])
             shared = 16 * len(under[r])
-            chunks.append(SeqChunk(r, todo, shared + done[r], shared, blocks[r], under[r], True))
+            chunks.append(SeqChunk(SeqOwner(r), todo, shared + done[r], shared, blocks[r], under[r], True))
         meta = build_metadata(StepBatch(tuple(chunks), {0: segment}), bs, DEVICE)
         ids = torch.tensor([t for c in chunks for t in c.token_ids], device=DEVICE)  # [T]
         pos = torch.cat([torch.arange(c.start_pos, c.start_pos + len(c.token_ids)) for c in chunks]).to(DEVICE)  # [T]
@@ -253,7 +239,7 @@ def _greedy(model: CausalLM, new_tokens: int) -> tuple[list[list[int]], list[tor
 
 def test_greedy_generation_through_triton_equals_torch_path(tmp_path: Path) -> None:
     save_tiny_checkpoint(tmp_path, kind="llama", seed=3)  # 4 query heads over 2 KV heads, head_dim 16
-    runs = [_greedy(load_model(tmp_path, torch.float32, DEVICE, get_backend(b)), new_tokens=3) for b in ("torch", "triton")]
+    runs = [_greedy(load_model(tmp_path, torch.float32, DEVICE, b), new_tokens=3) for b in ("torch", "triton")]
     (torch_tokens, torch_logits), (triton_tokens, triton_logits) = runs
     assert triton_tokens == torch_tokens
     for a, b in zip(triton_logits, torch_logits):

@@ -1,4 +1,4 @@
-"""The KV block pool: exact ids, reference counts, refusals that change nothing, and budget strings."""
+"""The KV block pool: exact ids, refusals that change nothing, and budget strings."""
 
 from __future__ import annotations
 
@@ -40,44 +40,26 @@ def test_out_of_blocks_takes_nothing():
     assert pool.allocate(0) == []
 
 
-def test_refcounts_keep_a_shared_block_until_the_last_decref():
-    pool = BlockPool(4)
-    a, b = pool.allocate(2)
-    pool.incref([a, a])
-    assert pool.refcount(a) == 3
-    assert pool.decref([a, b]) == [b]
-    assert pool.decref([a]) == []
-    assert pool.refcount(a) == 1 and pool.refcount(b) == 0
-    assert pool.decref([a]) == [a]
-    assert pool.num_free == 4
-    pool.check_integrity()
-
-
 def test_double_free_raises_and_changes_nothing():
     pool = BlockPool(4)
     ids = pool.allocate(2)
     pool.free([ids[0]])
     with pytest.raises(BlockStateError, match="double free of KV block 0"):
         pool.free([ids[1], ids[0]])
-    assert pool.refcount(ids[1]) == 1  # the valid half was not freed either
+    assert pool.is_used(ids[1])  # the valid half was not freed either
     with pytest.raises(BlockStateError, match="double free of KV block 1"):
         pool.free([1, 1])
     pool.check_integrity()
 
 
-def test_free_of_a_shared_block_and_bad_ids_raise():
+def test_bad_ids_raise():
     pool = BlockPool(3)
     (a,) = pool.allocate(1)
-    pool.incref([a])
-    with pytest.raises(BlockStateError, match="shared"):
-        pool.free([a])
-    with pytest.raises(BlockStateError, match="below zero"):
-        pool.decref([a, a, a])
-    with pytest.raises(BlockStateError, match="incref of free KV block 2"):
-        pool.incref([2])
     with pytest.raises(BlockStateError, match="outside 0..2"):
         pool.free([3])
-    assert pool.refcount(a) == 2
+    with pytest.raises(BlockStateError, match="outside 0..2"):
+        pool.is_used(-1)
+    assert pool.is_used(a) and not pool.is_used(2)
     with pytest.raises(ValueError, match="at least 1 block"):
         BlockPool(0)
 
@@ -94,7 +76,7 @@ def test_integrity_check_catches_corruption():
     with pytest.raises(BlockStateError, match="duplicate"):
         pool.check_integrity()
     pool = BlockPool(2)
-    pool._refs[0] = -1
+    pool._used[0] = True  # used, yet on the free list
     with pytest.raises(BlockStateError):
         pool.check_integrity()
 

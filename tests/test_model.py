@@ -6,7 +6,6 @@ shared-segment case checks that attending a prefix written once gives the full-p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,20 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from batchcli.engine.attention import build_metadata, get_backend
+from batchcli.engine.attention.metadata import build_metadata
 from batchcli.engine.model import (
     SUPPORTED_MODEL_TYPES, CausalLM, ModelSpec, UnsupportedModelError, allocate_kv, kv_bytes_per_token,
 )
-from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
+from batchcli.engine.step import SegmentView, SegOwner, SeqChunk, SeqOwner, StepBatch
 from batchcli.engine.weights import CheckpointError, eos_token_ids, load_model
 from batchcli.errors import ModelNotFoundError
 from helpers_models import save_tiny_checkpoint, tiny_config
 
 BLOCK = 4
 ATOL = 1e-4
-HAS_TORCH_BACKEND = importlib.util.find_spec("batchcli.engine.attention.torch_backend") is not None
-BACKENDS = ["reference", pytest.param("torch", marks=pytest.mark.skipif(
-    not HAS_TORCH_BACKEND, reason="batchcli.engine.attention.torch_backend not written yet"))]
+BACKENDS = ["reference", "torch"]
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 CASES = {
@@ -86,19 +83,19 @@ def random_prompts(lengths: list[int], vocab: int, seed: int) -> list[list[int]]
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_prefill_then_decode_matches_transformers(checkpoint, backend):
     directory, hf_model = checkpoint
-    model = load_model(directory, torch.float32, "cpu", get_backend(backend))
+    model = load_model(directory, torch.float32, "cpu", backend)
     cache = Cache(model)
     lengths = [5, 9, 1, 12]  # odd, block-straddling, single-token and whole-block prompts
     seqs = random_prompts(lengths, hf_model.config.vocab_size, seed=1)
     blocks = [cache.blocks(len(s)) for s in seqs]
     expected = [hf_logits(hf_model, s) for s in seqs]  # [len + 1, V] each
 
-    prefill = [SeqChunk(i, tuple(s[:-1]), 0, 0, b, (), True) for i, (s, b) in enumerate(zip(seqs, blocks))]
+    prefill = [SeqChunk(SeqOwner(i), tuple(s[:-1]), 0, 0, b, (), True) for i, (s, b) in enumerate(zip(seqs, blocks))]
     got = run_step(model, cache, prefill)  # [sum(lengths), V]
     assert got.dtype == torch.float32 and got.shape == (sum(lengths), hf_model.config.vocab_size)
     torch.testing.assert_close(got, torch.cat([e[:-1] for e in expected]), atol=ATOL, rtol=0)
 
-    decode = [SeqChunk(i, (s[-1],), len(s) - 1, 0, b, (), True) for i, (s, b) in enumerate(zip(seqs, blocks))]
+    decode = [SeqChunk(SeqOwner(i), (s[-1],), len(s) - 1, 0, b, (), True) for i, (s, b) in enumerate(zip(seqs, blocks))]
     got = run_step(model, cache, decode)  # [4, V]
     torch.testing.assert_close(got, torch.stack([e[-1] for e in expected]), atol=ATOL, rtol=0)
 
@@ -107,39 +104,59 @@ def test_prefill_then_decode_matches_transformers(checkpoint, backend):
 @pytest.mark.parametrize("kind", ["llama", "qwen3"])
 def test_shared_segment_matches_full_prompts(tmp_path, kind, backend):
     hf_model = save_tiny_checkpoint(tmp_path, kind=kind, seed=3)
-    model = load_model(tmp_path, torch.float32, "cpu", get_backend(backend))
+    model = load_model(tmp_path, torch.float32, "cpu", backend)
     cache = Cache(model)
     prefix, tail_a, tail_b, alone = random_prompts([7, 5, 2, 6], hf_model.config.vocab_size, seed=2)
     prefix = prefix[:8]  # two whole blocks
     seg = SegmentView(seg_id=100, length=8, block_ids=cache.blocks(8))
 
-    none = run_step(model, cache, [SeqChunk(100, tuple(prefix), 0, 0, seg.block_ids, (), False)],
+    none = run_step(model, cache, [SeqChunk(SegOwner(100), tuple(prefix), 0, 0, seg.block_ids, (), False)],
                     sample_rows=torch.zeros(0, dtype=torch.long))
     assert none.shape == (0, hf_model.config.vocab_size)
 
     # two tails under the segment and one unrelated prompt, in one step
     blocks_a, blocks_b, blocks_c = cache.blocks(len(tail_a)), cache.blocks(len(tail_b)), cache.blocks(len(alone))
-    chunks = [SeqChunk(1, tuple(tail_a[:-1]), 8, 8, blocks_a, (100,), True),
-              SeqChunk(2, tuple(tail_b[:-1]), 8, 8, blocks_b, (100,), True),
-              SeqChunk(3, tuple(alone[:-1]), 0, 0, blocks_c, (), True)]
+    chunks = [SeqChunk(SeqOwner(1), tuple(tail_a[:-1]), 8, 8, blocks_a, (100,), True),
+              SeqChunk(SeqOwner(2), tuple(tail_b[:-1]), 8, 8, blocks_b, (100,), True),
+              SeqChunk(SeqOwner(3), tuple(alone[:-1]), 0, 0, blocks_c, (), True)]
     got = run_step(model, cache, chunks, {100: seg})
     full_a, full_b = hf_logits(hf_model, prefix + tail_a), hf_logits(hf_model, prefix + tail_b)
     want = torch.cat([full_a[8:-1], full_b[8:-1], hf_logits(hf_model, alone)[:-1]])
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
-    decode = [SeqChunk(1, (tail_a[-1],), 8 + len(tail_a) - 1, 8, blocks_a, (100,), True),
-              SeqChunk(2, (tail_b[-1],), 8 + len(tail_b) - 1, 8, blocks_b, (100,), True)]
+    decode = [SeqChunk(SeqOwner(1), (tail_a[-1],), 8 + len(tail_a) - 1, 8, blocks_a, (100,), True),
+              SeqChunk(SeqOwner(2), (tail_b[-1],), 8 + len(tail_b) - 1, 8, blocks_b, (100,), True)]
     got = run_step(model, cache, decode, {100: seg}, sample_rows=torch.tensor([1]))  # only b samples
     torch.testing.assert_close(got, full_b[-1:], atol=ATOL, rtol=0)
 
 
+def test_the_backend_plans_once_per_step_for_every_layer(tmp_path):
+    save_tiny_checkpoint(tmp_path, kind="llama", num_hidden_layers=3)
+    model = load_model(tmp_path, torch.float32, "cpu", "torch")
+    inner, plans, runs = model.backend, [], []
+
+    class Counting:
+        def plan(self, meta):
+            plans.append(inner.plan(meta))
+            return plans[-1]
+
+        def run(self, q, k_cache, v_cache, plan, scale):
+            runs.append(plan)
+            return inner.run(q, k_cache, v_cache, plan, scale)
+
+    model.backend = Counting()
+    cache = Cache(model)
+    run_step(model, cache, [SeqChunk(SeqOwner(0), (5, 6, 7, 8, 9), 0, 0, cache.blocks(5), (), True)])
+    assert len(plans) == 1 and len(runs) == 3 and all(p is plans[0] for p in runs)
+
+
 def test_bfloat16_error_is_that_of_transformers_in_bfloat16(tmp_path):
     hf_model = save_tiny_checkpoint(tmp_path, kind="qwen2", seed=5)
-    model = load_model(tmp_path, torch.bfloat16, "cpu", get_backend("reference"))
+    model = load_model(tmp_path, torch.bfloat16, "cpu", "reference")
     assert model.dtype == torch.bfloat16 and model.spec.dtype == torch.bfloat16
     cache = Cache(model)
     (tokens,) = random_prompts([30], hf_model.config.vocab_size, seed=4)
-    got = run_step(model, cache, [SeqChunk(0, tuple(tokens), 0, 0, cache.blocks(31), (), True)])
+    got = run_step(model, cache, [SeqChunk(SeqOwner(0), tuple(tokens), 0, 0, cache.blocks(31), (), True)])
     want = hf_logits(hf_model, tokens)
     hf_bf16_error = (hf_logits(hf_model.to(torch.bfloat16), tokens) - want).abs().max()
     assert got.dtype == torch.float32
@@ -148,7 +165,7 @@ def test_bfloat16_error_is_that_of_transformers_in_bfloat16(tmp_path):
 
 def test_spec_and_kv_sizing(tmp_path):
     save_tiny_checkpoint(tmp_path, kind="llama", num_hidden_layers=3)
-    model = load_model(tmp_path, torch.bfloat16, "cpu", get_backend("reference"))
+    model = load_model(tmp_path, torch.bfloat16, "cpu", "reference")
     spec = model.spec
     assert spec == ModelSpec(num_layers=3, num_kv_heads=2, head_dim=16, num_heads=4, vocab_size=128,
                              max_position_embeddings=256, dtype=torch.bfloat16)
@@ -172,7 +189,7 @@ def test_eos_token_ids_merges_config_and_generation_config(tmp_path):
 
 
 def _load(directory: Path) -> CausalLM:
-    return load_model(directory, torch.float32, "cpu", get_backend("reference"))
+    return load_model(directory, torch.float32, "cpu", "reference")
 
 
 def test_unsupported_model_type_names_the_supported_ones(tmp_path):
@@ -223,7 +240,7 @@ def test_smollm2_matches_transformers(smol_dir):
     model = _load(smol_dir)
     tokens = [1, 504, 3458, 282, 4649, 314, 1345, 30, 378, 3458, 282, 4649, 314]
     cache = Cache(model, num_blocks=8)
-    got = run_step(model, cache, [SeqChunk(0, tuple(tokens), 0, 0, cache.blocks(len(tokens)), (), True)])
+    got = run_step(model, cache, [SeqChunk(SeqOwner(0), tuple(tokens), 0, 0, cache.blocks(len(tokens)), (), True)])
     want = hf_logits(hf_model, tokens)
     torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
     assert eos_token_ids(smol_dir) == (2,)

@@ -14,19 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from batchcli.engine.attention import build_metadata
+from batchcli.engine.attention.metadata import build_metadata
 from batchcli.engine.attention.reference import reference_attention
 from batchcli.engine.fused import AUTO_MIN_TOKENS, choose_fused
 from batchcli.engine.model import apply_rope, rms_norm
 from batchcli.engine.native import build
 from batchcli.engine.native.build import NativeUnavailable, cached_native, load_native
-from batchcli.engine.native.ops import NativeOps
-from batchcli.engine.native.work import attention_work
+from batchcli.engine.native.ops import NativeAttention, NativeOps
 from batchcli.engine.weights import load_config
 from batchcli.errors import UsageError
 from batchcli.requests import SamplingParams
 from helpers_models import save_tiny_checkpoint
-from test_attention import GQA, SCENARIOS, assert_near, make_step, random_inputs
+from helpers_attention import GQA, SCENARIOS, assert_near, attend, random_inputs, scenario_step
 from test_engine import hf_greedy, make_job, run_engine, shared_prompts
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -57,29 +56,28 @@ def native_layout(k_cache: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_attention_matches_reference(lib, scenario, dtype, n_kv, group, d):
-    step, num_blocks = make_step(scenario, 16)
+    step, num_blocks = scenario_step(scenario, 16)
     meta = build_metadata(step, 16)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 16, n_kv, group, d, dtype)
     scale = 1 / math.sqrt(d)
-    out = NativeOps(lib, dtype).paged_attention(q, native_layout(k_cache), v_cache, attention_work(meta, n_kv, group), scale)
+    out = attend(NativeAttention(NativeOps(lib, dtype), n_kv, group), q, native_layout(k_cache), v_cache, meta, scale)
     assert out.dtype == dtype and out.shape == q.shape
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, scale), dtype)
 
 
 @pytest.mark.parametrize("scenario", ["decode", "nested", "mixed"])
 def test_attention_with_32_token_blocks(lib, scenario):
-    step, num_blocks = make_step(scenario, 32, seed=5)
+    step, num_blocks = scenario_step(scenario, 32, seed=5)
     meta = build_metadata(step, 32)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 32, 2, 3, 64, torch.bfloat16)
-    out = NativeOps(lib, torch.bfloat16).paged_attention(q, native_layout(k_cache), v_cache,
-                                                         attention_work(meta, 2, 3), 0.125)
+    out = attend(NativeAttention(NativeOps(lib, torch.bfloat16), 2, 3), q, native_layout(k_cache), v_cache, meta, 0.125)
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.125), torch.bfloat16)
 
 
 def test_decodes_under_one_segment_share_a_work_item(lib):
     """The 'decode' scenario's four decodes under segment 0 form one group: one item per KV head."""
-    step, _ = make_step("decode", 16)
-    work = attention_work(build_metadata(step, 16), 2, 3)
+    step, _ = scenario_step("decode", 16)
+    work = NativeAttention(NativeOps(lib, torch.float32), 2, 3).plan(build_metadata(step, 16))
     sizes = sorted(int(work.group_chunks_start[g + 1] - work.group_chunks_start[g])
                    for g in range(len(work.group_chunks_start) - 1))
     assert sizes == [1, 1, 4] and len(work.items) == 2 * 3
@@ -219,9 +217,9 @@ def test_attention_with_large_scores(lib, dtype):
     """Scores in the hundreds: the running max moves many times (each move rescales), and a weight
     computed against a stale max must never overflow. Rounding scores that large moves the softmax
     of the reference too, hence 10x the tolerance (as for the torch backend)."""
-    step, num_blocks = make_step("nested", 16)
+    step, num_blocks = scenario_step("nested", 16)
     meta = build_metadata(step, 16)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 64, dtype)
     q = q * 60.0
-    out = NativeOps(lib, dtype).paged_attention(q, native_layout(k_cache), v_cache, attention_work(meta, 2, 3), 0.125)
+    out = attend(NativeAttention(NativeOps(lib, dtype), 2, 3), q, native_layout(k_cache), v_cache, meta, 0.125)
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.125), dtype, loosen=10.0)

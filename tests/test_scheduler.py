@@ -18,7 +18,7 @@ from batchcli.engine.kv_pool import BlockPool
 from batchcli.engine.policies import OutputEstimator, SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.sequence import SeqStatus
-from batchcli.engine.step import StepBatch
+from batchcli.engine.step import SegOwner, SeqOwner, StepBatch
 from batchcli.errors import KVBudgetError
 from batchcli.plan import Plan, PlanSettings, PlanStats, Segment, build_plan
 from batchcli.requests import SamplingParams
@@ -86,15 +86,15 @@ class FakeEngine:
         sampled = {}
         for c in step.chunks:
             ctx = self.context(step, c)
-            if c.seq_id >= self.num_seqs:  # a segment job: a prefix of some prompt, never sampled
+            if isinstance(c.owner, SegOwner):  # a segment job: a prefix of some prompt, never sampled
                 assert not c.sample and any(p[: len(ctx)] == ctx for p in self.job.prompts)
                 continue
-            seq = self.sched.seq(c.seq_id)
+            seq = self.sched.seq(c.owner.seq_id)
             want = self.job.prompts[seq.request] + seq.generated
-            assert ctx == want[: len(ctx)], f"seq {c.seq_id} sees a wrong context"
+            assert ctx == want[: len(ctx)], f"seq {c.owner.seq_id} sees a wrong context"
             if c.sample:
                 assert len(ctx) == len(want)
-                sampled[c.seq_id] = next_token(ctx, seq.sample)
+                sampled[c.owner.seq_id] = next_token(ctx, seq.sample)
         return sampled
 
     def context(self, step: StepBatch, c) -> list[int]:
@@ -142,14 +142,19 @@ def check_segment_blocks(sched: Scheduler, num_seqs: int, pool: BlockPool, seg_b
     live = {g for s in map(sched.seq, range(num_seqs)) if s.status is not SeqStatus.FINISHED for g in s.chain}
     for g, blocks in list(seg_blocks.items()):
         if g in live:
-            assert all(pool.refcount(b) == 1 for b in blocks), f"segment {g} lost blocks under a live member"
+            assert all(pool.is_used(b) for b in blocks), f"segment {g} lost blocks under a live member"
         else:
-            assert all(pool.refcount(b) == 0 for b in blocks), f"segment {g} kept blocks after its last member"
+            assert not any(pool.is_used(b) for b in blocks), f"segment {g} kept blocks after its last member"
             del seg_blocks[g]
 
 
-def segment_jobs_run(trace: Trace, num_seqs: int) -> set[int]:
-    return {c.seq_id - num_seqs for st in trace.steps for c in st.chunks if c.seq_id >= num_seqs}
+def segment_jobs_run(trace: Trace) -> set[int]:
+    return {c.owner.seg_id for st in trace.steps for c in st.chunks if isinstance(c.owner, SegOwner)}
+
+
+def seqs_in(step: StepBatch) -> set[int]:
+    """The request sequences with a chunk in the step."""
+    return {c.owner.seq_id for c in step.chunks if isinstance(c.owner, SeqOwner)}
 
 
 # ---- workloads ---------------------------------------------------------------------------------
@@ -185,27 +190,26 @@ def test_two_level_plan_runs_each_segment_once_and_matches_reference():
     trace = drive(job, budget=8)
     assert trace.outputs == job.reference()
     assert trace.sched.counters.preemptions == 0
-    num_seqs = len(job.prompts)
-    covered: dict[int, list[int]] = {}  # seq id (sample or segment job) -> prompt positions computed
+    covered: dict[SeqOwner | SegOwner, list[int]] = {}  # sample or segment job -> prompt positions computed
     first_member_step: dict[int, int] = {}
     last_job_step: dict[int, int] = {}
     for i, st in enumerate(trace.steps):
         for c in st.chunks:
             positions = range(c.start_pos, c.start_pos + len(c.token_ids))
-            if c.seq_id >= num_seqs:
-                last_job_step[c.seq_id - num_seqs] = i
-                covered.setdefault(c.seq_id, []).extend(positions)
+            if isinstance(c.owner, SegOwner):
+                last_job_step[c.owner.seg_id] = i
+                covered.setdefault(c.owner, []).extend(positions)
                 continue
-            covered.setdefault(c.seq_id, []).extend(p for p in positions if p < len(job.prompts[c.seq_id]))
+            covered.setdefault(c.owner, []).extend(p for p in positions if p < len(job.prompts[c.owner.seq_id]))
             for g in c.segments:
                 first_member_step.setdefault(g, i)
     segs = job.plan.segments
     for g, seg in enumerate(segs):
-        assert covered[num_seqs + g] == list(range(seg.start, seg.start + seg.length))  # exactly once, in order
+        assert covered[SegOwner(g)] == list(range(seg.start, seg.start + seg.length))  # exactly once, in order
         assert last_job_step[g] < first_member_step[g]
     ends = [8 + 4, 8 + 4, 16, 16, 16, 8]  # where each request's private part starts
     for sid, prompt in enumerate(job.prompts):
-        assert covered[sid] == list(range(ends[sid], len(prompt)))
+        assert covered[SeqOwner(sid)] == list(range(ends[sid], len(prompt)))
 
 
 def test_every_running_decode_is_in_every_step():
@@ -213,16 +217,16 @@ def test_every_running_decode_is_in_every_step():
     trace = drive(job, budget=6)
     assert trace.sched.counters.preemptions == 0
     for sid in range(len(job.prompts)):
-        in_step = [i for i, st in enumerate(trace.steps) if any(c.seq_id == sid for c in st.chunks)]
+        in_step = [i for i, st in enumerate(trace.steps) if sid in seqs_in(st)]
         first_decode = next(i for i, st in enumerate(trace.steps) for c in st.chunks
-                            if c.seq_id == sid and c.start_pos >= len(job.prompts[sid]))
+                            if c.owner == SeqOwner(sid) and c.start_pos >= len(job.prompts[sid]))
         assert set(range(first_decode, trace.finished_at[sid] + 1)) <= set(in_step)
     assert trace.sched.counters.decode_tokens == sum(9 - 1 for _ in job.prompts)
 
 
 def test_segment_blocks_are_freed_when_the_last_member_finishes():
     job = two_level(stop_len=[2, 2, 3, 4, 4, 9])
-    trace = drive(job, budget=8)  # drive checks refcounts after every finish
+    trace = drive(job, budget=8)  # drive checks segment blocks after every finish
     assert trace.outputs == job.reference()
     # SYS is read by request 5, the last to finish: it lives to the end; DOC_A (segment 1) dies earlier
     last = {g: max(i for i, st in enumerate(trace.steps) if g in st.segments) for g in range(3)}
@@ -240,6 +244,16 @@ def test_tiny_budget_preempts_and_outputs_are_unchanged(admission, blocks):
     assert small.sched.counters.peak_blocks <= blocks < big.sched.counters.peak_blocks
 
 
+def test_recompute_chunk_shorter_than_the_prompt_tail_after_long_generation():
+    # a sequence preempted after 9+ tokens is recomputed in 5-token chunks of a 13-token prompt: a chunk
+    # ending inside the prompt must carry no generated token (a negative slice end once took some)
+    prompts = [list(range(1, 14)), list(range(20, 33))]
+    job = Job(prompts, [SamplingParams(max_tokens=12)] * 2, make_plan([], [0, 1], [-1, -1]))
+    trace = drive(job, blocks=9, budget=5, admission=2, check_segments=False)
+    assert trace.sched.counters.preemptions > 0
+    assert trace.outputs == job.reference()
+
+
 def test_last_running_sequence_evicts_idle_segment_kv_rather_than_failing():
     # 5 blocks: request 0 needs segment A (1) + 3 private; request 1's segment B (2) must go meanwhile
     prompts = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13, 14]]
@@ -248,7 +262,7 @@ def test_last_running_sequence_evicts_idle_segment_kv_rather_than_failing():
     trace = drive(job, blocks=5, budget=8, admission=2, check_segments=False)
     assert trace.outputs == job.reference()
     assert trace.sched.counters.segment_evictions == 1 and trace.sched.counters.preemptions >= 1
-    job_b = [c for st in trace.steps for c in st.chunks if c.seq_id == 3]
+    job_b = [c for st in trace.steps for c in st.chunks if c.owner == SegOwner(1)]
     assert [p for c in job_b for p in range(c.start_pos, c.start_pos + len(c.token_ids))] == [*range(8)] * 2
 
 
@@ -290,8 +304,8 @@ def test_decode_heavy_group_first_rides_along_with_later_prefill():
     by_input = drive(job, budget=6, order="input")
     assert by_plan.outputs == by_input.outputs == job.reference()
     mixed = [st for st in by_plan.steps
-             if any(c.seq_id in (2, 3) and c.start_pos >= len(prompts[c.seq_id]) for c in st.chunks)
-             and any(c.seq_id not in (2, 3) and len(c.token_ids) > 1 for c in st.chunks)]
+             if any(c.owner in (SeqOwner(2), SeqOwner(3)) and c.start_pos >= len(prompts[c.owner.seq_id]) for c in st.chunks)
+             and any(c.owner not in (SeqOwner(2), SeqOwner(3)) and len(c.token_ids) > 1 for c in st.chunks)]
     assert len(mixed) >= 3
     assert len(by_plan.steps) < len(by_input.steps)
 
@@ -301,16 +315,16 @@ def test_input_order_computes_segments_once_too():
     by_plan, by_input = drive(job, budget=8), drive(job, budget=8, order="input")
     assert by_input.outputs == by_plan.outputs == job.reference()
     assert by_input.sched.counters.prefill_tokens == by_plan.sched.counters.prefill_tokens
-    # job ids 6, 7, 8 build SYS, DOC_A, DOC_B; a child segment waits for its parent's step to end
-    assert [c.seq_id for c in by_plan.steps[0].chunks] == [c.seq_id for c in by_input.steps[0].chunks] == [6]
-    assert by_plan.steps[1].chunks[0].seq_id == 7 and by_input.steps[1].chunks[0].seq_id == 8
+    # segment jobs 0, 1, 2 build SYS, DOC_A, DOC_B; a child segment waits for its parent's step to end
+    assert [c.owner for c in by_plan.steps[0].chunks] == [c.owner for c in by_input.steps[0].chunks] == [SegOwner(0)]
+    assert by_plan.steps[1].chunks[0].owner == SegOwner(1) and by_input.steps[1].chunks[0].owner == SegOwner(2)
 
 
 def test_fixed_admission_caps_running_requests():
     job = two_level()
     capped, free = drive(job, budget=16, admission=2), drive(job, budget=16)
     def most(t: Trace) -> int:
-        return max(len({c.seq_id for c in st.chunks if c.seq_id < 6}) for st in t.steps)
+        return max(len(seqs_in(st)) for st in t.steps)
     assert most(capped) <= 2 < most(free)
     assert capped.outputs == free.outputs
 
@@ -322,7 +336,7 @@ def test_observed_output_lengths_let_more_requests_in():
     job = Job(prompts, [SamplingParams(max_tokens=40)] * 8, plan, stop_len=[2] * 8)
     trace = drive(job, blocks=1 + 2 * 11, budget=16)  # 11 blocks = 1 prompt token + 40 output tokens
     assert trace.outputs == job.reference()
-    running = [len({c.seq_id for c in st.chunks if c.seq_id < 8}) for st in trace.steps]
+    running = [len(seqs_in(st)) for st in trace.steps]
     assert running[:2] == [0, 2] and max(running) > 2  # step 0 builds the segment
 
 
@@ -333,7 +347,7 @@ def test_planned_random_workloads_match_reference(seed, blocks, budget, opts):
     job = random_job(seed)
     trace = drive(job, blocks=blocks, budget=budget, check_segments=blocks == 1000, **opts)
     assert trace.outputs == job.reference()
-    assert segment_jobs_run(trace, sum(p.n for p in job.params)) == set(range(len(job.plan.segments)))
+    assert segment_jobs_run(trace) == set(range(len(job.plan.segments)))
 
 
 def test_protocol_errors():
@@ -347,7 +361,7 @@ def test_protocol_errors():
         sched.on_step_done(step, {0: 1})
     with pytest.raises(RuntimeError, match="before on_step_done"):
         sched.finish(0)
-    sched.on_step_done(step, {c.seq_id: 1 for c in step.chunks if c.sample})
+    sched.on_step_done(step, {c.owner.seq_id: 1 for c in step.chunks if c.sample})
     with pytest.raises(ValueError, match="not the one last scheduled"):
         sched.on_step_done(step, {})
     with pytest.raises(ValueError, match="no request sequence with id 6"):
@@ -387,7 +401,7 @@ def test_stop_admitting_lets_the_running_finish_and_starts_nothing_new():
             started = set(seen)
         if (step := sched.schedule()) is None:
             break
-        seen |= {c.seq_id for c in step.chunks if c.seq_id < 6}
+        seen |= seqs_in(step)
         sampled = engine.run(step)
         sched.on_step_done(step, sampled)
         for sid in sampled:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from batchcli.engine.attention import attention_help
 from batchcli.errors import EXIT_SIGINT, EXIT_USAGE, BatchError, UsageError
 from batchcli.openai_body import openai_body_fields
 from batchcli.requests import SamplingParams
@@ -165,7 +166,7 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16 (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
-    attention: str = typer.Option("auto", "--attention", help="Attention backend: auto, native (fused CPU ops), torch, triton (CUDA) or gather (no prefix decomposition; ablation)."),
+    attention: str = typer.Option("auto", "--attention", help=attention_help()),
     compile: str = typer.Option("auto", "--compile", help="Fused CPU ops (C++, built once per machine in about a second, kept in the cache): auto (when already built or the job is big enough), on, off."),
     kv_budget: str = typer.Option("auto", "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
     token_budget: int = typer.Option(4096, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from batchcli.engine.attention import ATTENTION
 from batchcli.engine.kv_pool import parse_kv_budget
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION = ("auto", "native", "torch", "triton", "gather", "reference")
 SCHEDULES = ("plan", "input")
 COMPILE = ("auto", "on", "off")
 

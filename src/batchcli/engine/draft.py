@@ -1,4 +1,4 @@
-"""The step being built (chunks by seq id under a token budget) and the counters sealed steps add to.
+"""The step being built (chunks by owner under a token budget) and the counters sealed steps add to.
 
 Invariant: `tokens` is the sum of the chunks' lengths, at most `budget`; preemption may take a chunk
 back (`drop`), which returns its tokens to the budget. Decodes are remembered apart for the counters.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from batchcli.engine.step import SeqChunk
+from batchcli.engine.step import ChunkOwner, SeqChunk
 
 
 @dataclass(slots=True)
@@ -25,9 +25,9 @@ class SchedulerCounters:
 @dataclass(slots=True)
 class StepDraft:
     budget: int
-    chunks: dict[int, SeqChunk] = field(default_factory=dict)  # by seq id, in placement order
+    chunks: dict[ChunkOwner, SeqChunk] = field(default_factory=dict)  # by owner, in placement order
     tokens: int = 0
-    decodes: set[int] = field(default_factory=set)  # seq ids whose chunk is a decode
+    decodes: set[ChunkOwner] = field(default_factory=set)  # owners whose chunk is a decode
 
     @property
     def left(self) -> int:
@@ -35,17 +35,17 @@ class StepDraft:
 
     def add(self, chunk: SeqChunk, decode: bool = False) -> None:
         assert len(chunk.token_ids) <= self.left, f"chunk of {len(chunk.token_ids)} tokens over the budget"
-        self.chunks[chunk.seq_id] = chunk
+        self.chunks[chunk.owner] = chunk
         self.tokens += len(chunk.token_ids)
         if decode:
-            self.decodes.add(chunk.seq_id)
+            self.decodes.add(chunk.owner)
 
-    def drop(self, seq_id: int) -> int:
-        """Take a sequence's chunk back, if it has one; return how many of its tokens were drafted."""
-        chunk = self.chunks.pop(seq_id, None)
+    def drop(self, owner: ChunkOwner) -> int:
+        """Take an owner's chunk back, if it has one; return how many of its tokens were drafted."""
+        chunk = self.chunks.pop(owner, None)
         if chunk is None:
             return 0
-        self.decodes.discard(seq_id)
+        self.decodes.discard(owner)
         self.tokens -= len(chunk.token_ids)
         return len(chunk.token_ids)
 

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from batchcli.engine.attention import get_backend, resolve_backend
+from batchcli.engine.attention import resolve_backend
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.decoding import Decoder
 from batchcli.engine.devices import pick_device, pick_dtype
@@ -84,10 +84,10 @@ class Engine:
         self.dtype = pick_dtype(config.dtype, self.device)
         self.try_fused = wants_fused(config.compile, config.attention, self.device)
         try:
-            self.attention = resolve_backend("auto" if config.attention == "native" else config.attention, self.device)
+            self.attention = resolve_backend("auto" if config.attention == "native" else config.attention, self.device.type)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        self.model = load_model(model_dir, self.dtype, self.device, get_backend(self.attention))
+        self.model = load_model(model_dir, self.dtype, self.device, self.attention)
         self.cache = cache_dir() if cache is None else cache
         self.eos_ids = frozenset(eos_token_ids(model_dir))
         self.stopper = StopChecker(decode, self.eos_ids)
@@ -201,7 +201,7 @@ class Engine:
     def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, decoder: Decoder, results: _Results) -> None:
         """Run one step, sample, and retire the sequences that finished (or failed to sample)."""
         logits = runner.run(step)  # [num_sampling_chunks, vocab]
-        seqs = [sched.seq(c.seq_id) for c in step.chunks if c.sample]
+        seqs = [sched.seq(c.owner.seq_id) for c in step.chunks if c.sample]
         params = [results.params(s.request) for s in seqs]
         draws = decoder.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs],
                                [s.generated for s in seqs], [results.prompt(s.request) for s in seqs])

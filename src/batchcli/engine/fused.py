@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from batchcli.engine.attention import BACKENDS
 from batchcli.engine.model import ArchConfig
 from batchcli.engine.native.build import NativeUnavailable, cached_native, load_native
 from batchcli.engine.native.ops import NativeOps, supports
@@ -30,7 +31,7 @@ def wants_fused(compile_mode: str, attention: str, device: torch.device) -> bool
     if attention == "native":
         if compile_mode == "off":
             raise UsageError("--attention native needs the fused CPU ops; drop --compile off")
-        if device.type != "cpu":
+        if device.type not in BACKENDS["native"].devices:
             raise UsageError(f"--attention native runs on CPU, not {device.type}")
         return True
     return attention == "auto" and device.type == "cpu" and compile_mode != "off"

@@ -1,10 +1,12 @@
-"""The KV block pool: block ids as plain ints, a free list and reference counts; plus budget parsing.
+"""The KV block pool: block ids as plain ints and a free list; plus budget parsing.
 
-Invariant: every block id in `0 .. num_total - 1` is either free (refcount 0, on the free list once)
-or used (refcount >= 1, not on the free list). Ids are handed out deterministically: lowest first
-from a fresh pool, then the most recently freed run first, in the order it was freed (so a segment's
-blocks that were contiguous stay contiguous when reused), and tests can assert exact ids.
-Every operation checks its whole argument before changing anything: nothing is ever half done.
+Each block has one owner at a time (a sequence's private KV or a shared segment); sharing is counted
+by the scheduler, once per segment (`SegmentJob.users`), never per block.
+Invariant: every block id in `0 .. num_total - 1` is either free (on the free list once) or used (not
+on it). Ids are handed out deterministically: lowest first from a fresh pool, then the most recently
+freed run first, in the order it was freed (so a segment's blocks that were contiguous stay
+contiguous when reused), and tests can assert exact ids. Every operation checks its whole argument
+before changing anything: nothing is ever half done.
 """
 
 from __future__ import annotations
@@ -24,21 +26,21 @@ class OutOfBlocks(Exception):
 
 
 class BlockStateError(RuntimeError):
-    """A block id used in a state that forbids it (double free, unknown id, freeing a shared block)."""
+    """A block id used in a state that forbids it (double free, unknown id)."""
 
 
 class BlockPool:
-    """Fixed-size pool of KV block ids with reference counts."""
+    """Fixed-size pool of KV block ids."""
 
     def __init__(self, num_blocks: int) -> None:
         if num_blocks < 1:
             raise ValueError(f"a block pool needs at least 1 block, got {num_blocks}")
-        self._refs = [0] * num_blocks
+        self._used = [False] * num_blocks
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: pop() gives the lowest id first
 
     @property
     def num_total(self) -> int:
-        return len(self._refs)
+        return len(self._used)
 
     @property
     def num_free(self) -> int:
@@ -46,75 +48,48 @@ class BlockPool:
 
     @property
     def num_used(self) -> int:
-        return len(self._refs) - len(self._free)
+        return len(self._used) - len(self._free)
 
-    def refcount(self, block: int) -> int:
+    def is_used(self, block: int) -> bool:
         self._check_id(block)
-        return self._refs[block]
+        return self._used[block]
 
     def allocate(self, n: int) -> list[int]:
-        """Take `n` free blocks, each with refcount 1; raise OutOfBlocks (and take none) if too few."""
+        """Take `n` free blocks; raise OutOfBlocks (and take none) if too few."""
         if n < 0:
             raise ValueError(f"cannot allocate a negative number of blocks: {n}")
         if n > len(self._free):
             raise OutOfBlocks(n, len(self._free))
         ids = [self._free.pop() for _ in range(n)]
         for b in ids:
-            self._refs[b] = 1
+            self._used[b] = True
         return ids
 
     def free(self, ids: list[int] | tuple[int, ...]) -> None:
-        """Return blocks held by a single owner (refcount exactly 1) to the free list."""
+        """Return used blocks to the free list."""
         for b, k in Counter(ids).items():
             self._check_id(b)
-            if self._refs[b] == 0 or k > 1:
+            if not self._used[b] or k > 1:
                 raise BlockStateError(f"double free of KV block {b}")
-            if self._refs[b] > 1:
-                raise BlockStateError(f"KV block {b} is shared (refcount {self._refs[b]}); decref it instead")
         for b in ids:
-            self._refs[b] = 0
+            self._used[b] = False
         self._free.extend(reversed(ids))  # a run freed together comes back in its order: cache reads stay strided
 
-    def incref(self, ids: list[int] | tuple[int, ...]) -> None:
-        """Add one reference to each used block."""
-        for b in ids:
-            self._check_id(b)
-            if self._refs[b] == 0:
-                raise BlockStateError(f"incref of free KV block {b}")
-        for b in ids:
-            self._refs[b] += 1
-
-    def decref(self, ids: list[int] | tuple[int, ...]) -> list[int]:
-        """Drop one reference from each block; return the blocks that became free, in order."""
-        for b, k in Counter(ids).items():
-            self._check_id(b)
-            if self._refs[b] < k:
-                raise BlockStateError(f"decref of KV block {b} below zero (refcount {self._refs[b]}, {k} decrefs)")
-        freed = []
-        for b in ids:
-            self._refs[b] -= 1
-            if self._refs[b] == 0:
-                freed.append(b)
-        self._free.extend(reversed(freed))
-        return freed
-
     def check_integrity(self) -> None:
-        """Raise BlockStateError unless free + used = total, refcounts are >= 0 and states agree."""
+        """Raise BlockStateError unless free + used = total and the free list agrees with the used flags."""
         free = set(self._free)
         if len(free) != len(self._free):
             raise BlockStateError(f"duplicate ids on the free list: {sorted(b for b, k in Counter(self._free).items() if k > 1)}")
-        used = [b for b, r in enumerate(self._refs) if r > 0]
+        used = [b for b, u in enumerate(self._used) if u]
         if len(free) + len(used) != self.num_total:
             raise BlockStateError(f"free {len(free)} + used {len(used)} != total {self.num_total}")
-        for b, r in enumerate(self._refs):
-            if r < 0:
-                raise BlockStateError(f"KV block {b} has negative refcount {r}")
-            if (r == 0) != (b in free):
-                raise BlockStateError(f"KV block {b} has refcount {r} but free-list membership {b in free}")
+        for b, u in enumerate(self._used):
+            if u == (b in free):
+                raise BlockStateError(f"KV block {b} is {'used' if u else 'not used'} but free-list membership {b in free}")
 
     def _check_id(self, block: int) -> None:
-        if not 0 <= block < len(self._refs):
-            raise BlockStateError(f"KV block id {block} outside 0..{len(self._refs) - 1}")
+        if not 0 <= block < len(self._used):
+            raise BlockStateError(f"KV block id {block} outside 0..{len(self._used) - 1}")
 
 
 AUTO_SHARE = 0.40  # "auto" budget: this share of the memory reported available when the engine starts

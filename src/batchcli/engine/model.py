@@ -2,7 +2,8 @@
 
 The model sees tensors and attention metadata only: token ids, their absolute positions, the paged KV
 cache and the rows to sample. Invariants: every layer writes the K/V of every row of the step into the
-cache (through `attention`), and only the `sample_rows` go through the final norm and the LM head, so
+cache (`write_kv`, or the fused `rope_store_kv`), the attention backend plans once per step and
+runs per layer, and only the `sample_rows` go through the final norm and the LM head, so
 a prefill chunk that samples nothing costs no vocabulary-sized matmul. Weights arrive already fused
 (q|k|v in one matrix, gate|up in one) from `batchcli.engine.weights`.
 """
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from batchcli.engine.attention import AttnMetadata, Backend, attention
+from batchcli.engine.attention.backend import AttentionBackend
+from batchcli.engine.attention.metadata import AttnMetadata, write_kv
 from batchcli.engine.native.linear import pack_weights, project
-from batchcli.engine.native.ops import NativeOps
-from batchcli.engine.native.work import attention_work
+from batchcli.engine.native.ops import NativeAttention, NativeOps
 from batchcli.errors import BatchError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -174,12 +175,13 @@ class CausalLM:
 
     Two forward passes compute the same function: the eager one (torch ops, any attention backend,
     KV in the standard layout) and, when `fused` ops are given, one where each layer's element-wise
-    work runs as three fused CPU ops, attention as the native paged kernel (keys in the native
-    layout, see batchcli.engine.native.ops) and bf16 projections on weights packed once
+    work runs as three fused CPU ops, attention as the native backend (keys in the native layout,
+    see batchcli.engine.native.ops) and bf16 projections on weights packed once
     (batchcli.engine.native.linear); the engine picks one per run and never mixes them.
+    `backend` is the eager pass's attention; the fused pass always runs the native one.
     """
 
-    def __init__(self, arch: ArchConfig, weights: ModelWeights, backend: Backend,
+    def __init__(self, arch: ArchConfig, weights: ModelWeights, backend: AttentionBackend,
                  fused: NativeOps | None = None) -> None:
         if len(weights.layers) != arch.num_layers:
             raise ValueError(f"{len(weights.layers)} layer weights for {arch.num_layers} layers")
@@ -189,6 +191,7 @@ class CausalLM:
         self.weights = weights if fused is None else pack_weights(weights)
         self.backend = backend
         self.fused = fused
+        self.native = None if fused is None else NativeAttention(fused, arch.num_kv_heads, arch.num_heads // arch.num_kv_heads)
         self.scale = arch.head_dim**-0.5
         # the whole table up front: max_position_embeddings x d/2 is at most a few tens of MB
         pos = torch.arange(arch.max_position_embeddings, dtype=torch.float32)  # [P]
@@ -222,11 +225,12 @@ class CausalLM:
         if self.fused is not None:
             return self._forward_fused(self.fused, input_ids, positions, kv, meta, sample_rows)
         w = self.weights
+        plan = self.backend.plan(meta)
         h = F.embedding(input_ids, w.embed)  # [T, D]
         cos = self.cos[positions].unsqueeze(1)  # [T, 1, d/2]
         sin = self.sin[positions].unsqueeze(1)  # [T, 1, d/2]
         for lw, layer_kv in zip(w.layers, kv, strict=True):
-            h += self._attention(lw, rms_norm(h, lw.input_norm, self.arch.rms_norm_eps), cos, sin, layer_kv, meta)
+            h += self._attention(lw, rms_norm(h, lw.input_norm, self.arch.rms_norm_eps), cos, sin, layer_kv, meta, plan)
             h += self._mlp(lw, rms_norm(h, lw.post_norm, self.arch.rms_norm_eps))
         x = rms_norm(h[sample_rows], w.norm, self.arch.rms_norm_eps)  # [N, D]
         return F.linear(x, w.lm_head).float()  # [N, V]
@@ -237,7 +241,8 @@ class CausalLM:
         a, w = self.arch, self.weights
         n_q, n_kv, d, eps = a.num_heads, a.num_kv_heads, a.head_dim, a.rms_norm_eps  # weights may be packed: project()
         tokens = input_ids.shape[0]
-        work = attention_work(meta, n_kv, n_q // n_kv)
+        assert self.native is not None, "the fused pass runs the native attention backend"
+        work = self.native.plan(meta)
         h = F.embedding(input_ids, w.embed)  # [T, D]: the residual stream
         delta = None  # the last MLP's output, added to h by the next norm
         for lw, layer_kv in zip(w.layers, kv, strict=True):
@@ -247,7 +252,7 @@ class CausalLM:
                 qkv[:, : n_q + n_kv] = rms_norm(qkv[:, : n_q + n_kv], lw.qk_norm, eps)
             k_cache = layer_kv[0].view(layer_kv.shape[1], n_kv, d, meta.block_size)  # [blocks, n_kv, d, bs]
             q = ops.rope_store_kv(qkv, self.cos, self.sin, positions, meta.slot_mapping, k_cache, layer_kv[1], n_q)
-            out = ops.paged_attention(q, k_cache, layer_kv[1], work, self.scale)  # [T, H, d]
+            out = self.native.run(q, k_cache, layer_kv[1], work, self.scale)  # [T, H, d]
             o = project(out.view(tokens, n_q * d), lw.o_proj, lw.o_bias)  # [T, D]
             x = ops.add_rms_norm(h, o, lw.post_norm, eps)  # h += o
             delta = project(ops.silu_mul(project(x, lw.gate_up, lw.gate_up_bias)), lw.down, lw.down_bias)  # [T, D]
@@ -256,7 +261,7 @@ class CausalLM:
         return project(x, w.lm_head, None).float()  # [N, V]
 
     def _attention(self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   layer_kv: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
+                   layer_kv: torch.Tensor, meta: AttnMetadata, plan: object) -> torch.Tensor:
         a = self.arch
         n_q, n_kv = a.num_heads, a.num_kv_heads
         qkv = F.linear(x, lw.qkv, lw.qkv_bias).view(x.shape[0], n_q + 2 * n_kv, a.head_dim)  # [T, H + 2 n_kv, d]
@@ -265,7 +270,8 @@ class CausalLM:
             qk = rms_norm(qk, lw.qk_norm, a.rms_norm_eps)  # [T, H + n_kv, d]
         q, k = apply_rope(qk, cos, sin).split((n_q, n_kv), dim=1)  # [T, H, d], [T, n_kv, d]
         v = qkv[:, n_q + n_kv :]  # [T, n_kv, d]
-        out = attention(q, k, v, layer_kv[0], layer_kv[1], meta, self.scale, self.backend)  # [T, H, d]
+        write_kv(k, v, layer_kv[0], layer_kv[1], meta)
+        out = self.backend.run(q, layer_kv[0], layer_kv[1], plan, self.scale)  # [T, H, d]
         return F.linear(out.reshape(x.shape[0], n_q * a.head_dim), lw.o_proj, lw.o_bias)  # [T, D]
 
     def _mlp(self, lw: LayerWeights, x: torch.Tensor) -> torch.Tensor:

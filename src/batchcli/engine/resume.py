@@ -79,21 +79,16 @@ def restore(restored: dict[int, tuple[SampleState, ...]], sched: Scheduler, samp
             params: Callable[[int], SamplingParams], add: Callable[[int, int, Completion, int], None]) -> None:
     """Before the first step: give each restored sample its tokens and RNG state; a finished one is
     handed to `add` (request, sample, completion, cached tokens) and never runs."""
-    partial: dict[int, list[int]] = {}
-    done: dict[int, list[int]] = {}
     finished: list[tuple[int, int, Completion, int]] = []
     for r, samples in restored.items():
         ids = sched.seq_ids(r)
         for s in samples:
             seq_id = ids[s.sample]
             completion = stopper.check(list(s.generated), params(r)) if s.finished else None
-            if completion is None:
-                partial[seq_id] = list(s.generated)
-                if s.rng_state is not None:
-                    sampler.restore(seq_id, s.rng_state)
-            else:
-                done[seq_id] = list(s.generated)
+            sched.restore_sequence(seq_id, list(s.generated), finished=completion is not None)
+            if completion is not None:
                 finished.append((r, s.sample, completion, sched.seq(seq_id).private_start))
-    sched.restore(partial, done)
+            elif s.rng_state is not None:
+                sampler.restore(seq_id, s.rng_state)
     for item in finished:
         add(*item)

@@ -11,17 +11,20 @@ private KV dropped, recomputed later from prompt + generated tokens; its segment
 Invariants: the pool holds exactly the blocks of allocated segments plus the private blocks of
 running sequences; running request sequences never exceed the token budget, so decodes always fit.
 The engine loop is: `schedule()` -> run the step -> `on_step_done(step, sampled)` -> `finish(...)`
-for each sequence it decided is done.
+for each sequence it decided is done. Running request sequences (by seq id) and building segment jobs
+(by segment id) are kept apart; their admission ticks give the one placement order.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
+
 from batchcli.engine.draft import SchedulerCounters, StepDraft
 from batchcli.engine.kv_pool import BlockPool, OutOfBlocks
 from batchcli.engine.policies import ORDERS, Candidate, OutputEstimator, PoolView, SchedulerConfig, make_admission
-from batchcli.engine.sequence import SegmentJob, SegStatus, Sequence, SeqStatus, build_jobs
-from batchcli.engine.step import SegmentView, SeqChunk, StepBatch
+from batchcli.engine.sequence import SegmentJob, SegStatus, Sequence, SeqStatus, build_jobs, shared_blocks, too_small
+from batchcli.engine.step import SegmentView, StepBatch
 from batchcli.errors import KVBudgetError
 from batchcli.plan import Plan
 from batchcli.requests import SamplingParams
@@ -38,34 +41,31 @@ class Scheduler:
             raise ValueError(f"plan made for block size {plan.settings.block_size}, scheduler uses {config.block_size}")
         self._cfg, self._prompts, self._pool = config, prompts, pool
         jobs = build_jobs(plan, prompts.lengths, params, config.block_size)
-        self._seqs, self._segs, self._first_seq = jobs.seqs, jobs.segments, jobs.first_seq
+        self._jobs, self._seqs, self._segs = jobs, jobs.seqs, jobs.segments
         self._admission = make_admission(config.admission)
         self._estimator = OutputEstimator()
         order = ORDERS[config.order](plan)
         self._waiting: deque[Sequence] = deque(self._seqs[i] for r in order for i in self.seq_ids(r))
-        self._running: dict[int, Sequence | SegmentJob] = {}  # by seq id, in admission order
+        self._running: dict[int, Sequence] = {}  # request sequences by seq id, in admission order
+        self._building: dict[int, SegmentJob] = {}  # segment jobs with blocks, not READY yet, by segment id
+        self._tick = 0  # admission counter: orders running sequences and building segments together
         self._running_requests: dict[int, int] = {}  # request index -> running samples
-        self._num_running_seqs = 0
         self._unfinished = len(self._seqs)
         self._admitting = True
         self._pending: StepBatch | None = None
         self._draft = StepDraft(config.token_budget)
         self.counters = SchedulerCounters()
         for r in order:
-            self._check_prompt_fits(self._seqs[self._first_seq[r]])
+            self._check_prompt_fits(self._seqs[jobs.first_seq[r]])
 
     # ---- queries --------------------------------------------------------------------------------
     def seq(self, seq_id: int) -> Sequence:
         """Read-only view of a request sample: request, sample, prompt_len, generated."""
-        if not 0 <= seq_id < len(self._seqs):
-            raise ValueError(f"no request sequence with id {seq_id}")
-        return self._seqs[seq_id]
+        return self._jobs.seq(seq_id)
 
     def seq_ids(self, request: int) -> range:
         """The seq ids of a request's samples, sample 0 first."""
-        first = self._first_seq[request]
-        end = self._first_seq[request + 1] if request + 1 < len(self._first_seq) else len(self._seqs)
-        return range(first, end)
+        return self._jobs.seq_ids(request)
 
     def has_unfinished(self) -> bool:
         return self._unfinished > 0
@@ -74,20 +74,18 @@ class Scheduler:
         """Admit nothing more (a stop was requested): schedule() returns None once the running finish."""
         self._admitting = False
 
-    def restore(self, partial: dict[int, list[int]], done: dict[int, list[int]]) -> None:
-        """Before the first step, take over what an earlier run checkpointed (by seq id): `partial`
-        sequences keep their generated tokens, recomputed with the prompt on admission as after a
-        preemption; `done` sequences finished and never run."""
+    def restore_sequence(self, seq_id: int, generated: list[int], finished: bool) -> None:
+        """Before the first step, hand a waiting sequence what an earlier run generated (engine/resume.py):
+        it recomputes those tokens with its prompt on admission, as after a preemption; a finished one
+        retires now and never runs."""
         if self.counters.steps or self._pending is not None:
-            raise RuntimeError("restore() must come before the first step")
-        for seq_id, tokens in (*partial.items(), *done.items()):
-            seq = self.seq(seq_id)
-            if seq.status is not SeqStatus.WAITING or seq.generated:
-                raise ValueError(f"sequence {seq_id} was restored twice")
-            seq.generated = list(tokens)
-        for seq_id in done:
-            self._retire(self._seqs[seq_id])
-        self._waiting = deque(s for s in self._waiting if s.status is SeqStatus.WAITING)
+            raise RuntimeError("restore_sequence() must come before the first step")
+        seq = self.seq(seq_id)
+        if seq.status is not SeqStatus.WAITING or seq.generated:
+            raise ValueError(f"sequence {seq_id} was restored twice")
+        seq.generated = list(generated)
+        if finished:
+            self._retire(seq)  # left in the waiting queue; admission skips it
 
     # ---- the loop -------------------------------------------------------------------------------
     def schedule(self) -> StepBatch | None:
@@ -99,38 +97,34 @@ class Scheduler:
             return None
         self._admit()
         self._draft = StepDraft(self._cfg.token_budget)
-        prefills: list[Sequence | SegmentJob] = []
-        for item in list(self._running.values()):
-            if isinstance(item, SegmentJob) or not item.decoding:
-                prefills.append(item)
-            elif item.status is SeqStatus.RUNNING:  # not preempted by an earlier decode's growth
-                self._place_decode(item)
-        for item in prefills:
-            left = self._draft.left
-            if left == 0:
+        building = list(self._building.values())
+        prefills: list[Sequence] = []
+        for seq in list(self._running.values()):
+            if not seq.decoding:
+                prefills.append(seq)
+            elif seq.status is SeqStatus.RUNNING:  # not preempted by an earlier decode's growth
+                self._place_sequence(seq, 1, decode=True)
+        # prefill chunks in admission order: a segment job was allocated just before its first member
+        jobs = [(j.admitted_at, self._prefill_segment, j) for j in building]
+        seqs = [(s.admitted_at, self._prefill_sequence, s) for s in prefills]
+        for _, prefill, item in heapq.merge(jobs, seqs):  # ticks are unique: the tuples never compare further
+            if self._draft.left == 0:
                 break
-            if isinstance(item, SegmentJob):
-                if item.job_id in self._running and self._ready(item.chain):
-                    self._place_segment(item, min(item.length - item.computed, left))
-            elif item.status is SeqStatus.RUNNING and item.known > item.computed and self._ready(item.chain):
-                self._place_sequence(item, min(item.known - item.computed, left))
+            prefill(item)
         return self._seal()
 
     def on_step_done(self, step: StepBatch, sampled: dict[int, int]) -> None:
         """Record a finished step: the token sampled for every `sample=True` chunk, by seq id."""
         if step is not self._pending:
             raise ValueError("on_step_done() got a step that is not the one last scheduled")
-        want = {c.seq_id for c in step.chunks if c.sample}
+        want = {c.owner.seq_id for c in step.chunks if c.sample}
         if set(sampled) != want:
             raise ValueError(f"sampled tokens for seq ids {sorted(sampled)}, expected exactly {sorted(want)}")
-        for c in step.chunks:
-            if c.sample:
-                self._seqs[c.seq_id].generated.append(int(sampled[c.seq_id]))
-            elif c.seq_id >= len(self._seqs):
-                job = self._segs[c.seq_id - len(self._seqs)]
-                if job.computed == job.length:
-                    job.status = SegStatus.READY
-                    del self._running[job.job_id]
+        for seq_id, token in sampled.items():
+            self._seqs[seq_id].generated.append(int(token))
+        for job in [j for j in self._building.values() if j.computed == j.length]:  # its last chunk just ran
+            job.status = SegStatus.READY
+            del self._building[job.seg_id]
         self._pending = None
 
     def finish(self, seq_id: int) -> None:
@@ -158,9 +152,12 @@ class Scheduler:
     def _admit(self) -> None:
         if not (self._waiting and self._admitting):
             return
-        reserved = sum(self._reservation(s) for s in self._running.values() if isinstance(s, Sequence))
-        while self._waiting and self._num_running_seqs < self._cfg.token_budget:
+        reserved = sum(self._reservation(s) for s in self._running.values())
+        while self._waiting and len(self._running) < self._cfg.token_budget:
             seq = self._waiting[0]
+            if seq.status is SeqStatus.FINISHED:  # retired by restore_sequence() before it ever ran
+                self._waiting.popleft()
+                continue
             cand = self._candidate(seq)
             view = PoolView(self._pool.num_free, reserved, len(self._running_requests))
             if not self._admission.admits(cand, view):
@@ -173,8 +170,7 @@ class Scheduler:
 
     def _candidate(self, seq: Sequence) -> Candidate:
         new = sum(self._segs[g].length for g in seq.chain if self._segs[g].status is SegStatus.UNALLOCATED)
-        expected = max(self._estimator.expected(seq.group, seq.max_tokens), len(seq.generated) + 1)
-        private = self._blocks(seq.prompt_len - seq.private_start + expected)
+        private = self._blocks(seq.prompt_len - seq.private_start + self._expected(seq))
         return Candidate(seq.request, seq.request in self._running_requests, new // self._cfg.block_size, private)
 
     def _start(self, seq: Sequence) -> None:
@@ -183,45 +179,42 @@ class Scheduler:
             if seg.status is SegStatus.UNALLOCATED:
                 seg.blocks = tuple(self._pool.allocate(seg.length // self._cfg.block_size))
                 seg.status = SegStatus.BUILDING
-                self._running[seg.job_id] = seg
-        seq.expected = max(self._estimator.expected(seq.group, seq.max_tokens), len(seq.generated) + 1)
+                seg.admitted_at, self._tick = self._tick, self._tick + 1
+                self._building[seg.seg_id] = seg
+        seq.expected = self._expected(seq)
         seq.status = SeqStatus.RUNNING
+        seq.admitted_at, self._tick = self._tick, self._tick + 1
         self._running[seq.seq_id] = seq
         self._running_requests[seq.request] = self._running_requests.get(seq.request, 0) + 1
-        self._num_running_seqs += 1
+
+    def _expected(self, seq: Sequence) -> int:
+        return max(self._estimator.expected(seq.group, seq.max_tokens), len(seq.generated) + 1)
 
     def _reservation(self, seq: Sequence) -> int:
         return max(0, self._blocks(seq.prompt_len - seq.private_start + seq.expected) - len(seq.blocks))
 
     # ---- placing chunks -------------------------------------------------------------------------
-    def _place_segment(self, job: SegmentJob, n: int) -> None:
-        src = self._prompts[job.source]
-        pos = job.start + job.computed
-        job.computed += n
-        blocks = job.blocks[: self._blocks(job.computed)]
-        tokens = tuple(src[pos : pos + n].tolist())
-        self._draft.add(SeqChunk(job.job_id, tokens, pos, job.start, blocks, job.chain, sample=False))
 
-    def _place_sequence(self, seq: Sequence, n: int) -> None:
-        if not self._grow(seq, self._blocks(seq.computed + n)):
-            return
-        pos = seq.private_start + seq.computed
-        seq.computed += n
-        prompt = self._prompts[seq.request]
-        tokens = prompt[pos : min(pos + n, seq.prompt_len)].tolist()
-        tokens += seq.generated[max(pos, seq.prompt_len) - seq.prompt_len : pos + n - seq.prompt_len]
-        sample = seq.computed == seq.known
-        chunk = SeqChunk(seq.seq_id, tuple(tokens), pos, seq.private_start, tuple(seq.blocks), seq.chain, sample)
-        self._draft.add(chunk)
+    def _prefill_sequence(self, seq: Sequence) -> None:
+        if seq.status is SeqStatus.RUNNING and seq.known > seq.computed and self._ready(seq.chain):
+            self._place_sequence(seq, min(seq.known - seq.computed, self._draft.left))
 
-    def _place_decode(self, seq: Sequence) -> None:
-        """The common case, kept lean: one generated token, a new block every block_size steps."""
-        if seq.computed % self._cfg.block_size == 0 and not self._grow(seq, len(seq.blocks) + 1):
+    def _prefill_segment(self, job: SegmentJob) -> None:
+        if job.status is SegStatus.BUILDING and self._ready(job.chain):  # not evicted by a decode's growth
+            self._draft.add(job.next_chunk(self._prompts, min(job.length - job.computed, self._draft.left),
+                                           self._cfg.block_size))
+
+    def _prefill_sequence(self, seq: Sequence) -> None:
+        if seq.status is SeqStatus.RUNNING and seq.known > seq.computed and self._ready(seq.chain):
+            self._place_sequence(seq, min(seq.known - seq.computed, self._draft.left))
+
+    def _place_sequence(self, seq: Sequence, n: int, decode: bool = False) -> None:
+        """The next `n` known tokens of `seq` (a decode: its one generated token, a new block every
+        block_size steps), preempting for blocks if need be."""
+        need = -(-(seq.computed + n) // self._cfg.block_size)
+        if need > len(seq.blocks) and not self._grow(seq, need):
             return
-        pos = seq.private_start + seq.computed
-        seq.computed += 1
-        chunk = SeqChunk(seq.seq_id, (seq.generated[-1],), pos, seq.private_start, tuple(seq.blocks), seq.chain, True)
-        self._draft.add(chunk, decode=True)
+        self._draft.add(seq.next_chunk(self._prompts, n), decode)
 
     def _seal(self) -> StepBatch:
         chunks = tuple(self._draft.chunks.values())
@@ -246,26 +239,18 @@ class Scheduler:
             try:
                 seq.blocks += self._pool.allocate(need - len(seq.blocks))
             except OutOfBlocks:
-                victim = self._newest_running(newer_than=seq)
-                if victim is not None:
-                    self._preempt(victim)
-                elif any(isinstance(i, Sequence) and i is not seq for i in self._running.values()):
+                newest = next(reversed(self._running.values()))
+                if newest is not seq:
+                    self._preempt(newest)
+                elif len(self._running) > 1:  # others hold blocks: wait for them, recomputed later
                     self._preempt(seq)
                     return False
                 elif not self._evict_idle_segments():
-                    raise KVBudgetError(self._too_small(seq, need)) from None
+                    raise self._too_small(seq, need) from None
         return True
 
-    def _newest_running(self, newer_than: Sequence) -> Sequence | None:
-        for item in reversed(self._running.values()):
-            if item is newer_than:
-                return None
-            if isinstance(item, Sequence):
-                return item
-        return None
-
     def _preempt(self, seq: Sequence) -> None:
-        self.counters.recomputed_tokens += seq.computed - self._draft.drop(seq.seq_id)
+        self.counters.recomputed_tokens += seq.computed - self._draft.drop(seq.owner)
         self.counters.preemptions += 1
         self._stop_running(seq)
         seq.computed = 0
@@ -274,7 +259,6 @@ class Scheduler:
 
     def _stop_running(self, seq: Sequence) -> None:
         del self._running[seq.seq_id]
-        self._num_running_seqs -= 1
         left = self._running_requests.pop(seq.request) - 1
         if left:
             self._running_requests[seq.request] = left
@@ -283,16 +267,16 @@ class Scheduler:
 
     def _evict_idle_segments(self) -> bool:
         """Last resort: drop the KV of segments no running sequence reads (recomputed when re-admitted)."""
-        in_use = {g for s in self._running.values() if isinstance(s, Sequence) for g in s.chain}
+        in_use = {g for s in self._running.values() for g in s.chain}
         idle = [s for s in self._segs if s.status in (SegStatus.BUILDING, SegStatus.READY) and s.seg_id not in in_use]
         for seg in idle:
-            self._draft.drop(seg.job_id)
+            self._draft.drop(seg.owner)
             self._release_segment(seg, SegStatus.UNALLOCATED)
         self.counters.segment_evictions += len(idle)
         return bool(idle)
 
     def _release_segment(self, seg: SegmentJob, status: SegStatus) -> None:
-        self._running.pop(seg.job_id, None)
+        self._building.pop(seg.seg_id, None)
         if seg.blocks:
             self._pool.free(seg.blocks)
         seg.blocks, seg.computed, seg.status = (), 0, status
@@ -308,16 +292,8 @@ class Scheduler:
 
     def _check_prompt_fits(self, seq: Sequence) -> None:
         private = self._blocks(seq.prompt_len - seq.private_start)
-        if self._shared_blocks(seq) + private > self._pool.num_total:
-            raise KVBudgetError(self._too_small(seq, private))
+        if shared_blocks(seq, self._segs, self._cfg.block_size) + private > self._pool.num_total:
+            raise self._too_small(seq, private)
 
-    def _shared_blocks(self, seq: Sequence) -> int:
-        return sum(self._segs[g].length for g in seq.chain) // self._cfg.block_size
-
-    def _too_small(self, seq: Sequence, private_blocks: int) -> str:
-        shared = self._shared_blocks(seq)
-        return (
-            f"KV budget too small: {self._pool.num_total} blocks of {self._cfg.block_size} tokens cannot hold "
-            f"sequence {seq.seq_id} (request {seq.request}) alone: it needs {shared} shared + {private_blocks} "
-            f"private blocks; raise the KV budget or lower max_tokens"
-        )
+    def _too_small(self, seq: Sequence, private_blocks: int) -> KVBudgetError:
+        return too_small(seq, self._segs, self._cfg.block_size, self._pool.num_total, private_blocks)

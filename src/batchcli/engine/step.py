@@ -3,7 +3,9 @@
 Invariants of a `StepBatch`:
 - every sequence's shared segments (`SeqChunk.segments`) are fully computed in an earlier step;
 - `SeqChunk.block_ids` covers private positions `0 .. private_len - 1` (this step's tokens included);
-- a chunk's tokens sit at absolute positions `start_pos .. start_pos + len(token_ids) - 1`.
+- a chunk's tokens sit at absolute positions `start_pos .. start_pos + len(token_ids) - 1`;
+- a chunk's owner is a request sample (`SeqOwner`, the only chunks that sample) or a shared
+  segment's prefill (`SegOwner`): two id spaces, never mixed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,23 @@ class SegmentView:
 
 
 @dataclass(frozen=True, slots=True)
+class SeqOwner:
+    """A chunk computed for a request sample: the scheduler's sequence id."""
+
+    seq_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegOwner:
+    """A chunk computed for a shared segment's own prefill: the plan's segment id."""
+
+    seg_id: int
+
+
+ChunkOwner = SeqOwner | SegOwner
+
+
+@dataclass(frozen=True, slots=True)
 class SeqChunk:
     """Tokens of one sequence to compute in this step.
 
@@ -28,13 +47,13 @@ class SeqChunk:
     own prefill job; both attend to their ancestor segments, then causally to their private KV.
     """
 
-    seq_id: int  # engine-wide id; segment prefill jobs use their own ids too
+    owner: ChunkOwner
     token_ids: tuple[int, ...]  # tokens to compute now (a prefill chunk, or the last sampled token)
     start_pos: int  # absolute position of token_ids[0]
     private_start: int  # absolute position where private KV begins (= sum of ancestor segment lengths)
     block_ids: tuple[int, ...]  # private KV blocks, in order
     segments: tuple[int, ...]  # ancestor segment ids, outermost first
-    sample: bool  # sample a next token from the last computed position
+    sample: bool  # sample a next token from the last computed position (SeqOwner chunks only)
 
     @property
     def private_len(self) -> int:

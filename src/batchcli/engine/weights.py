@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from batchcli.engine.attention import Backend
+from batchcli.engine.attention import make_backend
+from batchcli.engine.attention.backend import AttnShape
 from batchcli.engine.hf_config import read_hf_config
 from batchcli.engine.model import (
     SUPPORTED_DTYPES, ArchConfig, CausalLM, LayerWeights, ModelWeights, RopeConfig,
@@ -188,9 +189,10 @@ def load_config(path: str | Path) -> ArchConfig:
 
 
 def load_model(
-    path: str | Path, dtype: torch.dtype, device: torch.device | str, attention_backend: Backend
+    path: str | Path, dtype: torch.dtype, device: torch.device | str, attention: str
 ) -> CausalLM:
-    """Load a Llama-family checkpoint directory into our model code, on `device` in `dtype`."""
+    """Load a Llama-family checkpoint directory into our model code, on `device` in `dtype`, attending
+    with the eager backend named `attention` (see batchcli.engine.attention)."""
     _check_dtype(dtype)
     arch = load_config(path)
     device = torch.device(device)
@@ -209,7 +211,7 @@ def load_model(
     if unexpected:
         raise CheckpointError(f"checkpoint has {len(unexpected)} tensors the model does not use: {unexpected[:5]}")
     weights = ModelWeights(embed=embed, layers=layers, norm=norm, lm_head=lm_head)
-    return CausalLM(arch, weights, attention_backend)
+    return CausalLM(arch, weights, make_backend(attention, AttnShape(arch.num_heads, arch.num_kv_heads, dtype)))
 
 
 def eos_token_ids(path: str | Path) -> tuple[int, ...]:

@@ -1,77 +1,98 @@
-"""Attention dispatch: the one place that picks a backend for shared-prefix paged attention.
+"""The attention backends by name: the one registry the config, the CLI help, engine/fused.py and
+the model loader read. Imports no torch: each entry loads its backend module on first use.
 
-Every backend has the signature `fn(q, k_cache, v_cache, meta, scale) -> out` with q `[T, H, d]`,
-caches `[num_blocks, block_size, n_kv, d]` (this step's K/V already written) and out `[T, H, d]` in
-q's dtype. Backends: "torch" (batched torch ops, any device), "triton" (CUDA kernel in
-batchcli.kernels), "gather" (no shared-prefix decomposition; the ablation baseline) and "reference"
-(float32 loops, tests only).
+Backends (the contract is in `attention.backend`: plan once per step, run per layer):
+"native" (the fused CPU path, chosen by engine/fused.py with the ops it builds), "torch" (batched
+torch ops, any device), "triton" (CUDA kernel in batchcli.kernels), "gather" (no shared-prefix
+decomposition; the ablation baseline) and "reference" (float32 loops, tests only). "auto" is the
+best eager backend for the device.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Literal, get_args
 
-import torch
+if TYPE_CHECKING:
+    from batchcli.engine.attention.backend import AttentionBackend, AttnShape
 
-from batchcli.engine.attention.metadata import AttnMetadata, build_metadata
-
-__all__ = ["AttnMetadata", "build_metadata", "write_kv", "attention", "resolve_backend", "BACKENDS"]
-
-Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnMetadata, float], torch.Tensor]
-BACKENDS = ("auto", "torch", "triton", "gather", "reference")
+AttentionChoice = Literal["auto", "native", "torch", "triton", "gather", "reference"]
 
 
-def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata) -> None:
-    """Store this step's K/V rows `[T, n_kv, d]` into their cache slots."""
-    n_kv, d = k_cache.shape[2], k_cache.shape[3]
-    k_cache.view(-1, n_kv, d).index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
-    v_cache.view(-1, n_kv, d).index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    name: str
+    summary: str  # its gloss in the CLI help ("" for none)
+    devices: frozenset[str] | None  # device types it runs on; None: any
+    # the backend for a model's shape; None for "native", which engine/fused.py builds with its ops
+    make: Callable[[AttnShape], AttentionBackend] | None
+    auto_on: frozenset[str] = frozenset()  # device types where "auto" picks it
+    interpreter: str | None = None  # an environment variable that, set to 1, lets it run off its devices
+    in_help: bool = True  # False: accepted, but not offered in the CLI help (tests only)
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """Map "auto" to the best backend for the device; reject unknown names."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+def _torch(shape: AttnShape) -> AttentionBackend:
+    from batchcli.engine.attention.torch_backend import TorchAttention
+
+    return TorchAttention(shape.dtype)
+
+
+def _triton(shape: AttnShape) -> AttentionBackend:
+    from batchcli.kernels.shared_prefix_attention import TritonAttention
+
+    return TritonAttention(shape.num_kv_heads, shape.group)
+
+
+def _gather(shape: AttnShape) -> AttentionBackend:
+    from batchcli.engine.attention.gather_backend import GatherAttention
+
+    return GatherAttention()
+
+
+def _reference(shape: AttnShape) -> AttentionBackend:
+    from batchcli.engine.attention.reference import ReferenceAttention
+
+    return ReferenceAttention()
+
+
+BACKENDS: dict[str, BackendEntry] = {e.name: e for e in (
+    BackendEntry("native", "fused CPU ops", frozenset({"cpu"}), None),
+    BackendEntry("torch", "", None, _torch, auto_on=frozenset({"cpu"})),
+    BackendEntry("triton", "CUDA", frozenset({"cuda"}), _triton, auto_on=frozenset({"cuda"}), interpreter="TRITON_INTERPRET"),
+    BackendEntry("gather", "no prefix decomposition; ablation", None, _gather),
+    BackendEntry("reference", "", None, _reference, in_help=False),
+)}
+ATTENTION: tuple[str, ...] = ("auto", *BACKENDS)  # every --attention choice
+EAGER = tuple(name for name, e in BACKENDS.items() if e.make is not None)  # what load_model can build
+assert ATTENTION == get_args(AttentionChoice), "AttentionChoice and the registry must name the same backends"
+
+
+def attention_help() -> str:
+    """The --attention help line, from the registry."""
+    names = ["auto"] + [f"{e.name} ({e.summary})" if e.summary else e.name for e in BACKENDS.values() if e.in_help]
+    return f"Attention backend: {', '.join(names[:-1])} or {names[-1]}."
+
+
+def resolve_backend(name: str, device_type: str) -> str:
+    """Map "auto" to the best eager backend for the device; reject unknown names and wrong devices."""
+    if name not in ("auto", *EAGER):
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(('auto', *EAGER))}")
     if name == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    if name == "triton" and device.type != "cuda" and not _triton_interpreted():
-        raise ValueError("attention backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 for tests)")
-    return name
+        return next((n for n in EAGER if device_type in BACKENDS[n].auto_on), "torch")
+    entry = BACKENDS[name]
+    if entry.devices is None or device_type in entry.devices:
+        return name
+    if entry.interpreter is not None and os.environ.get(entry.interpreter) == "1":
+        return name
+    where = " or ".join(sorted(d.upper() if d == "cuda" else d for d in entry.devices))
+    also = f" (or {entry.interpreter}=1 for tests)" if entry.interpreter else ""
+    raise ValueError(f"attention backend {name!r} needs a {where} device{also}")
 
 
-def _triton_interpreted() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def get_backend(name: str) -> Backend:
-    if name == "torch":
-        from batchcli.engine.attention.torch_backend import torch_attention
-
-        return torch_attention
-    if name == "triton":
-        from batchcli.kernels.shared_prefix_attention import triton_attention
-
-        return triton_attention
-    if name == "gather":
-        from batchcli.engine.attention.gather_backend import gather_attention
-
-        return gather_attention
-    if name == "reference":
-        from batchcli.engine.attention.reference import reference_attention
-
-        def ref(q, k_cache, v_cache, meta, scale):  # noqa: ANN001 - same signature as Backend
-            return reference_attention(q, k_cache, v_cache, meta, scale).to(q.dtype)
-
-        return ref
-    raise ValueError(f"unknown attention backend {name!r}")
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    meta: AttnMetadata, scale: float, backend: Backend,
-) -> torch.Tensor:
-    """Write this step's K/V, then attend: q [T, H, d], k/v [T, n_kv, d] -> [T, H, d]."""
-    write_kv(k, v, k_cache, v_cache, meta)
-    return backend(q, k_cache, v_cache, meta, scale)
+def make_backend(name: str, shape: AttnShape) -> AttentionBackend:
+    """The eager backend `name` (not "auto", not "native") for a model of this shape."""
+    make = BACKENDS[name].make if name in BACKENDS else None
+    if make is None:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(EAGER)}")
+    return make(shape)

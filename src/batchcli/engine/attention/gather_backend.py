@@ -23,45 +23,35 @@ class ChunkKV:
     mask: torch.Tensor  # bool [q_len, L]: True where a query may attend
 
 
-def _slots(blocks: np.ndarray, length: int, block_size: int) -> np.ndarray:
-    pos = np.arange(length)
-    return blocks[pos // block_size].astype(np.int64) * block_size + pos % block_size
+class GatherAttention:
+    """The "gather" backend (see attention.backend for the contract)."""
 
+    def plan(self, meta: AttnMetadata) -> tuple[ChunkKV, ...]:
+        h, device = meta.host, meta.device
+        chunks = []
+        for s, segments in enumerate(h.chunk_segments()):
+            first, q_len, ctx = int(h.q_start[s]), int(h.q_len[s]), int(h.ctx_len[s])
+            parts = [h.segment_slots(g) for g in segments]
+            shared = sum(len(p) for p in parts)
+            parts.append(h.private_slots(s, ctx))
+            key_pos = np.arange(ctx)  # private positions
+            query_pos = np.arange(ctx - q_len, ctx)
+            mask = np.ones((q_len, shared + ctx), dtype=bool)
+            mask[:, shared:] = key_pos[None, :] <= query_pos[:, None]
+            chunks.append(ChunkKV(slice(first, first + q_len), torch.from_numpy(np.concatenate(parts)).to(device),
+                                  torch.from_numpy(mask).to(device)))
+        return tuple(chunks)
 
-def _plan(meta: AttnMetadata) -> list[ChunkKV]:
-    h, bs = meta.host, meta.block_size
-    segs_of_row: dict[int, list[int]] = {}
-    for g in range(len(h["seg_len"])):
-        for r in h["seg_q_rows"][h["seg_q_start"][g] : h["seg_q_start"][g + 1]]:
-            segs_of_row.setdefault(int(r), []).append(g)
-    chunks = []
-    for s in range(len(h["q_len"])):
-        first, q_len, ctx = int(h["q_start"][s]), int(h["q_len"][s]), int(h["ctx_len"][s])
-        parts = [_slots(h["seg_block_table"][g], int(h["seg_len"][g]), bs) for g in segs_of_row.get(first, [])]
-        shared = sum(len(p) for p in parts)
-        parts.append(_slots(h["block_table"][s], ctx, bs))
-        key_pos = np.arange(ctx)  # private positions
-        query_pos = np.arange(ctx - q_len, ctx)
-        mask = np.ones((q_len, shared + ctx), dtype=bool)
-        mask[:, shared:] = key_pos[None, :] <= query_pos[:, None]
-        chunks.append(ChunkKV(slice(first, first + q_len), torch.from_numpy(np.concatenate(parts)).to(meta.slot_mapping.device),
-                              torch.from_numpy(mask).to(meta.slot_mapping.device)))
-    return chunks
-
-
-def gather_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata,
-                     scale: float) -> torch.Tensor:
-    """q [T, H, d], caches [num_blocks, bs, n_kv, d] -> [T, H, d]; one SDPA call per chunk."""
-    chunks = meta.prepared.get("gather")
-    if chunks is None:
-        chunks = meta.prepared["gather"] = _plan(meta)
-    n_kv, d = k_cache.shape[2], k_cache.shape[3]
-    keys, values = k_cache.view(-1, n_kv, d), v_cache.view(-1, n_kv, d)
-    out = torch.empty_like(q)
-    for c in chunks:
-        k = take_rows(keys, c.slots).transpose(0, 1)  # [n_kv, L, d]
-        v = take_rows(values, c.slots).transpose(0, 1)  # [n_kv, L, d]
-        o = F.scaled_dot_product_attention(q[c.rows].transpose(0, 1), k, v, attn_mask=c.mask, scale=scale,
-                                           enable_gqa=True)  # [H, q_len, d]
-        out[c.rows] = o.transpose(0, 1)
-    return out
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: tuple[ChunkKV, ...],
+            scale: float) -> torch.Tensor:
+        """q [T, H, d], caches [num_blocks, bs, n_kv, d] -> [T, H, d]; one SDPA call per chunk."""
+        n_kv, d = k_cache.shape[2], k_cache.shape[3]
+        keys, values = k_cache.view(-1, n_kv, d), v_cache.view(-1, n_kv, d)
+        out = torch.empty_like(q)
+        for c in plan:
+            k = take_rows(keys, c.slots).transpose(0, 1)  # [n_kv, L, d]
+            v = take_rows(values, c.slots).transpose(0, 1)  # [n_kv, L, d]
+            o = F.scaled_dot_product_attention(q[c.rows].transpose(0, 1), k, v, attn_mask=c.mask, scale=scale,
+                                               enable_gqa=True)  # [H, q_len, d]
+            out[c.rows] = o.transpose(0, 1)
+        return out

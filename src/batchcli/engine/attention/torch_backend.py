@@ -10,7 +10,8 @@ the segment's KV is read once per layer, and a run packs the G query heads of a 
 rows, so GQA runs as matrix-matrix products. Keys are gathered from the paged cache, or read in
 place through a strided view when a bucket's blocks lie evenly in the cache (segments allocated at once).
 
-The plan (buckets, gather indices, masks, the merge index) comes from torch_plan, once per step.
+The plan (buckets, gather indices, masks, the merge index) comes from torch_plan, once per step
+(`TorchAttention.plan`); `run` attends one layer with it.
 Invariant: KV slots never written must hold finite values (the model allocates its caches with zeros): padded keys read them
 under a -inf mask, and a NaN there would poison the row.
 """
@@ -123,13 +124,13 @@ def _merge(results: list[tuple[torch.Tensor, torch.Tensor]], plan: StepPlan) -> 
     return merged.to(first.dtype)
 
 
-def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata) -> None:
+def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: StepPlan) -> None:
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(f"want q [T, H, d] and caches [blocks, bs, n_kv, d]; got q {tuple(q.shape)}, "
                          f"k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
-    if q.shape[0] != meta.num_tokens or k_cache.shape[1] != meta.block_size:
+    if q.shape[0] != plan.num_tokens or k_cache.shape[1] != plan.block_size:
         raise ValueError(f"q has {q.shape[0]} rows and caches block size {k_cache.shape[1]}, but the "
-                         f"metadata has {meta.num_tokens} rows and block size {meta.block_size}")
+                         f"metadata has {plan.num_tokens} rows and block size {plan.block_size}")
     if q.shape[1] % k_cache.shape[2] or q.shape[2] != k_cache.shape[3]:
         raise ValueError(f"q heads x dim {tuple(q.shape[1:])} do not fit KV heads x dim "
                          f"{tuple(k_cache.shape[2:])}")
@@ -139,15 +140,22 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
         raise ValueError(f"q, k_cache and v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
 
 
-def torch_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata, scale: float
-) -> torch.Tensor:
-    """q [T, H, d]; caches [num_blocks, block_size, n_kv, d] with this step's K/V written; -> [T, H, d]."""
-    _check(q, k_cache, v_cache, meta)
-    plan = step_plan(meta, q.dtype)
-    if not plan.buckets:
-        return q.new_zeros(q.shape)
-    kernel = _KERNELS.get(q.device.type, _kernel_matmul)
-    results = [(_attend_squares if b.causal else _attend_runs)(q, k_cache, v_cache, b, scale, kernel)
-               for b in plan.buckets]
-    return _merge(results, plan)
+class TorchAttention:
+    """The "torch" backend for queries of one dtype (see attention.backend for the contract)."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def plan(self, meta: AttnMetadata) -> StepPlan:
+        return step_plan(meta, self.dtype)
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: StepPlan,
+            scale: float) -> torch.Tensor:
+        """q [T, H, d]; caches [num_blocks, block_size, n_kv, d] with this step's K/V written; -> [T, H, d]."""
+        _check(q, k_cache, v_cache, plan)
+        if not plan.buckets:
+            return q.new_zeros(q.shape)
+        kernel = _KERNELS.get(q.device.type, _kernel_matmul)
+        results = [(_attend_squares if b.causal else _attend_runs)(q, k_cache, v_cache, b, scale, kernel)
+                   for b in plan.buckets]
+        return _merge(results, plan)

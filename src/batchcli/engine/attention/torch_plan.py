@@ -5,8 +5,8 @@ the first n keys of a KV run: a segment, a decode's private KV, a prefill chunk'
 "squares" (a chunk's own tokens, causal). Parts of one kind and similar shape are padded into one
 bucket, attended in one kernel call; a greedy rule trades padding against the cost of another call.
 
-Invariant: the plan depends only on the step's metadata and the dtype; it is built on first use,
-cached in `meta.prepared` and reused by every layer.
+Invariant: the plan depends only on the step's metadata and the dtype; it is built once per step
+(TorchAttention.plan) and reused by every layer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from batchcli.engine.attention.metadata import AttnMetadata
+from batchcli.engine.attention.metadata import AttnMetadata, HostMeta
 
 # What one more kernel call costs on CPU (~50 us of gathers, reshapes and launch), in the
 # (query row x key) pairs of attention work done in that time for a small model's heads.
@@ -49,6 +49,8 @@ class Bucket:
 class StepPlan:
     """What every layer of one step runs: the buckets, in order."""
 
+    num_tokens: int  # T: rows of the step
+    block_size: int
     buckets: tuple[Bucket, ...]
     # int64 [K, T]: for each row, the positions of its K parts in the buckets' outputs concatenated
     # (padded queries included); a row with fewer parts points its spare entries at position E, an
@@ -56,25 +58,18 @@ class StepPlan:
     parts_of_row: torch.Tensor
 
 
-def _slots(blocks: np.ndarray, block_size: int, n: int) -> np.ndarray:
-    """Cache slots of tokens 0..n-1 of a block list."""
-    used = blocks[: -(-n // block_size)].astype(np.int64)  # [ceil(n / bs)]
-    return (used[:, None] * block_size + np.arange(block_size)).reshape(-1)[:n]  # [n]
-
-
-def _parts(meta: AttnMetadata) -> tuple[list[_Part], list[_Part]]:
+def _parts(h: HostMeta) -> tuple[list[_Part], list[_Part]]:
     """Split every row's attention into runs and squares (see the module docstring)."""
-    h, bs = meta.host, meta.block_size
     runs: list[_Part] = []
     squares: list[_Part] = []
-    for g in range(meta.num_segments):
-        rows = h["seg_q_rows"][h["seg_q_start"][g] : h["seg_q_start"][g + 1]].astype(np.int64)
+    for g in range(h.num_segments):
+        rows = h.segment_rows(g).astype(np.int64)
         if len(rows):
-            runs.append(_Part(rows, _slots(h["seg_block_table"][g], bs, int(h["seg_len"][g]))))
-    for s in range(meta.num_seqs):
-        q_len, ctx = int(h["q_len"][s]), int(h["ctx_len"][s])
-        rows = np.arange(h["q_start"][s], h["q_start"][s + 1], dtype=np.int64)
-        private = _slots(h["block_table"][s], bs, ctx)
+            runs.append(_Part(rows, h.segment_slots(g)))
+    for s in range(h.num_seqs):
+        q_len, ctx = int(h.q_len[s]), int(h.ctx_len[s])
+        rows = h.chunk_rows(s)
+        private = h.private_slots(s, ctx)
         if q_len == 1:  # a decode sees all its private KV: one run, batched with the other decodes
             runs.append(_Part(rows, private))
         elif q_len > 1:
@@ -155,18 +150,9 @@ def _parts_of_row(buckets: list[Bucket], num_rows: int) -> torch.Tensor:
 
 
 def step_plan(meta: AttnMetadata, dtype: torch.dtype) -> StepPlan:
-    """The step's plan for this dtype, built on the first call and cached in `meta.prepared`;
-    torch_attention calls it, a caller may call it ahead (to time it, or to plan off the layer loop)."""
-    key = f"torch/{dtype}"
-    plan = meta.prepared.get(key)
-    if plan is None:
-        runs, squares = _parts(meta)
-        device = meta.slot_mapping.device
-        buckets = [_bucket(g, False, meta.num_tokens, dtype, device) for g in _group(runs)]
-        buckets += [_bucket(g, True, meta.num_tokens, dtype, device) for g in _group(squares)]
-        plan = StepPlan(tuple(buckets), _parts_of_row(buckets, meta.num_tokens).to(device))
-        meta.prepared[key] = plan
-    assert isinstance(plan, StepPlan), f"meta.prepared[{key!r}] holds a {type(plan).__name__}"
-    return plan
-
-
+    """The step's plan for queries of this dtype (masks are in q's dtype)."""
+    runs, squares = _parts(meta.host)
+    buckets = [_bucket(g, False, meta.num_tokens, dtype, meta.device) for g in _group(runs)]
+    buckets += [_bucket(g, True, meta.num_tokens, dtype, meta.device) for g in _group(squares)]
+    parts_of_row = _parts_of_row(buckets, meta.num_tokens).to(meta.device)
+    return StepPlan(meta.num_tokens, meta.block_size, tuple(buckets), parts_of_row)

@@ -2,7 +2,8 @@
 
 Each wrapper checks what the C code assumes (CPU, contiguous, one dtype of bfloat16 or float32,
 sizes a multiple of the vector width) with a ValueError naming the argument, then passes raw
-pointers. Invariant: the C code never sees a tensor these checks did not pass.
+pointers; `NativeAttention` is the "native" attention backend over them. Invariant: the C code
+never sees a tensor these checks did not pass.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import ctypes
 import numpy as np
 import torch
 
+from batchcli.engine.attention.metadata import AttnMetadata
 from batchcli.engine.native.build import NativeLib
-from batchcli.engine.native.work import AttentionWork
+from batchcli.engine.native.work import AttentionWork, attention_work
 
 _SUFFIX = {torch.bfloat16: "bf16", torch.float32: "f32"}
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -116,3 +118,17 @@ class NativeOps:
                                     work.max_vectors, *work.addresses[1:], n_q, n_kv, d, bs, scale)
         return out
 
+
+class NativeAttention:
+    """The "native" backend: plan = the step's work list, run = the paged kernel. Keys are in the
+    native layout [blocks, n_kv, d, bs] (rope_store_kv writes them so)."""
+
+    def __init__(self, ops: NativeOps, num_kv_heads: int, group: int) -> None:
+        self.ops, self.num_kv_heads, self.group = ops, num_kv_heads, group
+
+    def plan(self, meta: AttnMetadata) -> AttentionWork:
+        return attention_work(meta.host, self.num_kv_heads, self.group)
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionWork,
+            scale: float) -> torch.Tensor:
+        return self.ops.paged_attention(q, k_cache, v_cache, plan, scale)
