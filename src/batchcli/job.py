@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import orjson
 from rich.console import Console
@@ -23,6 +23,7 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
 from batchcli.distributed import ClusterOptions
+from batchcli.sharding import ShardSet, make_shards, pull_loads, skew
 from batchcli.engine.shard import Event, Shard, resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats import render_error, render_result
@@ -39,6 +40,9 @@ from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure
 from batchcli.token_text import TokenText
 from batchcli.writer import Answered, OutputWriter, WriteCounts
+
+if TYPE_CHECKING:  # imports ray
+    from batchcli.distributed.driver import DistributedRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +215,9 @@ class _InProcess:
 
 
 class _OnCluster:
-    """Engines on Ray workers (batchcli.distributed); this process is the driver and the only writer.
-    In-flight checkpoints are single-process only: a killed run resumes from the answered lines."""
+    """Engines on Ray workers (batchcli.distributed), the job cut by sharding.make_shards; this process is
+    the driver and the only writer. In-flight checkpoints are single-process only: a killed run
+    resumes from the answered lines."""
 
     def __init__(self, options: ClusterOptions) -> None:
         try:
@@ -221,28 +226,33 @@ class _OnCluster:
             if e.name != "ray":
                 raise
             raise UsageError("--workers and --ray-address need Ray: pip install 'batchllm[ray]'") from None
-        self.options, self._run, self.done = options, run_on_cluster, None
+        self.options, self._run = options, run_on_cluster
+        self.done: DistributedRun | None = None
+        self.cut: ShardSet | None = None
 
     def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
             on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
         say(f"batchllm: {_counts(job)}")
         whole = job.shard()
-        self.done = self._run(self.options, lambda workers: _interim_shards(whole, workers), job.model_dir, config,
-                              on_event, on_progress, stop, log=say)
+
+        def split(workers: int) -> list[Shard]:
+            self.cut = make_shards(whole, workers)
+            return [whole.subset(part.index) for part in self.cut.parts]
+
+        self.done = self._run(self.options, split, job.model_dir, config, on_event, on_progress, stop, log=say)
         return self.done.stats
 
     def metrics(self) -> dict:
-        if self.done is None:
+        """Per worker: its counts and the estimated seconds of the shards it ran; the balance: skew
+        (max/mean - 1) estimated for pulling the shards, and measured over the workers' run times."""
+        if self.done is None or self.cut is None:
             return {}
-        return {"workers": [asdict(w) for w in self.done.workers], "retries": [asdict(r) for r in self.done.retries]}
-
-
-def _interim_shards(whole: Shard, workers: int) -> list[Shard]:
-    """Contiguous runs of the plan's order, two per worker, largest first (until sharding.make_shards)."""
-    order = whole.plan.order
-    cuts = [round(k * len(order) / (2 * workers)) for k in range(2 * workers + 1)]
-    parts = [sorted(order[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
-    return sorted((whole.subset(p) for p in parts), key=len, reverse=True)
+        costs = [part.cost for part in self.cut.parts]
+        workers = [{**asdict(w), "estimated_s": sum(costs[s] for s in w.shards)} for w in self.done.workers]
+        balance = {"shards": len(costs), "skew_estimated": skew(pull_loads(costs, len(workers))),
+                   "skew_measured": skew([w.run_s for w in self.done.workers]),
+                   "recomputed_prefill_tokens": self.cut.recomputed_prefill_tokens}
+        return {"workers": workers, "balance": balance, "retries": [asdict(r) for r in self.done.retries]}
 
 
 def _counts(job: PreparedJob) -> str:
