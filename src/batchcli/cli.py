@@ -59,6 +59,7 @@ RUN_EXAMPLES = """
   batchllm run prompts.jsonl -o answers.jsonl --resume        [dim]# finish a killed run[/dim]
   batchllm run - -o - < prompts.jsonl | jq -r '[.id, .text] | @tsv'   [dim]# in a pipeline, ids kept[/dim]
   batchllm run big.jsonl -o big.out.jsonl --quiet --metrics m.json   [dim]# from cron[/dim]
+  batchllm run big.jsonl -o big.out.jsonl --workers 4             [dim]# 4 engine workers on a local Ray cluster[/dim]
   batchllm run chats.jsonl --max-tokens 128 --temperature 0.7 --seed 1
 
 Input lines: {"id", "prompt" | "messages" | "prompt_token_ids", "max_tokens", "temperature", ...}
@@ -195,8 +196,11 @@ def run(
     repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Default repetition penalty (transformers'; 1 = off)."),
     logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Return log-probabilities with this many alternatives per token (0-20)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run N engine workers on Ray (pip install 'batchllm[ray]'): a local cluster, each worker with its share of the CPU threads or one GPU; this process writes the output. In-flight checkpoints are single-process only: --resume redoes unfinished requests."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a running Ray cluster (auto or HOST:PORT): one worker per GPU, or --workers N; the model directory must be readable at the same path on every node."),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""
+    from batchcli.distributed import ClusterOptions
     from batchcli.errors import OutputWriteError
     from batchcli.job import RunOptions, run_job
 
@@ -210,12 +214,13 @@ def run(
     config = EngineConfig(device=device, dtype=dtype, attention=attention, kv_budget=kv_budget,
                           token_budget=token_budget, schedule=schedule, max_running=parse_admission(admission),
                           compile=compile, checkpoint_every=checkpoint_every)
+    cluster = ClusterOptions(workers=workers, address=ray_address)
     options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
                          **({} if order is None else {"order": order}), resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics,
                          errors=errors, served_model_name=served_model_name)
     try:
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet,
-                       openai_defaults=openai_defaults)
+                       openai_defaults=openai_defaults, cluster=cluster)
     except OutputWriteError:
         if options.output == "-":
             _drop_stdout()

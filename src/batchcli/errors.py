@@ -59,6 +59,10 @@ class KVBudgetError(BatchError):
     """The KV budget cannot hold even one sequence of the job."""
 
 
+class WorkerError(BatchError):
+    """Engine workers (--workers, --ray-address) cannot start or load the model, or a shard keeps failing."""
+
+
 class OutputError(BatchError):
     """The output cannot be written (exists without --resume/--overwrite, unwritable)."""
 

@@ -7,7 +7,7 @@ the one compiled matcher of c (a copy costs microseconds; compiling costs millis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from batchcli.requests import Constraint, LineError
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests
@@ -61,6 +61,35 @@ def compile_constraints(batch: TokenizedRequests, tokenizer: PromptTokenizer,
     distinct = {r.params.constraint for r in batch.requests} - {None}
     if not distinct:
         return batch, None
+    templates, reasons, vocab_size = _compile_all(distinct, tokenizer, eos_ids)
+    if not reasons:
+        return batch, Grammars(templates, vocab_size)
+    keep = [i for i, r in enumerate(batch.requests) if r.params.constraint not in reasons]
+    errors = [LineError(r.id, r.line, "invalid_constraint", f"the {r.params.constraint.kind} cannot be compiled: "
+                        f"{reasons[r.params.constraint]}", r.custom_id)
+              for r in batch.requests if r.params.constraint in reasons]
+    kept = TokenizedRequests([batch.requests[i] for i in keep], TokenArrays.from_lists([batch.tokens[i] for i in keep]),
+                             sorted(batch.errors + errors, key=lambda e: e.line))
+    return kept, (Grammars(templates, vocab_size) if templates else None)
+
+
+def compile_grammars(constraints: Iterable[Constraint | None], tokenizer: PromptTokenizer,
+                     eos_ids: Callable[[], Sequence[int]]) -> Grammars | None:
+    """The grammars of `constraints` (None entries ignored) where each is known to compile: a worker
+    compiling its shard's, which the front half already checked (matchers do not pickle)."""
+    distinct = set(constraints) - {None}
+    if not distinct:
+        return None
+    templates, reasons, vocab_size = _compile_all(distinct, tokenizer, eos_ids)
+    if reasons:
+        c, reason = next(iter(reasons.items()))
+        raise ValueError(f"the {c.kind} compiled in the front half but not here: {reason}")
+    return Grammars(templates, vocab_size)
+
+
+def _compile_all(distinct: set[Constraint], tokenizer: PromptTokenizer, eos_ids: Callable[[], Sequence[int]]
+                 ) -> tuple[dict[Constraint, object], dict[Constraint, str], int]:
+    """Compiled matchers and, for those that failed, the reasons; and the masks' width."""
     import llguidance.hf
 
     lltok = llguidance.hf.from_tokenizer(tokenizer.tok, eos_token=list(eos_ids()) or None)
@@ -72,12 +101,4 @@ def compile_constraints(batch: TokenizedRequests, tokenizer: PromptTokenizer,
             reasons[c] = reason
         else:
             templates[c] = matcher
-    if not reasons:
-        return batch, Grammars(templates, lltok.vocab_size)
-    keep = [i for i, r in enumerate(batch.requests) if r.params.constraint not in reasons]
-    errors = [LineError(r.id, r.line, "invalid_constraint", f"the {r.params.constraint.kind} cannot be compiled: "
-                        f"{reasons[r.params.constraint]}", r.custom_id)
-              for r in batch.requests if r.params.constraint in reasons]
-    kept = TokenizedRequests([batch.requests[i] for i in keep], TokenArrays.from_lists([batch.tokens[i] for i in keep]),
-                             sorted(batch.errors + errors, key=lambda e: e.line))
-    return kept, (Grammars(templates, lltok.vocab_size) if templates else None)
+    return templates, reasons, lltok.vocab_size

@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import orjson
 from rich.console import Console
@@ -23,7 +23,9 @@ from batchcli.choices import Order, check
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
-from batchcli.engine.shard import Event, resolve
+from batchcli.distributed import ClusterOptions
+from batchcli.sharding import ShardSet, make_shards, pull_loads, skew
+from batchcli.engine.shard import Event, Shard, resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
@@ -33,12 +35,15 @@ from batchcli.engine.devices import pick_device
 from batchcli.pipeline import PreparedJob, check_input, prepare
 from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
-from batchcli.progress import ProgressView
+from batchcli.progress import Progress, ProgressView
 from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure
 from batchcli.token_text import TokenText
 from batchcli.writer import Answered, OutputWriter, WriteCounts
+
+if TYPE_CHECKING:  # imports ray
+    from batchcli.distributed.driver import DistributedRun
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +114,12 @@ class _Sinks:
 
 def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings | None,
             config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool,
-            openai_defaults: SamplingParams = OPENAI_DEFAULTS) -> int:
+            openai_defaults: SamplingParams = OPENAI_DEFAULTS, cluster: ClusterOptions = ClusterOptions()) -> int:
     """Run the job and return the exit code (0, 3 if some lines failed, 130/143 if interrupted).
 
     Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`; `settings` None: the
-    plan file's, else the defaults (see pipeline.prepare)."""
+    plan file's, else the defaults (see pipeline.prepare). With `cluster` wanted, the engines run on Ray
+    workers (batchcli.distributed) and this process writes."""
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
     started = time.perf_counter()
@@ -121,6 +127,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if (note := pending_conversion(model)) is not None:
         say(note)
     check_input(source)
+    on_cluster = _OnCluster(cluster) if cluster.wanted else None  # before any work: is Ray installed?
     pick_device(config.device)
     if options.metrics is not None:
         check_writable(options.metrics, "--metrics")
@@ -148,8 +155,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
         for e in job.batch.errors:
             sinks.write(render_error(e, None), key=e.line)
-        checkpointing = _checkpointing(job, config, options, say)
-        stats, complete = (_execute(job, config, sinks, served, stop, console, quiet, say, checkpointing)
+        engines = on_cluster or _InProcess(_checkpointing(job, config, options, say))
+        stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say)
                            if job.batch.requests else (None, True))
         counts, codes = sinks.counts, sinks.error_codes
     if not job.batch.requests:
@@ -157,7 +164,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     wall = time.perf_counter() - started
     if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
         metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
-                   "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped}
+                   "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped,
+                   **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
     if stop.requested and not complete:
         # how to resume is worth a line even with --quiet
@@ -190,14 +198,73 @@ def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
                          lambda in_flight: save_checkpoint(path, job.identity, job.batch.requests, in_flight), restored)
 
 
-def _execute(job: PreparedJob, config: EngineConfig, sinks: _Sinks, served: str, stop: StopFlag, console: Console,
-             quiet: bool, say: Callable[[str], None],
-             checkpointing: Checkpointing | None) -> tuple[RunStats | None, bool]:
-    """Load the engine and run the plan, writing results as they finish. Returns the stats (None if
-    stopped at once) and whether every request got its line (a stop that came after the work is no stop)."""
-    engine = Engine(job.model_dir, config, job.tokenizer.decode)
-    say(f"batchllm: {len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
-        f"{job.skipped:,} already answered; {engine.describe()}")
+class _InProcess:
+    """The engine in this process, on the whole job as one shard."""
+
+    def __init__(self, checkpointing: Checkpointing | None) -> None:
+        self.checkpointing = checkpointing
+
+    def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
+            on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
+        engine = Engine(job.model_dir, config, job.tokenizer.decode)
+        say(f"batchllm: {_counts(job)}; {engine.describe()}")
+        return engine.run(job.shard(), on_event, on_progress, stop, log=say, checkpoint=self.checkpointing,
+                          grammars=job.grammars)
+
+    def metrics(self) -> dict:
+        return {}
+
+
+class _OnCluster:
+    """Engines on Ray workers (batchcli.distributed), the job cut by sharding.make_shards; this process is
+    the driver and the only writer. In-flight checkpoints are single-process only: a killed run
+    resumes from the answered lines."""
+
+    def __init__(self, options: ClusterOptions) -> None:
+        try:
+            from batchcli.distributed.cluster import run_on_cluster
+        except ModuleNotFoundError as e:
+            if e.name != "ray":
+                raise
+            raise UsageError("--workers and --ray-address need Ray: pip install 'batchllm[ray]'") from None
+        self.options, self._run = options, run_on_cluster
+        self.done: DistributedRun | None = None
+        self.cut: ShardSet | None = None
+
+    def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
+            on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
+        say(f"batchllm: {_counts(job)}")
+        whole = job.shard()
+
+        def split(workers: int) -> list[Shard]:
+            self.cut = make_shards(whole, workers)
+            return [whole.subset(part.index) for part in self.cut.parts]
+
+        self.done = self._run(self.options, split, job.model_dir, config, on_event, on_progress, stop, log=say)
+        return self.done.stats
+
+    def metrics(self) -> dict:
+        """Per worker: its counts and the estimated seconds of the shards it ran; the balance: skew
+        (max/mean - 1) estimated for pulling the shards, and measured over the workers' run times."""
+        if self.done is None or self.cut is None:
+            return {}
+        costs = [part.cost for part in self.cut.parts]
+        workers = [{**asdict(w), "estimated_s": sum(costs[s] for s in w.shards)} for w in self.done.workers]
+        balance = {"shards": len(costs), "skew_estimated": skew(pull_loads(costs, len(workers))),
+                   "skew_measured": skew([w.run_s for w in self.done.workers]),
+                   "recomputed_prefill_tokens": self.cut.recomputed_prefill_tokens}
+        return {"workers": workers, "balance": balance, "retries": [asdict(r) for r in self.done.retries]}
+
+
+def _counts(job: PreparedJob) -> str:
+    return (f"{len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
+            f"{job.skipped:,} already answered")
+
+
+def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: _Sinks, served: str,
+             stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None]) -> tuple[RunStats | None, bool]:
+    """Run the job's engines, writing results as they finish. Returns the stats (None if stopped at
+    once) and whether every request got its line (a stop that came after the work is no stop)."""
     created = int(time.time())
     wants_logprobs = any(r.params.logprobs is not None for r in job.batch.requests)
     names = TokenText(job.tokenizer.tok) if wants_logprobs else None
@@ -218,8 +285,7 @@ def _execute(job: PreparedJob, config: EngineConfig, sinks: _Sinks, served: str,
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressView(console, quiet=quiet) as view:
-            stats = engine.run(job.shard(), emit, view.update, stop, log=say, checkpoint=checkpointing,
-                               grammars=job.grammars)
+            stats = engines.run(job, config, emit, view.update, stop, say)
         return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
