@@ -62,3 +62,16 @@ def save_tiny_checkpoint(directory: Path, kind: str = "llama", seed: int = 0, ma
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(directory, safe_serialization=True, **kwargs)
     return model
+
+
+def save_tiny_with_tokenizer(directory: Path, tokenizer_dir: Path) -> Path:
+    """A tiny random Llama at `directory` with the tokenizer (and chat template) of `tokenizer_dir`:
+    fast, but a real tokenizer path for CLI-level tests."""
+    import shutil
+
+    save_tiny_checkpoint(directory, "llama", seed=3, vocab_size=49152, max_position_embeddings=4096,
+                         eos_token_id=2, bos_token_id=1)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, directory / name)
+    return directory

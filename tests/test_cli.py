@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 
 import orjson
 import pytest
 from typer.testing import CliRunner
 
 from batchcli.cli import app
-from helpers_models import save_tiny_checkpoint
+from helpers_models import save_tiny_with_tokenizer
 
 runner = CliRunner()
 
@@ -17,13 +16,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, smol_dir):
     """A tiny random Llama that uses the default model's tokenizer: fast, but a real tokenizer path."""
-    directory = tmp_path_factory.mktemp("tiny-cli")
-    save_tiny_checkpoint(directory, "llama", seed=3, vocab_size=49152, max_position_embeddings=4096,
-                         eos_token_id=2, bos_token_id=1)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (smol_dir / name).is_file():
-            shutil.copy(smol_dir / name, directory / name)
-    return str(directory)
+    return str(save_tiny_with_tokenizer(tmp_path_factory.mktemp("tiny-cli"), smol_dir))
 
 
 def lines(text: str) -> list[dict]:

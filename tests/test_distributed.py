@@ -24,7 +24,7 @@ import batchcli
 from batchcli.cli import app
 from batchcli.engine.config import EngineConfig
 from batchcli.errors import WorkerError
-from helpers_models import save_tiny_checkpoint
+from helpers_models import save_tiny_with_tokenizer
 
 ray = pytest.importorskip("ray")
 
@@ -52,13 +52,7 @@ def ray_address() -> str:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, smol_dir) -> Path:
     """A tiny random Llama with the default model's tokenizer (chat template included)."""
-    directory = tmp_path_factory.mktemp("tiny-ray")
-    save_tiny_checkpoint(directory, "llama", seed=3, vocab_size=49152, max_position_embeddings=4096,
-                         eos_token_id=2, bos_token_id=1)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (smol_dir / name).is_file():
-            shutil.copy(smol_dir / name, directory / name)
-    return directory
+    return save_tiny_with_tokenizer(tmp_path_factory.mktemp("tiny-ray"), smol_dir)
 
 
 SYSTEM = "You are a careful assistant. Answer in one short sentence, and say nothing else at all. " * 2
