@@ -6,7 +6,9 @@ Shapes are SmolLM2-135M's attention (9 query heads, 3 KV heads, head dim 64), bl
   mixed:   both in one step.
 KV block ids are either shuffled (a pool after churn: every read is a gather) or ascending (a fresh
 pool: segments' blocks are evenly spaced runs, which the backend reads in place).
-Backends: "shared" is TorchAttention (its plan, built once per step, is timed apart); "per-request"
+Backends: "shared" is TorchAttention (its plan, built once per step, is timed apart); "native-K" is
+the fused CPU ops' paged kernel K (fma, dot: AVX512-BF16, amx: AMX tiles; each that this CPU runs,
+on the cache in the native layout, its work list built once per step); "per-request"
 gathers each request's full KV (segment + private) and runs SDPA per request; "padded" runs one
 SDPA over all requests padded to the longest KV, with a key mask. Gather indices and masks of the
 naive ones are built once per step too, so only per-layer work is timed. Invariant: all three are
@@ -32,6 +34,9 @@ import torch.nn.functional as F
 
 from batchcli.engine.attention.metadata import AttnMetadata, build_metadata
 from batchcli.engine.attention.torch_backend import TorchAttention
+from batchcli.model_store import cache_dir
+from batchcli.engine.native.build import NativeUnavailable, load_native
+from batchcli.engine.native.ops import NativeAttention, NativeKV, NativeOps, available_kernels
 from batchcli.engine.step import SegmentView, SeqChunk, SeqOwner, StepBatch
 
 N_HEADS, N_KV, HEAD_DIM, BLOCK = 9, 3, 64, 16
@@ -128,6 +133,22 @@ def padded(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
     return o.transpose(1, 2)[real]  # [T, H, d]
 
 
+def native_runs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMetadata,
+                dtype: torch.dtype, scale: float) -> dict[str, Callable[[], torch.Tensor]]:
+    """One run per native attention kernel this CPU has; none where the fused ops cannot be built."""
+    try:
+        lib = load_native(cache_dir())
+    except NativeUnavailable:
+        return {}
+    kv = NativeKV.from_standard(k_cache, v_cache)
+    runs = {}
+    for kernel in available_kernels(lib) if dtype == torch.bfloat16 else ("fma",):
+        native = NativeAttention(NativeOps(lib, dtype, kernel), N_KV, N_HEADS // N_KV)
+        work = native.plan(meta)
+        runs[f"native-{kernel}"] = lambda native=native, work=work: native.run(q, kv.keys, kv.values, work, scale)
+    return runs
+
+
 def time_calls(fn: Callable[[], torch.Tensor], repeat: int) -> float:
     """Median CPU seconds of this process per call, after one warm-up call. CPU time, not wall time:
     on a machine shared with other jobs, wall time measures the neighbours as much as the code."""
@@ -164,9 +185,9 @@ def bench_shape(name: str, dtype: torch.dtype, layout: str, repeat: int) -> None
         "shared": lambda: backend.run(q, k_cache, v_cache, step_plan, scale),
         "per-request": lambda: per_request(q, k_cache, v_cache, meta, naive, scale),
         "padded": lambda: padded(q, k_cache, v_cache, meta, naive, scale),
-    }
+    } | native_runs(q, k_cache, v_cache, meta, dtype, scale)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
-    for label in ("per-request", "padded"):
+    for label in (k for k in runs if k != "shared"):
         err = (runs[label]().float() - shared.float()).abs().max().item()
         if err > tol:
             raise RuntimeError(f"{name}/{dtype}: {label} differs from shared by {err:.3g} (> {tol})")

@@ -20,7 +20,7 @@ from batchcli.engine.fused import AUTO_MIN_TOKENS, choose_fused
 from batchcli.engine.model import apply_rope, rms_norm
 from batchcli.engine.native import build
 from batchcli.engine.native.build import NativeUnavailable, cached_native, load_native
-from batchcli.engine.native.ops import NativeAttention, NativeOps
+from batchcli.engine.native.ops import NativeAttention, NativeKV, NativeOps, available_kernels
 from batchcli.engine.weights import load_config
 from batchcli.errors import UsageError
 from batchcli.requests import SamplingParams
@@ -46,32 +46,55 @@ def lib(cache):
     return cached_native(cache)
 
 
-def native_layout(k_cache: torch.Tensor) -> torch.Tensor:
-    """[blocks, bs, n_kv, d] -> the native key layout [blocks, n_kv, d, bs]."""
-    return k_cache.permute(0, 2, 3, 1).contiguous()
+def kernels_for(dtype: torch.dtype) -> list:
+    """Every attention kernel the suite can check on this CPU, for that dtype."""
+    return ["fma", "dot", "amx"] if dtype == torch.bfloat16 else ["fma"]
+
+
+def native_attend(lib, dtype, kernel, n_kv, group, q, k_cache, v_cache, meta, scale) -> torch.Tensor:
+    if kernel not in available_kernels(lib) and dtype == torch.bfloat16:
+        pytest.skip(f"this CPU does not run the {kernel!r} attention kernel")
+    cache = NativeKV.from_standard(k_cache, v_cache)
+    return attend(NativeAttention(NativeOps(lib, dtype, kernel), n_kv, group), q, cache.keys, cache.values, meta, scale)
+
+
+CASES = [(dtype, kernel) for dtype in DTYPES for kernel in kernels_for(dtype)]
+CASE_IDS = [f"{'bf16' if dtype == torch.bfloat16 else 'fp32'}-{kernel}" for dtype, kernel in CASES]
 
 
 @pytest.mark.parametrize("d", [32, 64, 128])
 @pytest.mark.parametrize("n_kv,group", GQA)
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype,kernel", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_attention_matches_reference(lib, scenario, dtype, n_kv, group, d):
+def test_attention_matches_reference(lib, scenario, dtype, kernel, n_kv, group, d):
     step, num_blocks = scenario_step(scenario, 16)
     meta = build_metadata(step, 16)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 16, n_kv, group, d, dtype)
     scale = 1 / math.sqrt(d)
-    out = attend(NativeAttention(NativeOps(lib, dtype), n_kv, group), q, native_layout(k_cache), v_cache, meta, scale)
+    out = native_attend(lib, dtype, kernel, n_kv, group, q, k_cache, v_cache, meta, scale)
     assert out.dtype == dtype and out.shape == q.shape
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, scale), dtype)
 
 
+@pytest.mark.parametrize("kernel", kernels_for(torch.bfloat16))
 @pytest.mark.parametrize("scenario", ["decode", "nested", "mixed"])
-def test_attention_with_32_token_blocks(lib, scenario):
+def test_attention_with_32_token_blocks(lib, scenario, kernel):
     step, num_blocks = scenario_step(scenario, 32, seed=5)
     meta = build_metadata(step, 32)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 32, 2, 3, 64, torch.bfloat16)
-    out = attend(NativeAttention(NativeOps(lib, torch.bfloat16), 2, 3), q, native_layout(k_cache), v_cache, meta, 0.125)
+    out = native_attend(lib, torch.bfloat16, kernel, 2, 3, q, k_cache, v_cache, meta, 0.125)
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.125), torch.bfloat16)
+
+
+def test_the_best_kernel_is_the_default(lib):
+    """Chosen by what this CPU runs, never by a timing: AMX where present, else AVX512-BF16, else FMAs."""
+    runs = available_kernels(lib)
+    assert NativeOps(lib, torch.bfloat16).kernel == runs[-1] and NativeOps(lib, torch.float32).kernel == "fma"
+    flags = build.cpu_flags()
+    assert ("amx" in runs) == ({"amx_tile", "amx_bf16"} <= flags)
+    assert ("dot" in runs) == ("avx512_bf16" in flags)
+    with pytest.raises(ValueError, match="does not run"):
+        NativeOps(lib, torch.float32, "dot")
 
 
 def test_decodes_under_one_segment_share_a_work_item(lib):
@@ -119,20 +142,36 @@ def test_rope_store_kv(lib, dtype):
     cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)  # [P, d/2]
     positions = torch.tensor([0, 3, 4, 50, 51, 52, 99])
     slots = torch.tensor([5, 17, 18, 40, 41, 63, 70])  # blocks 0, 1, 1, 2, 2, 3, 4
-    k_cache = torch.zeros(blocks, n_kv, d, bs, dtype=dtype)
-    v_cache = torch.zeros(blocks, bs, n_kv, d, dtype=dtype)
-    q = NativeOps(lib, dtype).rope_store_kv(qkv, cos, sin, positions, slots, k_cache, v_cache, n_q)
+    storage = torch.zeros(2, blocks, bs, n_kv, d, dtype=dtype)  # one layer of the engine's cache
+    q = NativeOps(lib, dtype).rope_store_kv(qkv, cos, sin, positions, slots, NativeKV.over(storage), n_q)
     rotated = apply_rope(qkv[:, : n_q + n_kv], cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
-    k_std = k_cache.permute(0, 3, 1, 2).reshape(blocks * bs, n_kv, d)  # back to [slot, n_kv, d]
+    k_std, v_std = _standard_layout(NativeKV.over(storage))
     if dtype == torch.bfloat16:  # rounded where the eager code rounds: bit for bit
         assert torch.equal(q, rotated[:, :n_q]) and torch.equal(k_std[slots], rotated[:, n_q:])
     else:  # float32 may differ in the last bit where torch fuses a multiply-add
         torch.testing.assert_close(q, rotated[:, :n_q], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(k_std[slots], rotated[:, n_q:], atol=1e-6, rtol=1e-6)
-    assert torch.equal(v_cache.view(blocks * bs, n_kv, d)[slots], qkv[:, n_q + n_kv :])
+    assert torch.equal(v_std[slots], qkv[:, n_q + n_kv :])
     untouched = torch.ones(blocks * bs, dtype=torch.bool)
     untouched[slots] = False
-    assert not k_std[untouched].any() and not v_cache.view(blocks * bs, n_kv, d)[untouched].any()
+    assert not k_std[untouched].any() and not v_std[untouched].any()
+    again = NativeKV.from_standard(k_std.view(blocks, bs, n_kv, d), v_std.view(blocks, bs, n_kv, d))
+    assert torch.equal(again.keys, NativeKV.over(storage).keys) and torch.equal(again.values, NativeKV.over(storage).values)
+
+
+def _standard_layout(kv: NativeKV) -> tuple[torch.Tensor, torch.Tensor]:
+    """A native-layout cache back to [slot, n_kv, d] keys and values, by indexing (not by re-laying)."""
+    blocks, bs, n_kv, d = kv.shape
+    slot = torch.arange(blocks * bs)
+    block, tok = slot // bs, slot % bs  # [S]
+    head, dim = torch.arange(n_kv).view(1, -1, 1), torch.arange(d).view(1, 1, -1)
+    b, t = block.view(-1, 1, 1), tok.view(-1, 1, 1)
+    if kv.keys.dim() == 5:  # bf16 pairs
+        keys = kv.keys[b, head, dim // 2, t, dim % 2]  # [S, n_kv, d]
+        values = kv.values[b, head, t // 2, dim, t % 2]
+    else:
+        keys, values = kv.keys[b, head, dim, t], kv.values[b, t, head, dim]
+    return keys, values
 
 
 def test_ops_reject_wrong_inputs(lib):
@@ -212,8 +251,8 @@ def test_native_engine_matches_transformers(tiny32, cache, config):
         assert stats[0].preemptions > 0, "the KV budget was meant to force preemption"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-def test_attention_with_large_scores(lib, dtype):
+@pytest.mark.parametrize("dtype,kernel", CASES, ids=CASE_IDS)
+def test_attention_with_large_scores(lib, dtype, kernel):
     """Scores in the hundreds: the running max moves many times (each move rescales), and a weight
     computed against a stale max must never overflow. Rounding scores that large moves the softmax
     of the reference too, hence 10x the tolerance (as for the torch backend)."""
@@ -221,5 +260,5 @@ def test_attention_with_large_scores(lib, dtype):
     meta = build_metadata(step, 16)
     q, k_cache, v_cache = random_inputs(step, num_blocks, 16, 2, 3, 64, dtype)
     q = q * 60.0
-    out = attend(NativeAttention(NativeOps(lib, dtype), 2, 3), q, native_layout(k_cache), v_cache, meta, 0.125)
+    out = native_attend(lib, dtype, kernel, 2, 3, q, k_cache, v_cache, meta, 0.125)
     assert_near(out, reference_attention(q, k_cache, v_cache, meta, 0.125), dtype, loosen=10.0)

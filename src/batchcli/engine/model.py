@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from batchcli.engine.attention.backend import AttentionBackend
 from batchcli.engine.attention.metadata import AttnMetadata, write_kv
 from batchcli.engine.native.linear import pack_weights, project
-from batchcli.engine.native.ops import NativeAttention, NativeOps
+from batchcli.engine.native.ops import NativeAttention, NativeKV, NativeOps
 from batchcli.errors import UnsupportedModelError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -247,9 +247,9 @@ class CausalLM:
             qkv = project(x, lw.qkv, lw.qkv_bias).view(tokens, n_q + 2 * n_kv, d)  # [T, H + 2 n_kv, d]
             if lw.qk_norm is not None:
                 qkv[:, : n_q + n_kv] = rms_norm(qkv[:, : n_q + n_kv], lw.qk_norm, eps)
-            k_cache = layer_kv[0].view(layer_kv.shape[1], n_kv, d, meta.block_size)  # [blocks, n_kv, d, bs]
-            q = ops.rope_store_kv(qkv, self.cos, self.sin, positions, meta.slot_mapping, k_cache, layer_kv[1], n_q)
-            out = self.native.run(q, k_cache, layer_kv[1], work, self.scale)  # [T, H, d]
+            cache = NativeKV.over(layer_kv)  # the same storage in the native layout
+            q = ops.rope_store_kv(qkv, self.cos, self.sin, positions, meta.slot_mapping, cache, n_q)  # [T, H, d]
+            out = self.native.run(q, cache.keys, cache.values, work, self.scale)  # [T, H, d]
             o = project(out.view(tokens, n_q * d), lw.o_proj, lw.o_bias)  # [T, D]
             x = ops.add_rms_norm(h, o, lw.post_norm, eps)  # h += o
             delta = project(ops.silu_mul(project(x, lw.gate_up, lw.gate_up_bias)), lw.down, lw.down_bias)  # [T, D]

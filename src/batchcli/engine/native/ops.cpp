@@ -5,9 +5,9 @@
 // element-wise ops round their intermediates to E exactly where the eager torch code rounds, so for
 // bfloat16 they reproduce the eager model bit for bit (float32 results differ only by summation order).
 //
-// KV cache layout of the native path (one layer): keys [blocks, n_kv, d, bs] (a block's keys stored
-// dimension-major, so 16 consecutive keys of one dimension are one vector load), values
-// [blocks, bs, n_kv, d] (the standard layout). bs is a multiple of 16.
+// KV cache layout of the native path (one layer): per element type, see `Cache` below (float32:
+// keys dimension-major, values standard; bfloat16: both in pairs along their product's reduction
+// axis, the operand layout of AVX512-BF16 and AMX). bs is a multiple of 16.
 //
 // Threads: OpenMP, the same libgomp (soname libgomp.so.1) that torch has already loaded, so these ops
 // share torch's thread pool and respect torch.set_num_threads through omp_set_num_threads.
@@ -24,8 +24,8 @@ namespace {
 constexpr int kTile = 16;     // keys per score vector
 constexpr int kQBlock = 4;    // query vectors scored together (independent FMA chains)
 constexpr int kMaxDim = 256;  // largest head_dim supported
-constexpr int kPrefetch = 3;
-constexpr float kRescale = 8.0f;  // see attend_keys  // tiles of keys and values asked for ahead of use (blocks lie anywhere in memory)
+constexpr int kPrefetch = 3;     // tiles of keys and values asked for ahead of use (blocks lie anywhere in memory)
+constexpr float kRescale = 8.0f;  // how far a score may pass the running max before it moves (see softmax_step)
 
 inline float bf16_to_f32(uint16_t x) {
     uint32_t u = static_cast<uint32_t>(x) << 16;
@@ -139,6 +139,35 @@ void silu_mul(const E* gate_up, E* out, int64_t rows, int64_t inter) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The native KV cache layout of one layer (see the header). Per 16-key tile of one KV head, the
+// `Cache` of an element type says where its keys and values start and how rows step through them.
+//  - float32: keys [blocks, n_kv, d, bs] (dimension-major: 16 keys of one dimension are one vector),
+//    values [blocks, bs, n_kv, d].
+//  - bfloat16: keys [blocks, n_kv, d/2, bs, 2] and values [blocks, n_kv, bs/2, d, 2]: pairs along the
+//    dot product's reduction axis, the operand layout of both vdpbf16ps and AMX's tdpbf16ps, so a
+//    tile is read in place by either (keys: d/2 rows of 16 keys x 2 dims; values: bs/2 rows of
+//    d dims x 2 keys).
+template <typename E> struct Cache;
+
+template <> struct Cache<float> {
+    static int64_t key(int64_t block, int64_t head, int64_t dim, int64_t tok, int64_t n_kv, int64_t d, int64_t bs) {
+        return ((block * n_kv + head) * d + dim) * bs + tok;
+    }
+    static int64_t value(int64_t block, int64_t head, int64_t dim, int64_t tok, int64_t n_kv, int64_t d, int64_t bs) {
+        return ((block * bs + tok) * n_kv + head) * d + dim;
+    }
+};
+
+template <> struct Cache<uint16_t> {
+    static int64_t key(int64_t block, int64_t head, int64_t dim, int64_t tok, int64_t n_kv, int64_t d, int64_t bs) {
+        return (((block * n_kv + head) * (d / 2) + dim / 2) * bs + tok) * 2 + dim % 2;
+    }
+    static int64_t value(int64_t block, int64_t head, int64_t dim, int64_t tok, int64_t n_kv, int64_t d, int64_t bs) {
+        return (((block * n_kv + head) * (bs / 2) + tok / 2) * d + dim) * 2 + tok % 2;
+    }
+};
+
 // RoPE on q and k of a fused qkv row [(H + 2 n_kv), d], halves rotated as in transformers, each
 // product and sum rounded to E as the eager code does; q goes to q_out [T, H, d], k (rotated) and v
 // to their cache slots in the native layout. d / 2 is a multiple of 16.
@@ -164,20 +193,20 @@ void rope_store_kv(const E* qkv, const E* cos_t, const E* sin_t, const int64_t* 
                     E* qo = q_out + (t * n_q + h) * d;
                     store16<E>(qo + i, lo);
                     store16<E>(qo + half + i, hi);
-                } else {  // keys [.., d, bs]: dimension-major within the block
-                    E* ko = k_cache + ((block * n_kv + (h - n_q)) * d) * block_size + off;
+                } else {
                     alignas(64) E tmp[32];
                     store16<E>(tmp, lo);
                     store16<E>(tmp + 16, hi);
                     for (int j = 0; j < 16; ++j) {
-                        ko[(i + j) * block_size] = tmp[j];
-                        ko[(half + i + j) * block_size] = tmp[16 + j];
+                        k_cache[Cache<E>::key(block, h - n_q, i + j, off, n_kv, d, block_size)] = tmp[j];
+                        k_cache[Cache<E>::key(block, h - n_q, half + i + j, off, n_kv, d, block_size)] = tmp[16 + j];
                     }
                 }
             }
         }
         const E* v = row + (n_q + n_kv) * d;
-        memcpy(v_cache + (block * block_size + off) * n_kv * d, v, sizeof(E) * n_kv * d);
+        for (int64_t h = 0; h < n_kv; ++h)
+            for (int64_t i = 0; i < d; ++i) v_cache[Cache<E>::value(block, h, i, off, n_kv, d, block_size)] = v[h * d + i];
     }
 }
 
@@ -186,6 +215,14 @@ void rope_store_kv(const E* qkv, const E* cos_t, const E* sin_t, const int64_t* 
 // Row i of a chunk (0-based) sees keys 0 .. nkeys - q_len + i: every segment key and its private
 // history causally. One work item = (chunk, kv head, a block of the chunk's rows); the G query heads
 // of the kv head are stacked, so every key tile is loaded once for all of them.
+//
+// Three ways to compute a tile, chosen once per call by the caller (by CPU flags, see ops.py):
+//  - FmaTiles: float32 FMAs (float32 caches in place; bfloat16 ones converted per tile);
+//  - DotTiles: AVX512-BF16 pair dot products on the bfloat16 cache in place, 4 query vectors a pass;
+//  - AMX (attend_keys_amx): tdpbf16ps on 16 query vectors x 16 keys, the cache read in place as the
+//    B operand; the online softmax between the two products stays in AVX-512.
+
+enum Kernel : int64_t { kFma = 0, kDot = 1, kAmx = 2 };
 
 struct Item {
     int32_t group, kv_head, row0, rows;  // rows row0 .. row0 + rows - 1 of every chunk of the group
@@ -194,8 +231,8 @@ struct Item {
 template <typename E>
 struct AttnArgs {
     const E* q;        // [T, H, d]
-    const E* k_cache;  // [blocks, n_kv, d, bs]
-    const E* v_cache;  // [blocks, bs, n_kv, d]
+    const E* k_cache;  // native layout (Cache<E>)
+    const E* v_cache;
     E* out;            // [T, H, d]
     const Item* items;
     int64_t n_items;
@@ -211,6 +248,29 @@ struct AttnArgs {
     const int32_t* private_blocks;
     int64_t n_q, n_kv, d, block_size;
     float scale;
+
+    const E* key_tile(int64_t block, int64_t head, int64_t off) const {
+        return k_cache + Cache<E>::key(block, head, 0, off, n_kv, d, block_size);
+    }
+    const E* value_tile(int64_t block, int64_t head, int64_t off) const {
+        return v_cache + Cache<E>::value(block, head, 0, off, n_kv, d, block_size);
+    }
+};
+
+// Scratch of one thread. Query vectors are padded to a multiple of 16 (+16) rows, so a 16-row AMX
+// tile of the running output never runs past the buffer.
+struct Scratch {
+    float* q;    // [M, d]: float32 queries, scaled to log2 units (FmaTiles)
+    float* acc;  // [M, d]: running output
+    float* mx;   // [M]: running max of the scores (log2 units)
+    float* den;  // [M, 16]: running softmax denominator, per lane
+    float* kbuf;  // FmaTiles on bfloat16: the tile's keys, float32 [d, 16]
+    float* vbuf;  // FmaTiles on bfloat16: the tile's values, float32 [16, d]
+    float* sbuf;  // AMX: one tile of scores [16, 16]
+    uint16_t* qtile;  // AMX: 16 query vectors, bf16 [16, d]
+    uint16_t* ptile;  // AMX: their softmax weights, bf16 [16, 16]
+    int64_t* limit;      // [M]: keys of the current key list each query vector sees
+    const void** qptr;   // [M]: each query vector in the q tensor
 };
 
 // The running output of a block's query vectors, chunks c0 .. c0 + 16 NC of d, rescaled by alpha (null: all 1).
@@ -223,18 +283,6 @@ inline void load_output(__m512 (*o)[NC], const float* acc, int64_t d, int64_t c0
                               : _mm512_loadu_ps(acc + j * d + c0 + 16 * c);
 }
 
-// Scratch of one thread: the item's queries and running output, and one key/value tile re-laid.
-struct Scratch {
-    float* q;    // [M, d]: float32 queries, scaled to log2 units (FmaTiles)
-    float* acc;  // [M, d]: running output
-    float* mx;   // [M]: running max of the scores (log2 units)
-    float* den;  // [M, 16]: running softmax denominator, per lane
-    float* kbuf;  // the tile's keys (FmaTiles: float32 [d, 16]; DotTiles: bf16 pairs [d/2, 16, 2])
-    float* vbuf;  // the tile's values (FmaTiles: float32 [16, d]; DotTiles: bf16 pairs [8, d/16, 16, 2])
-    int64_t* limit;      // [M]: keys of the current key list each query vector sees
-    const void** qptr;   // [M]: each query vector in the q tensor
-};
-
 // Tiles computed with float32 FMAs: float32 caches read in place, bfloat16 ones converted per tile.
 template <typename E>
 struct FmaTiles {
@@ -245,10 +293,19 @@ struct FmaTiles {
         if constexpr (sizeof(E) == sizeof(float)) {
             kf = reinterpret_cast<const float*>(kt), kstride = bs;
             vf = reinterpret_cast<const float*>(vt), vstride = v_row;
-        } else {
-            for (int64_t i = 0; i < d; ++i) _mm512_store_ps(w.kbuf + i * kTile, load16<E>(kt + i * bs));
-            for (int64_t key = 0; key < kTile; ++key)
-                for (int64_t c = 0; c < d; c += 16) _mm512_storeu_ps(w.vbuf + key * d + c, load16<E>(vt + key * v_row + c));
+        } else {  // pairs: a key row holds dims (2i, 2i + 1) of 16 keys, a value row keys (2k, 2k + 1) of d dims
+            const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+            for (int64_t i = 0; i < d / 2; ++i) {
+                const __m512i pairs = _mm512_loadu_si512(kt + 2 * i * bs);
+                _mm512_store_ps(w.kbuf + 2 * i * kTile, _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16)));
+                _mm512_store_ps(w.kbuf + (2 * i + 1) * kTile, _mm512_castsi512_ps(_mm512_and_si512(pairs, high)));
+            }
+            for (int64_t k = 0; k < kTile / 2; ++k)
+                for (int64_t c = 0; c < d; c += 16) {
+                    const __m512i pairs = _mm512_loadu_si512(vt + (k * d + c) * 2);
+                    _mm512_storeu_ps(w.vbuf + 2 * k * d + c, _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16)));
+                    _mm512_storeu_ps(w.vbuf + (2 * k + 1) * d + c, _mm512_castsi512_ps(_mm512_and_si512(pairs, high)));
+                }
             kf = w.kbuf, kstride = kTile, vf = w.vbuf, vstride = d;
         }
     }
@@ -279,39 +336,23 @@ struct FmaTiles {
 };
 
 #ifdef __AVX512BF16__
-// Tiles of a bfloat16 cache computed with bf16 pair dot products (vdpbf16ps: 32 products a lane-pair
-// per instruction, twice the FMA rate): keys re-laid as [d/2][16 keys][2 dims], values as
-// [8 key pairs][d/16][16 dims][2 keys]; queries and the softmax weights are bf16 (the weights rounded
-// from float32, as bf16 flash kernels do), every sum is float32.
+// Tiles of the bfloat16 cache computed with bf16 pair dot products (vdpbf16ps: 32 products a
+// lane-pair per instruction, twice the FMA rate), read in place: the cache's pair layout is the
+// instruction's operand layout. Queries and the softmax weights are bf16 (the weights rounded from
+// float32, as bf16 flash kernels do), every sum is float32.
 struct DotTiles {
-    const __m512i* kp;
-    const __m512i* vp;
-    int64_t chunks;
+    const uint16_t* kt;  // d/2 rows of [16 keys][2 dims], at stride 2 bs
+    const uint16_t* vt;  // 8 rows of [d dims][2 keys], at stride 2 d
+    int64_t k_row;
 
-    static __m512i interleave(const uint16_t* a, const uint16_t* b) {  // a0 b0 a1 b1 ... a15 b15
-        const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                             23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-        const __m512i ab = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
-        return _mm512_permutexvar_epi16(idx, ab);
-    }
-
-    void load(const uint16_t* kt, const uint16_t* vt, int64_t d, int64_t bs, int64_t v_row, const Scratch& w) {
-        __m512i* kb = reinterpret_cast<__m512i*>(w.kbuf);
-        __m512i* vb = reinterpret_cast<__m512i*>(w.vbuf);
-        for (int64_t i = 0; i < d / 2; ++i) kb[i] = interleave(kt + 2 * i * bs, kt + (2 * i + 1) * bs);
-        chunks = d / 16;
-        for (int64_t k = 0; k < kTile / 2; ++k)
-            for (int64_t c = 0; c < chunks; ++c)
-                vb[k * chunks + c] = interleave(vt + 2 * k * v_row + 16 * c, vt + (2 * k + 1) * v_row + 16 * c);
-        kp = kb, vp = vb;
+    void load(const uint16_t* k, const uint16_t* v, int64_t, int64_t bs, int64_t, const Scratch&) {
+        kt = k, vt = v, k_row = 2 * bs;
     }
 
     void scores(const Scratch&, const uint16_t* const* q, int64_t, int64_t, int64_t d, float qscale, __m512* s) const {
         for (int j = 0; j < kQBlock; ++j) s[j] = _mm512_setzero_ps();
         for (int64_t i = 0; i < d / 2; ++i) {
-            const __m512bh kv = (__m512bh)kp[i];
+            const __m512bh kv = (__m512bh)_mm512_loadu_si512(kt + i * k_row);
             for (int j = 0; j < kQBlock; ++j) {
                 int32_t pair;
                 memcpy(&pair, q[j] + 2 * i, 4);
@@ -330,7 +371,7 @@ struct DotTiles {
         load_output<NC>(o, acc, d, c0, mn, alpha);
         for (int k = 0; k < kTile / 2; ++k)
             for (int c = 0; c < NC; ++c) {
-                const __m512bh v = (__m512bh)vp[k * chunks + c0 / 16 + c];
+                const __m512bh v = (__m512bh)_mm512_loadu_si512(vt + (k * d + c0 + 16 * c) * 2);
                 for (int j = 0; j < kQBlock; ++j) {
                     int32_t pair;
                     memcpy(&pair, pb[j] + 2 * k, 4);
@@ -341,22 +382,47 @@ struct DotTiles {
             for (int c = 0; c < NC; ++c) _mm512_storeu_ps(acc + j * d + c0 + 16 * c, o[j][c]);
     }
 };
-template <typename E> struct TilesFor { using type = FmaTiles<E>; };
-template <> struct TilesFor<uint16_t> { using type = DotTiles; };
-#else
-template <typename E> struct TilesFor { using type = FmaTiles<E>; };
 #endif
 
-// Ask for a tile's keys ([d] rows of 16 at stride bs) and values (16 rows of d at stride v_row):
-// a decode's tiles are too small to hide a miss to memory behind their arithmetic (measured: a
-// 128-decode step 4x slower with its KV in memory than in cache without this).
+// Ask for a tile's keys and values ahead of use: a decode's tiles are too small to hide a miss to
+// memory behind their arithmetic (measured: a 128-decode step 4x slower with its KV in memory than in
+// cache without this). Each layout's tile is d * 16 elements of keys and of values.
 template <typename E>
-inline void prefetch_tile(const E* kt, const E* vt, int64_t d, int64_t bs, int64_t v_row) {
-    const int64_t k_step = 64 / (bs * static_cast<int64_t>(sizeof(E))) > 1 ? 64 / (bs * sizeof(E)) : 1;
-    for (int64_t i = 0; i < d; i += k_step) _mm_prefetch(reinterpret_cast<const char*>(kt + i * bs), _MM_HINT_T0);
-    for (int64_t key = 0; key < kTile; ++key)
-        for (int64_t c = 0; c < d; c += 64 / static_cast<int64_t>(sizeof(E)))
-            _mm_prefetch(reinterpret_cast<const char*>(vt + key * v_row + c), _MM_HINT_T0);
+inline void prefetch_tile(const AttnArgs<E>& a, int64_t block, int64_t head, int64_t off) {
+    constexpr int64_t line = 64 / sizeof(E);
+    const E* kt = a.key_tile(block, head, off);
+    const E* vt = a.value_tile(block, head, off);
+    if constexpr (sizeof(E) == sizeof(float)) {
+        for (int64_t i = 0; i < a.d; ++i) _mm_prefetch(reinterpret_cast<const char*>(kt + i * a.block_size), _MM_HINT_T0);
+        for (int64_t key = 0; key < kTile; ++key)
+            for (int64_t c = 0; c < a.d; c += line)
+                _mm_prefetch(reinterpret_cast<const char*>(vt + key * a.n_kv * a.d + c), _MM_HINT_T0);
+    } else {  // key rows of 64 bytes at stride 2 bs; the values' 8 rows are one contiguous run
+        for (int64_t i = 0; i < a.d / 2; ++i) _mm_prefetch(reinterpret_cast<const char*>(kt + 2 * i * a.block_size), _MM_HINT_T0);
+        for (int64_t c = 0; c < kTile * a.d; c += line) _mm_prefetch(reinterpret_cast<const char*>(vt + c), _MM_HINT_T0);
+    }
+}
+
+// One online-softmax step for query vector m over a tile of 16 scores s (log2 units), of which
+// the first `visible` count: updates the running max, the per-lane denominator, and returns the
+// weights (0 beyond `visible`) with the factor alpha the vector's running output must be scaled by.
+inline __m512 softmax_step(const Scratch& w, int64_t m, __m512 s, int64_t visible, float* alpha, bool* rescale) {
+    *alpha = 1.0f;
+    if (visible <= 0) return _mm512_setzero_ps();
+    if (visible > kTile) visible = kTile;
+    const __mmask16 live = static_cast<__mmask16>((1u << visible) - 1u);
+    // The reference max moves only when a score passes it by kRescale (log2 units): the weights stay
+    // <= 2^kRescale, and most tiles need no horizontal max at all.
+    if (_mm512_mask_cmp_ps_mask(live, s, _mm512_set1_ps(w.mx[m] + kRescale), _CMP_GT_OQ)) {
+        const float tile_max = _mm512_mask_reduce_max_ps(live, s);
+        *alpha = exp2f(w.mx[m] - tile_max);  // 0 on the vector's first keys (mx = -inf)
+        w.mx[m] = tile_max;
+        *rescale = true;
+    }
+    const __m512 p = _mm512_maskz_mov_ps(live, exp2_v(_mm512_sub_ps(s, _mm512_set1_ps(w.mx[m]))));
+    float* den = w.den + m * kTile;  // per lane: summed across lanes once, at the end
+    _mm512_store_ps(den, _mm512_fmadd_ps(_mm512_load_ps(den), _mm512_set1_ps(*alpha), p));
+    return p;
 }
 
 // Online softmax of query vectors [m_begin, m_end) over one key list (a group's shared blocks, or a
@@ -373,48 +439,22 @@ void attend_keys(const AttnArgs<E>& a, const Scratch& w, Tiles& tiles, const int
     float alpha[kQBlock];
     const E* q_of[kQBlock];
     auto prefetch = [&](int64_t k) {  // tile k's lines, asked for kPrefetch tiles ahead of their use
-        if (k < last_key) {
-            const int64_t nb = blocks[k / bs], noff = k % bs;
-            prefetch_tile(a.k_cache + (nb * a.n_kv + kv_head) * d * bs + noff,
-                          a.v_cache + (nb * bs + noff) * v_row + kv_head * d, d, bs, v_row);
-        }
+        if (k < last_key) prefetch_tile(a, blocks[k / bs], kv_head, k % bs);
     };
     for (int64_t t = 0; t < kPrefetch; ++t) prefetch(t * kTile);
     for (int64_t k0 = 0; k0 < last_key; k0 += kTile) {
         const int64_t block = blocks[k0 / bs], off = k0 % bs;
         prefetch(k0 + kPrefetch * kTile);
-        tiles.load(a.k_cache + (block * a.n_kv + kv_head) * d * bs + off,  // keys [d, bs] from off
-                   a.v_cache + (block * bs + off) * v_row + kv_head * d, d, bs, v_row, w);
+        tiles.load(a.key_tile(block, kv_head, off), a.value_tile(block, kv_head, off), d, bs, v_row, w);
         for (int64_t m0 = m_begin; m0 < m_end; m0 += kQBlock) {
             const int64_t mn = m_end - m0 < kQBlock ? m_end - m0 : kQBlock;
             for (int j = 0; j < kQBlock; ++j) q_of[j] = qp[m0 + (j < mn ? j : 0)];
             __m512 s[kQBlock];
             tiles.scores(w, q_of, m0, mn, d, qscale, s);
             bool rescale = false;
-            for (int j = 0; j < kQBlock; ++j) {
-                const int64_t m = m0 + j;
-                int64_t visible = j < mn ? w.limit[m] - k0 : 0;  // keys of this tile the vector sees
-                if (visible > kTile) visible = kTile;
-                if (visible <= 0) {
-                    alpha[j] = 1.0f;
-                    _mm512_store_ps(p + j * kTile, _mm512_setzero_ps());
-                    continue;
-                }
-                const __mmask16 live = static_cast<__mmask16>((1u << visible) - 1u);
-                // The reference max moves only when a score passes it by kRescale (log2 units): the
-                // weights stay <= 2^kRescale, and most tiles need no horizontal max at all.
-                alpha[j] = 1.0f;
-                if (_mm512_mask_cmp_ps_mask(live, s[j], _mm512_set1_ps(w.mx[m] + kRescale), _CMP_GT_OQ)) {
-                    const float tile_max = _mm512_mask_reduce_max_ps(live, s[j]);
-                    alpha[j] = exp2f(w.mx[m] - tile_max);  // 0 on the vector's first keys (mx = -inf)
-                    w.mx[m] = tile_max;
-                    rescale = true;
-                }
-                const __m512 pj = _mm512_maskz_mov_ps(live, exp2_v(_mm512_sub_ps(s[j], _mm512_set1_ps(w.mx[m]))));
-                float* den = w.den + m * kTile;  // per lane: summed across lanes once, at the end
-                _mm512_store_ps(den, _mm512_fmadd_ps(_mm512_load_ps(den), _mm512_set1_ps(alpha[j]), pj));
-                _mm512_store_ps(p + j * kTile, pj);
-            }
+            for (int j = 0; j < kQBlock; ++j)
+                _mm512_store_ps(p + j * kTile, softmax_step(w, m0 + j, s[j], j < mn ? w.limit[m0 + j] - k0 : 0,
+                                                            alpha + j, &rescale));
             float* acc = w.acc + m0 * d;
             int64_t c0 = 0;
             const float* scale_by = rescale ? alpha : nullptr;  // nullptr: every alpha is 1
@@ -424,12 +464,106 @@ void attend_keys(const AttnArgs<E>& a, const Scratch& w, Tiles& tiles, const int
     }
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+// AMX tile registers of the attention kernel (one palette, loaded per thread on entry); macros, since
+// the tile intrinsics paste the register number into their assembly.
+#define kQ 0
+#define kK 1
+#define kS 2
+#define kP 3
+#define kV 4
+#define kO 5
+
+struct alignas(64) TileConfig {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+inline void load_tile_config() {
+    TileConfig cfg{};
+    cfg.palette = 1;
+    auto set = [&](int t, int rows, int colsb) { cfg.rows[t] = static_cast<uint8_t>(rows), cfg.colsb[t] = static_cast<uint16_t>(colsb); };
+    set(kQ, 16, 64);  // 16 query vectors x 32 dims (bf16)
+    set(kK, 16, 64);  // 16 dim pairs x 16 keys x 2 (bf16)
+    set(kS, 16, 64);  // 16 vectors x 16 scores (float32)
+    set(kP, 16, 32);  // 16 vectors x 16 weights (bf16)
+    set(kV, 8, 64);   // 8 key pairs x 16 dims x 2 (bf16)
+    set(kO, 16, 64);  // 16 vectors x 16 dims of the running output (float32)
+    _tile_loadconfig(&cfg);
+}
+
+// Online softmax of query vectors [m_begin, m_end) over one key list on AMX tiles, 16 vectors at a
+// time: S = Q K^T (d/32 tdpbf16ps into one 16x16 tile), the softmax step per vector in AVX-512, then
+// O += P V per 16 output dims (the running output loaded into a tile, multiplied into, stored back).
+void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_t* blocks, int64_t kv_head,
+                     int64_t m_begin, int64_t m_end) {
+    const int64_t d = a.d, bs = a.block_size;
+    const float qscale = a.scale * 1.4426950408889634f;
+    for (int64_t m0 = m_begin; m0 < m_end; m0 += 16) {
+        const int64_t mn = m_end - m0 < 16 ? m_end - m0 : 16;
+        int64_t last_key = 0;
+        for (int64_t j = 0; j < mn; ++j) {
+            last_key = w.limit[m0 + j] > last_key ? w.limit[m0 + j] : last_key;
+            memcpy(w.qtile + j * d, w.qptr[m0 + j], sizeof(uint16_t) * d);
+        }
+        memset(w.qtile + mn * d, 0, sizeof(uint16_t) * (16 - mn) * d);
+        float* acc = w.acc + m0 * d;
+        for (int64_t t = 0; t < kPrefetch; ++t)
+            if (t * kTile < last_key) prefetch_tile(a, blocks[t * kTile / bs], kv_head, t * kTile % bs);
+        for (int64_t k0 = 0; k0 < last_key; k0 += kTile) {
+            const int64_t block = blocks[k0 / bs], off = k0 % bs, ahead = k0 + kPrefetch * kTile;
+            if (ahead < last_key) prefetch_tile(a, blocks[ahead / bs], kv_head, ahead % bs);
+            const uint16_t* kt = a.key_tile(block, kv_head, off);
+            const uint16_t* vt = a.value_tile(block, kv_head, off);
+            _tile_zero(kS);
+            for (int64_t c = 0; c < d / 32; ++c) {
+                _tile_loadd(kQ, w.qtile + 32 * c, 2 * d);
+                _tile_loadd(kK, kt + 32 * c * bs, 4 * bs);  // dim pairs 16c .. 16c + 15
+                _tile_dpbf16ps(kS, kQ, kK);
+            }
+            _tile_stored(kS, w.sbuf, 64);
+            bool rescale = false;
+            float alpha[16];
+            for (int64_t j = 0; j < 16; ++j) {
+                const __m512 s = _mm512_mul_ps(_mm512_load_ps(w.sbuf + j * kTile), _mm512_set1_ps(qscale));
+                const __m512 p = softmax_step(w, m0 + j, s, j < mn ? w.limit[m0 + j] - k0 : 0, alpha + j, &rescale);
+                _mm256_store_si256(reinterpret_cast<__m256i*>(w.ptile + j * kTile), (__m256i)_mm512_cvtneps_pbh(p));
+            }
+            if (rescale)
+                for (int64_t j = 0; j < mn; ++j)
+                    if (alpha[j] != 1.0f)
+                        for (int64_t c = 0; c < d; c += 16)
+                            _mm512_storeu_ps(acc + j * d + c, _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c), _mm512_set1_ps(alpha[j])));
+            _tile_loadd(kP, w.ptile, 2 * kTile);
+            for (int64_t c = 0; c < d; c += 16) {
+                _tile_loadd(kO, acc + c, 4 * d);
+                _tile_loadd(kV, vt + 2 * c, 4 * d);
+                _tile_dpbf16ps(kO, kP, kV);
+                _tile_stored(kO, acc + c, 4 * d);
+            }
+        }
+    }
+}
+
+// Ask Linux for the AMX tile data state once (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18), then check
+// that the process holds it: without it the first tile instruction kills the process.
+#include <sys/syscall.h>
+#include <unistd.h>
+bool amx_permitted() {
+    constexpr int kReqPerm = 0x1023, kGetPerm = 0x1022, kTileData = 18;
+    syscall(SYS_arch_prctl, kReqPerm, kTileData);
+    uint64_t granted = 0;
+    if (syscall(SYS_arch_prctl, kGetPerm, &granted) != 0) return false;
+    return (granted >> kTileData) & 1u;
+}
+#endif
+
 // One work item: the query vectors of the group's rows for one KV head attend first to the group's
 // shared keys, all together (each shared tile loaded once for every member), then each chunk's
 // vectors continue over that chunk's private keys, causally. The softmax state carries across both.
-template <typename E>
-void attend_item(const AttnArgs<E>& a, const Item& it, const Scratch& w) {
-    using Tiles = typename TilesFor<E>::type;
+template <typename E, typename Tiles>
+void attend_item(const AttnArgs<E>& a, const Item& it, const Scratch& w, Kernel kernel) {
     const int64_t d = a.d, group = a.n_q / a.n_kv;
     const int64_t c_begin = a.group_chunks_start[it.group], c_end = a.group_chunks_start[it.group + 1];
     int64_t m = 0;
@@ -439,26 +573,33 @@ void attend_item(const AttnArgs<E>& a, const Item& it, const Scratch& w) {
             for (int64_t g = 0; g < group; ++g, ++m) {
                 const E* src = a.q + ((a.chunk_row[c] + r) * a.n_q + it.kv_head * group + g) * d;
                 w.qptr[m] = src;
-                if constexpr (std::is_same_v<Tiles, FmaTiles<E>>)
+                if (kernel == kFma)
                     for (int64_t i = 0; i < d; ++i) w.q[m * d + i] = to_f32(src[i]) * a.scale * 1.4426950408889634f;
                 w.mx[m] = -INFINITY;
                 _mm512_store_ps(w.den + m * kTile, _mm512_setzero_ps());
             }
     }
     const int64_t m_count = m;
-    memset(w.acc, 0, sizeof(float) * m_count * d);
+    memset(w.acc, 0, sizeof(float) * (m_count + 16) * d);
     Tiles tiles;
+    auto attend = [&](const int32_t* blocks, int64_t m_begin, int64_t m_end) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+        if constexpr (std::is_same_v<E, uint16_t>)
+            if (kernel == kAmx) return attend_keys_amx(a, w, blocks, it.kv_head, m_begin, m_end);
+#endif
+        attend_keys<E, Tiles>(a, w, tiles, blocks, it.kv_head, m_begin, m_end);
+    };
     const int64_t shared_keys = (a.shared_start[it.group + 1] - a.shared_start[it.group]) * a.block_size;
     if (shared_keys > 0) {
         for (int64_t i = 0; i < m_count; ++i) w.limit[i] = shared_keys;
-        attend_keys<E, Tiles>(a, w, tiles, a.shared_blocks + a.shared_start[it.group], it.kv_head, 0, m_count);
+        attend(a.shared_blocks + a.shared_start[it.group], 0, m_count);
     }
     m = 0;
     for (int64_t ci = c_begin; ci < c_end; ++ci) {
         const int64_t c = a.group_chunks[ci], m_first = m;
         for (int64_t r = it.row0; r < it.row0 + it.rows; ++r)
             for (int64_t g = 0; g < group; ++g, ++m) w.limit[m] = a.chunk_ctx[c] - a.chunk_qlen[c] + r + 1;
-        attend_keys<E, Tiles>(a, w, tiles, a.private_blocks + a.private_start[c], it.kv_head, m_first, m);
+        attend(a.private_blocks + a.private_start[c], m_first, m);
     }
     for (int64_t i = 0; i < m_count; ++i) {
         E* dst = const_cast<E*>(static_cast<const E*>(w.qptr[i])) - a.q + a.out;  // same row of out
@@ -467,31 +608,64 @@ void attend_item(const AttnArgs<E>& a, const Item& it, const Scratch& w) {
     }
 }
 
-template <typename E>
-void paged_attention(const AttnArgs<E>& a) {
-    const int64_t vectors = a.max_vectors, d = a.d;
+template <typename E, typename Tiles>
+void paged_attention(const AttnArgs<E>& a, Kernel kernel) {
+    const int64_t vectors = (a.max_vectors + 15) / 16 * 16 + 16, d = a.d;
 #pragma omp parallel
     {
-        // [q | acc] floats, then the two tile buffers and den (64-byte aligned), then mx, limit, qptr
-        const size_t floats = 2 * vectors * d + 2 * kTile * d + kTile * vectors + vectors;
-        char* mem = static_cast<char*>(aligned_alloc(64, (sizeof(float) * floats + 16 * vectors + 63) / 64 * 64));
+        // floats: q, acc, kbuf, vbuf, den, sbuf, mx; then bf16 qtile and ptile; then limit, qptr
+        const size_t floats = 2 * vectors * d + 2 * kTile * d + kTile * vectors + kTile * kTile + vectors;
+        const size_t halves = 16 * d + 16 * kTile;
+        const size_t bytes = (sizeof(float) * floats + 2 * halves + 16 * vectors + 63) / 64 * 64;
+        char* mem = static_cast<char*>(aligned_alloc(64, bytes));
         float* f = reinterpret_cast<float*>(mem);
         Scratch w{};
-        w.q = f;
+        w.q = f;  // every buffer below starts 64-byte aligned: vectors % 16 == 0 and d % 32 == 0
         w.acc = f + vectors * d;
-        w.kbuf = f + 2 * vectors * d;  // 2 * vectors * d is a multiple of 16 floats: d % 32 == 0
+        w.kbuf = f + 2 * vectors * d;
         w.vbuf = w.kbuf + kTile * d;
         w.den = w.vbuf + kTile * d;
-        w.mx = w.den + kTile * vectors;
-        w.limit = reinterpret_cast<int64_t*>(mem + sizeof(float) * floats);
+        w.sbuf = w.den + kTile * vectors;
+        w.mx = w.sbuf + kTile * kTile;
+        w.qtile = reinterpret_cast<uint16_t*>(w.mx + vectors);
+        w.ptile = w.qtile + 16 * d;
+        w.limit = reinterpret_cast<int64_t*>(w.ptile + 16 * kTile);
         w.qptr = reinterpret_cast<const void**>(w.limit + vectors);
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+        if (kernel == kAmx) load_tile_config();  // per thread; oneDNN's kernels load their own between calls
+#endif
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < a.n_items; ++i) attend_item(a, a.items[i], w);
+        for (int64_t i = 0; i < a.n_items; ++i) attend_item<E, Tiles>(a, a.items[i], w, kernel);
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+        if (kernel == kAmx) _tile_release();
+#endif
         free(mem);
     }
 }
 
+template <typename E>
+void paged_attention(const AttnArgs<E>& a, int64_t kernel) {
+#ifdef __AVX512BF16__
+    if constexpr (std::is_same_v<E, uint16_t>)
+        if (kernel != kFma) return paged_attention<E, DotTiles>(a, static_cast<Kernel>(kernel));
+#endif
+    paged_attention<E, FmaTiles<E>>(a, kFma);
+}
+
 }  // namespace
+
+// The attention kernels this build can run for bfloat16: bit kDot set with AVX512-BF16, bit kAmx with
+// AMX (compiled in and the tile data permission granted). float32 always runs kFma.
+extern "C" int64_t batchllm_attention_kernels() {
+    int64_t kernels = 1 << kFma;
+#ifdef __AVX512BF16__
+    kernels |= 1 << kDot;
+#endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    if (amx_permitted()) kernels |= 1 << kAmx;
+#endif
+    return kernels;
+}
 
 #define BATCHLLM_EXPORT(SUFFIX, E)                                                                          \
     extern "C" void batchllm_add_rms_norm_##SUFFIX(E* x, const E* delta, const E* w, E* out, int64_t rows,  \
@@ -513,11 +687,12 @@ void paged_attention(const AttnArgs<E>& a) {
         int64_t max_vectors, const int64_t* group_chunks_start, const int32_t* group_chunks,                \
         const int64_t* shared_start, const int32_t* shared_blocks, const int32_t* chunk_row,                \
         const int32_t* chunk_qlen, const int32_t* chunk_ctx, const int64_t* private_start,                  \
-        const int32_t* private_blocks, int64_t n_q, int64_t n_kv, int64_t d, int64_t bs, float scale) {     \
+        const int32_t* private_blocks, int64_t n_q, int64_t n_kv, int64_t d, int64_t bs, float scale,       \
+        int64_t kernel) {                                                                                   \
         AttnArgs<E> a{q, k_cache, v_cache, out, reinterpret_cast<const Item*>(items), n_items, max_vectors, \
                       group_chunks_start, group_chunks, shared_start, shared_blocks, chunk_row, chunk_qlen, \
                       chunk_ctx, private_start, private_blocks, n_q, n_kv, d, bs, scale};                   \
-        paged_attention<E>(a);                                                                              \
+        paged_attention<E>(a, kernel);                                                                      \
     }
 
 BATCHLLM_EXPORT(bf16, uint16_t)

@@ -2,13 +2,17 @@
 
 Each wrapper checks what the C code assumes (CPU, contiguous, one dtype of bfloat16 or float32,
 sizes a multiple of the vector width) with a ValueError naming the argument, then passes raw
-pointers; `NativeAttention` is the "native" attention backend over them. Invariant: the C code
-never sees a tensor these checks did not pass.
+pointers; `NativeAttention` is the "native" attention backend over them, and `NativeKV` one layer's
+cache in the native layout. The attention kernel is chosen once per `NativeOps`, by what the build
+reports this CPU can run (AMX tiles, else AVX512-BF16 dot products, else float32 FMAs), never by a
+timing. Invariant: the C code never sees a tensor these checks did not pass.
 """
 
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,8 +27,10 @@ _SIGNATURES = {
     "add_rms_norm": (_P, _P, _P, _P, _I, _I, _F),
     "silu_mul": (_P, _P, _I, _I),
     "rope_store_kv": (_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I),
-    "paged_attention": (_P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _F),
+    "paged_attention": (_P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _F, _I),
 }
+Kernel = Literal["fma", "dot", "amx"]
+KERNELS: tuple[Kernel, ...] = ("fma", "dot", "amx")  # ops.cpp's enum Kernel, in its order; best last
 VECTOR = 16  # float32 lanes of one AVX-512 register: sizes the C loops step by
 
 
@@ -52,13 +58,63 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
                          f"(contiguous={t.is_contiguous()})")
 
 
-class NativeOps:
-    """The fused ops bound for one dtype."""
+@dataclass(frozen=True, slots=True)
+class NativeKV:
+    """One layer's KV cache in the native layout (ops.cpp's `Cache`), viewed over the engine's
+    [2, blocks, bs, n_kv, d] storage (same size, other order):
+      - float32: keys [blocks, n_kv, d, bs], values [blocks, bs, n_kv, d];
+      - bfloat16: keys [blocks, n_kv, d/2, bs, 2], values [blocks, n_kv, bs/2, d, 2] (pairs along each
+        product's reduction axis: the operand layout of AVX512-BF16 and AMX, read in place)."""
 
-    def __init__(self, native: NativeLib, dtype: torch.dtype) -> None:
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def over(cls, layer_kv: torch.Tensor) -> NativeKV:
+        _, blocks, bs, n_kv, d = layer_kv.shape
+        if layer_kv.dtype == torch.bfloat16:
+            return cls(layer_kv[0].view(blocks, n_kv, d // 2, bs, 2), layer_kv[1].view(blocks, n_kv, bs // 2, d, 2))
+        return cls(layer_kv[0].view(blocks, n_kv, d, bs), layer_kv[1])
+
+    @classmethod
+    def from_standard(cls, k_cache: torch.Tensor, v_cache: torch.Tensor) -> NativeKV:
+        """Caches in the standard layout [blocks, bs, n_kv, d] copied into the native one."""
+        blocks, bs, n_kv, d = k_cache.shape
+        if k_cache.dtype == torch.bfloat16:
+            keys = k_cache.view(blocks, bs, n_kv, d // 2, 2).permute(0, 2, 3, 1, 4)  # [blocks, n_kv, d/2, bs, 2]
+            values = v_cache.view(blocks, bs // 2, 2, n_kv, d).permute(0, 3, 1, 4, 2)  # [blocks, n_kv, bs/2, d, 2]
+            return cls(keys.contiguous(), values.contiguous())
+        return cls(k_cache.permute(0, 2, 3, 1).contiguous(), v_cache.contiguous())  # keys [blocks, n_kv, d, bs]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(blocks, block_size, n_kv, head_dim)."""
+        if self.keys.dim() == 5:
+            blocks, n_kv, half, bs, _ = self.keys.shape
+            return blocks, bs, n_kv, 2 * half
+        blocks, n_kv, d, bs = self.keys.shape
+        return blocks, bs, n_kv, d
+
+
+def available_kernels(native: NativeLib) -> tuple[Kernel, ...]:
+    """The attention kernels this build runs for bfloat16 on this machine (float32 always runs "fma")."""
+    fn = native.lib.batchllm_attention_kernels
+    fn.argtypes, fn.restype = (), ctypes.c_int64
+    bits = fn()
+    return tuple(k for i, k in enumerate(KERNELS) if bits >> i & 1)
+
+
+class NativeOps:
+    """The fused ops bound for one dtype; `kernel` the attention kernel (default: the best this CPU runs)."""
+
+    def __init__(self, native: NativeLib, dtype: torch.dtype, kernel: Kernel | None = None) -> None:
         if dtype not in _SUFFIX:
             raise ValueError(f"the fused ops run bfloat16 or float32, not {dtype}")
+        runs = available_kernels(native) if dtype == torch.bfloat16 else ("fma",)
+        if kernel is not None and kernel not in runs:
+            raise ValueError(f"attention kernel {kernel!r} does not run {dtype} on this machine (it runs {', '.join(runs)})")
         self.dtype = dtype
+        self.kernel: Kernel = kernel or runs[-1]
         self.build_s = native.build_s
         self._fn = {}
         for name, args in _SIGNATURES.items():
@@ -86,42 +142,42 @@ class NativeOps:
         return out
 
     def rope_store_kv(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                      slots: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n_q: int) -> torch.Tensor:
+                      slots: torch.Tensor, kv: NativeKV, n_q: int) -> torch.Tensor:
         """qkv [T, H + 2 n_kv, d]; rotates q (returned, [T, H, d]) and k, writes k and v to their slots.
 
-        k_cache is [blocks, n_kv, d, bs] (native layout), v_cache [blocks, bs, n_kv, d]; positions index
-        cos/sin [P, d/2]; slots int64 [T].
+        positions index cos/sin [P, d/2]; slots int64 [T].
         """
-        for name, t in (("qkv", qkv), ("cos", cos), ("sin", sin), ("k_cache", k_cache), ("v_cache", v_cache)):
+        for name, t in (("qkv", qkv), ("cos", cos), ("sin", sin), ("keys", kv.keys), ("values", kv.values)):
             _check(name, t, self.dtype)
         for name, t in (("positions", positions), ("slots", slots)):
             _check(name, t, torch.int64)
         tokens, heads, d = qkv.shape
         n_kv = (heads - n_q) // 2
-        if k_cache.shape[1:3] != (n_kv, d) or v_cache.shape[2:] != (n_kv, d) or cos.shape[1] != d // 2:
+        _, bs, cache_kv, cache_d = kv.shape
+        if (cache_kv, cache_d) != (n_kv, d) or cos.shape[1] != d // 2:
             raise ValueError(f"rope_store_kv: qkv {tuple(qkv.shape)} with {n_q} q heads does not fit "
-                             f"k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}, cos {tuple(cos.shape)}")
+                             f"a cache of {cache_kv} KV heads of {cache_d}, cos {tuple(cos.shape)}")
         q = qkv.new_empty(tokens, n_q, d)
         self._fn["rope_store_kv"](_ptr(qkv), _ptr(cos), _ptr(sin), _ptr(positions), _ptr(slots), _ptr(q),
-                                  _ptr(k_cache), _ptr(v_cache), tokens, n_q, n_kv, d, k_cache.shape[3])
+                                  _ptr(kv.keys), _ptr(kv.values), tokens, n_q, n_kv, d, bs)
         return q
 
-    def paged_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, work: AttentionWork,
-                        scale: float) -> torch.Tensor:
+    def paged_attention(self, q: torch.Tensor, kv: NativeKV, work: AttentionWork, scale: float) -> torch.Tensor:
         """q [T, H, d] against each chunk's key blocks (see AttentionWork) -> [T, H, d]."""
-        for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        for name, t in (("q", q), ("keys", kv.keys), ("values", kv.values)):
             _check(name, t, self.dtype)
         tokens, n_q, d = q.shape
-        n_kv, bs = k_cache.shape[1], k_cache.shape[3]
+        _, bs, n_kv, _ = kv.shape
         out = torch.empty_like(q)
-        self._fn["paged_attention"](_ptr(q), _ptr(k_cache), _ptr(v_cache), _ptr(out), work.addresses[0], len(work.items),
-                                    work.max_vectors, *work.addresses[1:], n_q, n_kv, d, bs, scale)
+        self._fn["paged_attention"](_ptr(q), _ptr(kv.keys), _ptr(kv.values), _ptr(out), work.addresses[0], len(work.items),
+                                    work.max_vectors, *work.addresses[1:], n_q, n_kv, d, bs, scale,
+                                    KERNELS.index(self.kernel))
         return out
 
 
 class NativeAttention:
-    """The "native" backend: plan = the step's work list, run = the paged kernel. Keys are in the
-    native layout [blocks, n_kv, d, bs] (rope_store_kv writes them so)."""
+    """The "native" backend: plan = the step's work list, run = the paged kernel over a cache in the
+    native layout (`NativeKV`; rope_store_kv writes it so)."""
 
     def __init__(self, ops: NativeOps, num_kv_heads: int, group: int) -> None:
         self.ops, self.num_kv_heads, self.group = ops, num_kv_heads, group
@@ -131,4 +187,5 @@ class NativeAttention:
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionWork,
             scale: float) -> torch.Tensor:
-        return self.ops.paged_attention(q, k_cache, v_cache, plan, scale)
+        """k_cache, v_cache: one layer's `NativeKV.keys` and `.values`."""
+        return self.ops.paged_attention(q, NativeKV(k_cache, v_cache), plan, scale)
