@@ -1,4 +1,4 @@
-"""Entry point: `python -m benchmarks [--quick] [--model DIR] [--only NAME,...] [--peers batchllm,vllm,transformers]`.
+"""Entry point: `python -m benchmarks [--quick] [--model DIR] [--only NAME,...] [--peers batchllm,vllm,...]`.
 
 Measures the machine (matmul peak per dtype), builds the workloads, runs every engine on them and
 writes benchmarks/RESULTS.md and benchmarks/results.json (or --out DIR). Invariant: the dtype given
@@ -18,9 +18,9 @@ from benchmarks import report
 from benchmarks.flops import model_size
 from benchmarks.machine import machine_info
 from benchmarks.runner import Settings, log, run_all
+from benchmarks.workloads import ALL_PEERS
 
 HERE = Path(__file__).resolve().parent
-PEERS = ("batchllm", "vllm", "transformers")
 
 
 def default_model() -> Path:
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small workloads, one pass (~2 minutes)")
     p.add_argument("--model", type=Path, help="HF model directory (default: the project's cached SmolLM2-135M)")
     p.add_argument("--only", type=csv(None), default=(), help="comma-separated bench names")
-    p.add_argument("--peers", type=csv(PEERS), default=PEERS, help="comma-separated engines")
+    p.add_argument("--peers", type=csv(ALL_PEERS), default=ALL_PEERS, help="comma-separated engines")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto: the dtype with the higher measured matmul peak")
     p.add_argument("--repeats", type=int, help="passes over the batchllm/vLLM runs (default 3, --quick 1)")

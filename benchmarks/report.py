@@ -46,6 +46,33 @@ class Row:
     extra: dict | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FusedVsEager:
+    """batchllm's defaults (fused CPU ops) against `--compile off` (eager torch) on one workload, same run."""
+
+    workload: str
+    fused_gen_s: float
+    eager_gen_s: float
+
+    @property
+    def speedup(self) -> float:
+        """Above 1 the fused path is faster."""
+        return self.eager_gen_s / self.fused_gen_s
+
+
+def fused_vs_eager(rows: list[Row]) -> list[FusedVsEager]:
+    """One entry per workload on which both batchllm engines have a successful run (medians of each)."""
+    ok = {(r.workload, r.peer): r for r in rows if r.runs and not r.variant}
+    return [FusedVsEager(w, ok[(w, "batchllm")].gen_s, eager.gen_s)
+            for (w, peer), eager in ok.items() if peer == "batchllm-eager" and (w, "batchllm") in ok]
+
+
+def fused_line(f: FusedVsEager) -> str:
+    verdict = "fused >= eager" if f.speedup >= 1 else "fused < eager"
+    return (f"Fused vs eager, generation without start-up: batchllm {f.fused_gen_s:.1f} s, batchllm-eager "
+            f"{f.eager_gen_s:.1f} s: fused speed-up **{f.speedup:.2f}x** ({verdict}).")
+
+
 def same_outputs(a: str, b: str) -> float | None:
     """Share of request ids whose outputs match: token ids where both files have them, else text."""
     def load(path: str) -> dict[str, dict]:
@@ -174,13 +201,16 @@ def intro(meta: dict) -> list[str]:
         ("Wall with start-up: batchllm = the whole `batchllm run` process; vLLM and transformers = engine start-up "
          "(paid once per process) + the job. Wall without start-up: batchllm = its metrics' wall_s - model_load_s; "
          "others = the job alone. Token rates use the wall without start-up. vLLM's start-up includes "
-         "torch.compile of the model unless its cache (~/.cache/vllm) already held this configuration."),
+         "torch.compile of the model unless its cache (~/.cache/vllm) already held this configuration. "
+         "batchllm-eager is the same `batchllm run` with `--compile off` (eager torch, none of the fused CPU ops); "
+         "the line under each table gives the fused path's speed-up over it."),
         "",
     ]
 
 
 def markdown(meta: dict, built: list[Built], rows: list[Row]) -> str:
     out = intro(meta)
+    fused = {f.workload: f for f in fused_vs_eager(rows)}
     for b in built:
         mine = [r for r in rows if r.workload == b.bench.name]
         if not mine:
@@ -190,6 +220,8 @@ def markdown(meta: dict, built: list[Built], rows: list[Row]) -> str:
                 + (f", KV budget {b.kv_budget_tokens} tokens." if b.kv_budget_tokens else "."), ""]
         out += ablation_table(mine) if b.bench.name == "ablation" else bench_table(mine)
         out.append("")
+        if b.bench.name in fused:
+            out += [fused_line(fused[b.bench.name]), ""]
     return "\n".join(out)
 
 
@@ -205,7 +237,9 @@ def write(folder: Path, meta: dict, machine: MachineInfo, built: list[Built], ru
                    "model_params": {"body": size.body, "head": size.head}}
     rows = summarise(runs, size, machine.peak_gflops[meta["dtype"]], {b.bench.name: b.attention_pairs for b in built})
     data = {**meta, "workloads": [workload_facts(b) for b in built],
-            "summary": [asdict(r) for r in rows], "runs": [asdict(r) for r in runs]}
+            "summary": [asdict(r) for r in rows],
+            "fused_vs_eager": [asdict(f) | {"speedup": f.speedup} for f in fused_vs_eager(rows)],
+            "runs": [asdict(r) for r in runs]}
     json_path, md_path = folder / "results.json", folder / "RESULTS.md"
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     md_path.write_text(markdown(meta, built, rows) + "\n" + kept_section(md_path))

@@ -1,8 +1,8 @@
 """Runs the benchmark: every bench on every engine it names, engines alternating run by run.
 
 Pass 1 runs everything once (transformers and the batchllm ablations only here: they are slow or
-single-engine); later passes repeat the batchllm and vLLM runs while the time budget allows, so the
-report can take medians. Invariant: a run during which other processes used more than
+single-engine); later passes repeat the batchllm (fused and eager) and vLLM runs while the time budget
+allows, so the report can take medians. Invariant: a run during which other processes used more than
 `noise_limit` of the machine's CPU is re-run once; the re-run replaces it, flagged if still noisy.
 """
 
@@ -32,6 +32,8 @@ ABLATIONS = (
     ("attention-torch", ("--attention", "torch")),
     ("attention-gather", ("--attention", "gather")),
 )
+# The batchllm engines: the same CLI, told apart by the flags they add to every run
+BATCHLLM_FLAGS = {"batchllm": (), "batchllm-eager": ("--compile", "off")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +94,8 @@ class Peers:
 
     def _make(self, name: str, built: Built, kv: int | None) -> Peer:
         logs = self.s.work_dir / "logs"
-        if name == "batchllm":
-            return BatchllmPeer(self.s.model, self.s.dtype, self.s.batchllm_exe)
+        if name in BATCHLLM_FLAGS:
+            return BatchllmPeer(self.s.model, self.s.dtype, self.s.batchllm_exe, name, BATCHLLM_FLAGS[name])
         if name == "transformers":
             return hf_peer(self.s.model, self.s.dtype, logs, 16 if self.s.quick else "auto")
         if name == "vllm":
@@ -106,7 +108,7 @@ class Peers:
             # vLLM refuses a KV cache smaller than max_model_len; only then use the workload's own need
             max_len = self.max_model_len if kv >= self.max_model_len else built.max_prompt + built.max_tokens
             return vllm_peer(self.s.model, self.s.dtype, logs, kv_bytes, max_len, f"vllm-kv{kv}")
-        raise ValueError(f"unknown peer {name!r}; known: batchllm, transformers, vllm")
+        raise ValueError(f"unknown peer {name!r}; known: {', '.join(BATCHLLM_FLAGS)}, transformers, vllm")
 
     def close(self) -> None:
         for peer in self.made.values():
@@ -152,7 +154,7 @@ def run_all(s: Settings) -> tuple[list[Built], list[RunOutcome]]:
                 log(f"stopping after {k} pass(es): another would pass the {s.budget_s:.0f} s budget")
                 break
             for b, name, (variant, flags) in planned:
-                kv = b.kv_budget_tokens if name == "batchllm" else None  # vLLM's budget is fixed at its start-up
+                kv = b.kv_budget_tokens if name in BATCHLLM_FLAGS else None  # vLLM's is fixed at its start-up
                 job = Job(b.bench.name, b.path, s.work_dir / "runs" / b.bench.name / f"pass{k}", b.max_tokens,
                           kv, variant, flags, s.run_timeout_s)
                 job.out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,10 @@ from batchcli.token_arrays import TokenArrays
 from benchmarks import synth
 from benchmarks.flops import attention_pairs
 
-ALL_PEERS = ("batchllm", "vllm", "transformers")
-FAST_PEERS = ("batchllm", "vllm")
+# batchllm-eager (`--compile off`) runs wherever batchllm does: the fused path must never lose to it
+BATCHLLM_AB = ("batchllm", "batchllm-eager")
+ALL_PEERS = (*BATCHLLM_AB, "vllm", "transformers")
+FAST_PEERS = (*BATCHLLM_AB, "vllm")
 SWEEP_DEGREES = (1, 4, 16, 64)
 
 
@@ -128,7 +130,7 @@ def benches(quick: bool) -> list[Bench]:
               .format(*heavy[:4], " / ".join(map(str, heavy[4]))), partial(decode_heavy, *heavy)),
         Bench("kv-constrained", "{} contexts of {} x {} questions of {}, {} output tokens; KV budget = half the "
               "working set".format(*kv), partial(synth.shared_prefix, *kv),
-              ("batchllm",) if quick else FAST_PEERS, kv_fraction=0.5),
+              BATCHLLM_AB if quick else FAST_PEERS, kv_fraction=0.5),
     ]
 
 

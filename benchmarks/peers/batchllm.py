@@ -1,5 +1,8 @@
 """Peer: the `batchllm run` CLI, one fresh process per run, exactly as a user would call it.
 
+One class serves every batchllm engine the harness compares: "batchllm" (the defaults) and
+"batchllm-eager" (`--compile off`) differ only in the engine-wide `flags` put before a job's own.
+
 total_s is the process's wall time from spawn to exit (imports, model load, the whole file);
 gen_s is the engine's own `wall_s - model_load_s` from its --metrics file; the prompt tokens it computed
 are prompt_tokens x (1 - saving_ratio), its plan's physical prefill. Invariant: the run's CPU
@@ -54,13 +57,14 @@ def run_process(argv: list[str], log: Path, timeout_s: float) -> Exit:
     return Exit(proc.returncode, wall, cpu, usage.ru_maxrss, window.others_share(cpu))
 
 
-def command(exe: Path, job: Job, model: Path, dtype: str, out: Path, metrics: Path) -> list[str]:
+def command(exe: Path, job: Job, model: Path, dtype: str, out: Path, metrics: Path,
+            flags: tuple[str, ...] = ()) -> list[str]:
     argv = [str(exe), "run", str(job.path), "-o", str(out), "--overwrite", "--quiet", "--metrics", str(metrics),
             "--model", str(model), "--max-tokens", str(job.max_tokens), "--ignore-eos", "--temperature", "0",
             "--dtype", dtype]
     if job.kv_budget_tokens is not None:
         argv += ["--kv-budget", f"{job.kv_budget_tokens}tok"]
-    return argv + list(job.flags)
+    return argv + list(flags) + list(job.flags)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class BatchllmPeer:
     dtype: str
     exe: Path
     name: str = "batchllm"
+    flags: tuple[str, ...] = ()  # CLI flags of this engine on every run, e.g. ("--compile", "off")
 
     def run(self, job: Job) -> RunOutcome:
         if not self.exe.exists():
@@ -76,7 +81,8 @@ class BatchllmPeer:
         tag = f"{self.name}{'-' + job.variant if job.variant else ''}"
         out, metrics, log = (job.out_dir / f"{tag}{ext}" for ext in (".jsonl", ".metrics.json", ".log"))
         metrics.unlink(missing_ok=True)
-        done = run_process(command(self.exe, job, self.model, self.dtype, out, metrics), log, job.timeout_s)
+        argv = command(self.exe, job, self.model, self.dtype, out, metrics, self.flags)
+        done = run_process(argv, log, job.timeout_s)
         if done.rc != 0:
             why = "timed out" if time_out(done, job) else f"exit {done.rc}"
             return failed(self.name, job, f"{why}: {tail(log)}", total_s=done.wall_s, others_share=done.others_share)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from benchmarks import machine
 from benchmarks.__main__ import main
 
 
@@ -35,3 +36,17 @@ def test_broken_batchllm_is_recorded_not_a_crash(tmp_path, fake_cli, tiny_model,
     assert rc == 3
     assert [r["error"] for r in data["runs"]] and all("exit 1" in r["error"] for r in data["runs"])
     assert "error: exit 1" in md
+
+
+
+def test_eager_engine_runs_with_compile_off_and_the_ratio_is_reported(tmp_path, fake_cli, tiny_model, monkeypatch):
+    monkeypatch.setattr(machine, "matmul_peak_gflops", lambda dtype: 100.0)
+    rc, data, md = run_main(tmp_path, fake_cli, tiny_model, "--only", "paper", "--peers", "batchllm,batchllm-eager")
+    assert rc == 0
+    argv = {r["peer"]: json.loads(Path(r["out_path"]).with_suffix(".metrics.json").read_text())["argv"]
+            for r in data["runs"]}
+    assert argv["batchllm-eager"][-2:] == ["--compile", "off"] and "--compile" not in argv["batchllm"]
+    assert data["fused_vs_eager"] == [{"workload": "paper", "fused_gen_s": 1.5, "eager_gen_s": 2.5,
+                                       "speedup": 2.5 / 1.5}]
+    assert "\n| batchllm-eager | 1 | " in md and "fused speed-up **1.67x** (fused >= eager)" in md
+

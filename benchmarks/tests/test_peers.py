@@ -37,6 +37,15 @@ def test_batchllm_peer_reads_metrics_and_passes_the_cli_contract(tmp_path, fake_
     assert pairs["--kv-budget"] == "100tok" and pairs["--sharing"] == "off" and pairs["--model"] == str(tiny_model)
 
 
+def test_engine_flags_go_on_every_run_before_the_jobs_own(tmp_path, fake_cli, tiny_model):
+    peer = BatchllmPeer(tiny_model, "float32", fake_cli, "batchllm-eager", ("--compile", "off"))
+    o = peer.run(job_for(tmp_path, ROWS, variant="sharing-off", flags=("--sharing", "off")))
+    assert o.ok and o.peer == "batchllm-eager", o.error
+    assert Path(o.out_path).name == "batchllm-eager-sharing-off.jsonl", "engines must not share output files"
+    argv = json.loads(Path(o.out_path).with_suffix(".metrics.json").read_text())["argv"]
+    assert argv[-4:] == ["--compile", "off", "--sharing", "off"]
+
+
 def test_batchllm_failure_is_an_error_outcome_not_a_crash(tmp_path, fake_cli, tiny_model, monkeypatch):
     monkeypatch.setenv("FAKE_MODE", "fail")
     o = BatchllmPeer(tiny_model, "float32", fake_cli).run(job_for(tmp_path, ROWS))

@@ -2,11 +2,11 @@ from pathlib import Path
 
 from benchmarks.peers.base import Job, RunOutcome
 from benchmarks.runner import ABLATIONS, Settings, checked, kv_bytes_per_token, plan_pass
-from benchmarks.workloads import ablation_bench, benches, build
+from benchmarks.workloads import ALL_PEERS, ablation_bench, benches, build
 
 
 def settings(tmp_path: Path, **kw) -> Settings:
-    base = {"quick": True, "model": tmp_path, "dtype": "float32", "peers": ("batchllm", "vllm", "transformers"),
+    base = {"quick": True, "model": tmp_path, "dtype": "float32", "peers": ALL_PEERS,
             "only": (), "repeats": 3, "budget_s": 100.0, "noise_limit": 0.05, "work_dir": tmp_path,
             "run_timeout_s": 10.0, "batchllm_exe": tmp_path / "batchllm"}
     return Settings(**(base | kw))
@@ -18,9 +18,11 @@ def test_passes_alternate_engines_and_run_slow_ones_once(tmp_path):
     built.append(build(ablation_bench(True), tmp_path))
     first = [(b.bench.name, name, v[0]) for b, name, v in plan_pass(s, built, 0)]
     second = [(b.bench.name, name, v[0]) for b, name, v in plan_pass(s, built, 1)]
-    assert [x for x in first if x[0] == "paper"] == [("paper", "batchllm", ""), ("paper", "vllm", ""), ("paper", "transformers", "")]
-    assert [x[1] for x in first if x[0] == "multi-level"] == ["vllm", "batchllm"]
-    assert [x[1] for x in second if x[0] == "paper"] == ["vllm", "batchllm"], "pass 1 rotates and drops transformers"
+    assert [x[1:] for x in first if x[0] == "paper"] == [("batchllm", ""), ("batchllm-eager", ""), ("vllm", ""),
+                                                         ("transformers", "")]
+    assert [x[1] for x in first if x[0] == "multi-level"] == ["batchllm-eager", "vllm", "batchllm"]
+    assert [x[1] for x in second if x[0] == "paper"] == ["batchllm-eager", "vllm", "batchllm"], \
+        "pass 1 rotates and drops transformers"
     assert [x[2] for x in first if x[0] == "ablation"] == [a[0] for a in ABLATIONS]
     assert not any(x[0] == "ablation" for x in second)
 
@@ -62,3 +64,11 @@ def test_kv_bytes_per_token(tiny_model):
     # 2 (K and V) x 2 layers x 1 KV head x head_dim 4 x 2 bytes
     assert kv_bytes_per_token(tiny_model, "bfloat16") == 32
     assert kv_bytes_per_token(tiny_model, "float32") == 64
+
+
+def test_eager_runs_next_to_batchllm_on_every_bench_but_the_ablations(tmp_path):
+    built = [build(b, tmp_path) for b in benches(True)] + [build(ablation_bench(True), tmp_path)]
+    runs = plan_pass(settings(tmp_path), built, 0)
+    with_batchllm = {b.bench.name for b, name, _ in runs if name == "batchllm" and b.bench.name != "ablation"}
+    with_eager = {b.bench.name for b, name, _ in runs if name == "batchllm-eager"}
+    assert with_eager == with_batchllm == {b.name for b in benches(True)}
