@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.flops import model_size
-from benchmarks.machine import machine_info
+from benchmarks.machine import flag_summary, machine_info
 from benchmarks.runner import Settings, log, run_all
 from benchmarks.workloads import ALL_PEERS
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=args.work_dir, run_timeout_s=args.timeout or (180.0 if args.quick else 600.0),
         batchllm_exe=args.batchllm,
     )
-    log(f"{machine.cpu_model}, peaks {machine.peak_gflops} GFLOP/s; dtype {dtype}; model {model}")
+    log(f"{machine.cpu_model} ({flag_summary(machine.cpu_family, machine.cpu_flags)}), peaks {machine.peak_gflops} "
+        f"GFLOP/s; dtype {dtype}; model {model}")
     built, runs = run_all(settings)
     meta = {"command": shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)]),
             "started": started, "elapsed_s": time.perf_counter() - t0, "model": str(model), "dtype": dtype,

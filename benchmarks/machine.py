@@ -1,5 +1,9 @@
 """What the benchmark machine is and how busy it was: CPU facts, matmul peak, CPU accounting, RSS.
 
+The CPU family (named from /proc/cpuinfo flags: AMX, AVX512-BF16, AVX-512, AVX2) labels every figure,
+because batchllm's kernels, vLLM's and torch's each pick their code by those flags, so a ratio measured
+on one family says little about another.
+
 Invariant: every number here is measured in the running benchmark process (never assumed), and a
 `CpuWindow` charges to "others" only the busy CPU time that neither this process nor the measured
 process tree spent, so a noisy neighbour shows up as others' share of the machine's CPU capacity.
@@ -16,6 +20,14 @@ from dataclasses import dataclass, field
 import torch
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The flags that decide which matrix/vector code the engines run, as /proc/cpuinfo spells them
+FAMILY_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f")
+FAMILIES = (  # first match wins: the best unit present names the family
+    (("amx_tile", "amx_bf16"), "x86 with AMX-BF16"),
+    (("avx512_bf16",), "x86 with AVX512-BF16 (no AMX)"),
+    (("avx512f",), "x86 with AVX-512 (no BF16, no AMX)"),
+    (("avx2",), "x86 AVX2 only"),
+)
 MATMUL_N = 1024  # large enough to reach the GEMM peak, small enough for a ~1 s measurement
 PEAK_THREADS = 2
 
@@ -23,6 +35,8 @@ PEAK_THREADS = 2
 @dataclass(frozen=True, slots=True)
 class MachineInfo:
     cpu_model: str
+    cpu_family: str  # cpu_family() of its flags
+    cpu_flags: dict[str, bool]  # each of FAMILY_FLAGS: present or not
     cores: int  # logical CPUs this process may run on
     mem_gib: float
     python: str
@@ -36,6 +50,29 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The first CPU's flags (x86 "flags", Arm "Features"); empty when the file lists none."""
+    with open(cpuinfo) as f:
+        for line in f:
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_family(flags: frozenset[str] | set[str], arch: str | None = None) -> str:
+    """The family the results are filed under, e.g. "x86 with AMX-BF16". A CPU with none of the
+    FAMILIES' features is named by its architecture, `arch` (default: this machine's, e.g. "aarch64")."""
+    for needed, family in FAMILIES:
+        if all(flag in flags for flag in needed):
+            return family
+    return arch or platform.machine() or "unknown CPU"
+
+
+def flag_summary(family: str, flags: dict[str, bool]) -> str:
+    """The family and its deciding flags in one phrase: `x86 with AMX-BF16: amx_tile yes, ...`."""
+    return f"{family}: " + ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in flags.items())
 
 
 def mem_gib() -> float:
@@ -66,8 +103,11 @@ def matmul_peak_gflops(dtype: torch.dtype, seconds: float = 1.0, n: int = MATMUL
 
 def machine_info(dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> MachineInfo:
     peaks = {name: round(matmul_peak_gflops(getattr(torch, name)), 1) for name in dtypes}
+    flags = cpu_flags()
     return MachineInfo(
         cpu_model=cpu_model(),
+        cpu_family=cpu_family(flags),
+        cpu_flags={name: name in flags for name in FAMILY_FLAGS},
         cores=len(os.sched_getaffinity(0)),
         mem_gib=round(mem_gib(), 1),
         python=platform.python_version(),

@@ -1,4 +1,4 @@
-"""Turns measured runs into benchmarks/results.json and benchmarks/RESULTS.md.
+"""Turns measured runs into benchmarks/results.json and this CPU family's section of benchmarks/RESULTS.md.
 
 Invariant: every number written comes from a RunOutcome of this invocation or from the machine
 measured in it; an engine with no successful run shows its error, never a guessed number.
@@ -11,8 +11,9 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks import results_file
 from benchmarks.flops import ModelSize, mfu
-from benchmarks.machine import MachineInfo
+from benchmarks.machine import MachineInfo, flag_summary
 from benchmarks.peers.base import RunOutcome
 from benchmarks.workloads import Built
 
@@ -189,12 +190,13 @@ def intro(meta: dict) -> list[str]:
     m = meta["machine"]
     peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peak_gflops"].items())
     return [
-        "# batchllm benchmark results", "",
+        f"# Results on {m['cpu_family']} — {m['cpu_model']}, measured {meta['started'][:10]}", "",
         (f"Written by `{meta['command']}` on {meta['started']} ({meta['elapsed_s']:.0f} s). Every number below was "
          "measured in that run; engines alternate run by run, and a value is the median of the runs shown. A run "
          f"during which other processes used more than {meta['noise_limit']:.0%} of the machine's CPU was re-run once."),
         "",
-        (f"Machine: {m['cpu_model']}, {m['cores']} CPUs, {m['mem_gib']} GiB; Python {m['python']}, torch {m['torch']}. "
+        (f"Machine: {m['cpu_model']} ({flag_summary(m['cpu_family'], m['cpu_flags'])}), {m['cores']} CPUs, "
+         f"{m['mem_gib']} GiB; Python {m['python']}, torch {m['torch']}. "
          f"Matmul peak (torch.mm 1024^3, 2 threads): {peaks}. Model: `{meta['model']}`, dtype {meta['dtype']} for "
          "every engine."),
         "", MFU_FORMULA, "",
@@ -209,6 +211,7 @@ def intro(meta: dict) -> list[str]:
 
 
 def markdown(meta: dict, built: list[Built], rows: list[Row]) -> str:
+    """This run's section of RESULTS.md: the intro, then one table per workload."""
     out = intro(meta)
     fused = {f.workload: f for f in fused_vs_eager(rows)}
     for b in built:
@@ -242,14 +245,6 @@ def write(folder: Path, meta: dict, machine: MachineInfo, built: list[Built], ru
             "runs": [asdict(r) for r in runs]}
     json_path, md_path = folder / "results.json", folder / "RESULTS.md"
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    md_path.write_text(markdown(meta, built, rows) + "\n" + kept_section(md_path))
-    return json_path, md_path
-
-
-KEEP_MARKER = "<!-- measured by hand below this line: kept when the harness rewrites this file -->"
-
-
-def kept_section(md_path: Path) -> str:
-    """The hand-written part of an existing RESULTS.md (component benchmarks with their commands)."""
     old = md_path.read_text() if md_path.is_file() else ""
-    return old[old.index(KEEP_MARKER):] if KEEP_MARKER in old else ""
+    md_path.write_text(results_file.rewrite(old, machine.cpu_family, markdown(meta, built, rows)))
+    return json_path, md_path

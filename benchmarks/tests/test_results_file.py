@@ -1,0 +1,34 @@
+from benchmarks.results_file import END, KEEP_MARKER, START, TITLE, rewrite, sections, split
+
+AMX, AVX512 = "x86 with AMX-BF16", "x86 with AVX512-BF16 (no AMX)"
+HAND = KEEP_MARKER + "\n\n## By hand\n\nmeasured once, kept  \ttrailing spaces and all\n"
+
+
+def block(family: str, body: str) -> str:
+    return START.format(family) + body + END.format(family)
+
+
+def test_rewrite_replaces_only_the_running_familys_section():
+    zen = block(AVX512, "# Results on AVX512\n\n| a |\n|---|\n| 1 |\n\n")
+    old = TITLE + block(AMX, "# Results on AMX, old\n\n") + "\n" + zen + "\n" + HAND
+    new = rewrite(old, AMX, "# Results on AMX, new\n")
+    assert zen in new, "the other family's section must be copied byte for byte"
+    assert new.endswith(HAND) and split(new)[1] == HAND
+    assert sections(new) == {AMX: "# Results on AMX, new\n\n", AVX512: sections(old)[AVX512]}
+    assert list(sections(new)) == [AMX, AVX512], "a replaced section keeps its place"
+    assert "AMX, old" not in new
+
+
+def test_a_new_family_goes_after_the_others():
+    old = TITLE + block(AVX512, "zen\n\n") + "\n" + HAND
+    new = rewrite(old, AMX, "amx\n")
+    assert list(sections(new)) == [AVX512, AMX]
+    assert rewrite(new, AMX, "amx again\n").count(START.format(AMX)) == 1
+
+
+def test_a_file_without_family_markers_is_replaced_above_the_keep_marker():
+    old = "# batchllm benchmark results\n\nWritten by an older harness.\n\n" + HAND
+    new = rewrite(old, AMX, "# Results on AMX\n")
+    assert new == TITLE + block(AMX, "# Results on AMX\n\n") + "\n" + HAND
+    assert rewrite("", AMX, "x\n") == TITLE + block(AMX, "x\n\n") + "\n"
+
