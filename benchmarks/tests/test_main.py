@@ -5,6 +5,8 @@ from pathlib import Path
 
 from benchmarks import machine
 from benchmarks.__main__ import main
+from benchmarks.results_file import sections, split
+from benchmarks.tests.test_machine import SAPPHIRE_RAPIDS
 
 
 def run_main(tmp_path, fake_cli, tiny_model, *extra):
@@ -50,3 +52,18 @@ def test_eager_engine_runs_with_compile_off_and_the_ratio_is_reported(tmp_path, 
                                        "speedup": 2.5 / 1.5}]
     assert "\n| batchllm-eager | 1 | " in md and "fused speed-up **1.67x** (fused >= eager)" in md
 
+
+def test_a_run_on_another_family_adds_its_section_beside_the_committed_one(tmp_path, fake_cli, tiny_model, monkeypatch):
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset(SAPPHIRE_RAPIDS.split()))
+    monkeypatch.setattr(machine, "matmul_peak_gflops", lambda dtype: 100.0)
+    committed = (Path(__file__).parents[1] / "RESULTS.md").read_text()
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "RESULTS.md").write_text(committed)
+    rc, data, md = run_main(tmp_path, fake_cli, tiny_model, "--only", "paper")
+    assert rc == 0
+    zen, amx = "x86 with AVX512-BF16 (no AMX)", "x86 with AMX-BF16"
+    assert list(sections(md)) == [zen, amx]
+    assert sections(md)[zen] == sections(committed)[zen] and split(md)[1] == split(committed)[1]
+    heading = f"# Results on {amx} — {machine.cpu_model()}, measured {data['started'][:10]}\n"
+    assert sections(md)[amx].startswith(heading)
+    assert f"({amx}: amx_tile yes, amx_bf16 yes, avx512_bf16 yes, avx512f yes)" in sections(md)[amx]

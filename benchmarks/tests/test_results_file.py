@@ -1,4 +1,8 @@
+from pathlib import Path
+
+from benchmarks.machine import cpu_family
 from benchmarks.results_file import END, KEEP_MARKER, START, TITLE, rewrite, sections, split
+from benchmarks.tests.test_machine import ZEN4
 
 AMX, AVX512 = "x86 with AMX-BF16", "x86 with AVX512-BF16 (no AMX)"
 HAND = KEEP_MARKER + "\n\n## By hand\n\nmeasured once, kept  \ttrailing spaces and all\n"
@@ -32,3 +36,10 @@ def test_a_file_without_family_markers_is_replaced_above_the_keep_marker():
     assert new == TITLE + block(AMX, "# Results on AMX\n\n") + "\n" + HAND
     assert rewrite("", AMX, "x\n") == TITLE + block(AMX, "x\n\n") + "\n"
 
+
+def test_the_committed_file_has_the_epyc_run_as_its_family_section():
+    text = (Path(__file__).parents[1] / "RESULTS.md").read_text()
+    found = sections(text)
+    assert list(found) == [cpu_family(set(ZEN4.split()))]
+    assert found[AVX512].startswith(f"# Results on {AVX512} — AMD EPYC, measured 2026-12-01\n")
+    assert KEEP_MARKER in text and rewrite(text, AVX512, found[AVX512]) == text, "a no-op rewrite must change nothing"
