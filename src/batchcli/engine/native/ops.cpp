@@ -473,6 +473,8 @@ void attend_keys(const AttnArgs<E>& a, const Scratch& w, Tiles& tiles, const int
 #define kP 3
 #define kV 4
 #define kO 5
+#define kS2 6
+#define kO2 7
 
 struct alignas(64) TileConfig {
     uint8_t palette, start_row, reserved[14];
@@ -490,12 +492,27 @@ inline void load_tile_config() {
     set(kP, 16, 32);  // 16 vectors x 16 weights (bf16)
     set(kV, 8, 64);   // 8 key pairs x 16 dims x 2 (bf16)
     set(kO, 16, 64);  // 16 vectors x 16 dims of the running output (float32)
+    set(kS2, 16, 64);  // the next key tile's scores
+    set(kO2, 16, 64);  // the running output's next 16 dims
     _tile_loadconfig(&cfg);
 }
 
+// S = Q K^T of one 16-key tile into tile register S (d/32 tdpbf16ps; the key tile read in place).
+#define AMX_SCORES(S, KEYS)                                                    \
+    do {                                                                       \
+        _tile_zero(S);                                                         \
+        for (int64_t c = 0; c < d / 32; ++c) {                                 \
+            _tile_loadd(kQ, w.qtile + 32 * c, 2 * d);                          \
+            _tile_loadd(kK, (KEYS) + 32 * c * bs, 4 * bs); /* dim pairs 16c.. */ \
+            _tile_dpbf16ps(S, kQ, kK);                                         \
+        }                                                                      \
+    } while (0)
+
 // Online softmax of query vectors [m_begin, m_end) over one key list on AMX tiles, 16 vectors at a
-// time: S = Q K^T (d/32 tdpbf16ps into one 16x16 tile), the softmax step per vector in AVX-512, then
-// O += P V per 16 output dims (the running output loaded into a tile, multiplied into, stored back).
+// time: S = Q K^T per 16-key tile, the softmax step per vector in AVX-512, then O += P V per 16
+// output dims (the running output loaded into a tile, multiplied into, stored back). A tile's
+// products wait long for their results, so the scores of the next key tile are asked for (into the
+// other score register) before this tile's softmax: the tile unit works while AVX-512 does.
 void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_t* blocks, int64_t kv_head,
                      int64_t m_begin, int64_t m_end) {
     const int64_t d = a.d, bs = a.block_size;
@@ -508,26 +525,46 @@ void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_
             memcpy(w.qtile + j * d, w.qptr[m0 + j], sizeof(uint16_t) * d);
         }
         memset(w.qtile + mn * d, 0, sizeof(uint16_t) * (16 - mn) * d);
+        memset(w.ptile + mn * kTile, 0, sizeof(uint16_t) * (16 - mn) * kTile);  // padding rows weigh nothing
+        float thr[16];  // per vector: the unscaled score that would pass the running max by kRescale
+        for (int64_t j = 0; j < mn; ++j) thr[j] = (w.mx[m0 + j] + kRescale) / qscale;
         float* acc = w.acc + m0 * d;
+        auto keys_at = [&](int64_t k) { return a.key_tile(blocks[k / bs], kv_head, k % bs); };
         for (int64_t t = 0; t < kPrefetch; ++t)
             if (t * kTile < last_key) prefetch_tile(a, blocks[t * kTile / bs], kv_head, t * kTile % bs);
-        for (int64_t k0 = 0; k0 < last_key; k0 += kTile) {
-            const int64_t block = blocks[k0 / bs], off = k0 % bs, ahead = k0 + kPrefetch * kTile;
+        if (last_key > 0) AMX_SCORES(kS, keys_at(0));
+        for (int64_t k0 = 0, odd = 0; k0 < last_key; k0 += kTile, odd ^= 1) {
+            const int64_t next = k0 + kTile, ahead = k0 + kPrefetch * kTile;
             if (ahead < last_key) prefetch_tile(a, blocks[ahead / bs], kv_head, ahead % bs);
-            const uint16_t* kt = a.key_tile(block, kv_head, off);
-            const uint16_t* vt = a.value_tile(block, kv_head, off);
-            _tile_zero(kS);
-            for (int64_t c = 0; c < d / 32; ++c) {
-                _tile_loadd(kQ, w.qtile + 32 * c, 2 * d);
-                _tile_loadd(kK, kt + 32 * c * bs, 4 * bs);  // dim pairs 16c .. 16c + 15
-                _tile_dpbf16ps(kS, kQ, kK);
+            if (odd) {
+                _tile_stored(kS2, w.sbuf, 64);
+                if (next < last_key) AMX_SCORES(kS, keys_at(next));
+            } else {
+                _tile_stored(kS, w.sbuf, 64);
+                if (next < last_key) AMX_SCORES(kS2, keys_at(next));
             }
-            _tile_stored(kS, w.sbuf, 64);
             bool rescale = false;
             float alpha[16];
-            for (int64_t j = 0; j < 16; ++j) {
-                const __m512 s = _mm512_mul_ps(_mm512_load_ps(w.sbuf + j * kTile), _mm512_set1_ps(qscale));
-                const __m512 p = softmax_step(w, m0 + j, s, j < mn ? w.limit[m0 + j] - k0 : 0, alpha + j, &rescale);
+            for (int64_t j = 0; j < mn; ++j) {
+                float* mx = w.mx + m0 + j;
+                int64_t visible = w.limit[m0 + j] - k0;
+                alpha[j] = 1.0f;
+                if (visible <= 0) {
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(w.ptile + j * kTile), _mm256_setzero_si256());
+                    continue;
+                }
+                const __mmask16 live = visible >= kTile ? 0xffff : static_cast<__mmask16>((1u << visible) - 1u);
+                const __m512 s = _mm512_load_ps(w.sbuf + j * kTile);  // unscaled: compared with the threshold as is
+                if (_mm512_mask_cmp_ps_mask(live, s, _mm512_set1_ps(thr[j]), _CMP_GT_OQ)) {  // see softmax_step
+                    const float tile_max = _mm512_mask_reduce_max_ps(live, s) * qscale;
+                    alpha[j] = exp2f(*mx - tile_max);
+                    *mx = tile_max;
+                    thr[j] = (tile_max + kRescale) / qscale;
+                    rescale = true;
+                }
+                const __m512 p = _mm512_maskz_mov_ps(live, exp2_v(_mm512_fmsub_ps(s, _mm512_set1_ps(qscale), _mm512_set1_ps(*mx))));
+                float* den = w.den + (m0 + j) * kTile;
+                _mm512_store_ps(den, _mm512_fmadd_ps(_mm512_load_ps(den), _mm512_set1_ps(alpha[j]), p));
                 _mm256_store_si256(reinterpret_cast<__m256i*>(w.ptile + j * kTile), (__m256i)_mm512_cvtneps_pbh(p));
             }
             if (rescale)
@@ -535,16 +572,22 @@ void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_
                     if (alpha[j] != 1.0f)
                         for (int64_t c = 0; c < d; c += 16)
                             _mm512_storeu_ps(acc + j * d + c, _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c), _mm512_set1_ps(alpha[j])));
+            const uint16_t* vt = a.value_tile(blocks[k0 / bs], kv_head, k0 % bs);
             _tile_loadd(kP, w.ptile, 2 * kTile);
-            for (int64_t c = 0; c < d; c += 16) {
+            for (int64_t c = 0; c < d; c += 32) {  // two output registers: a chunk's store waits on the other's product
                 _tile_loadd(kO, acc + c, 4 * d);
                 _tile_loadd(kV, vt + 2 * c, 4 * d);
                 _tile_dpbf16ps(kO, kP, kV);
+                _tile_loadd(kO2, acc + c + 16, 4 * d);
+                _tile_loadd(kV, vt + 2 * c + 32, 4 * d);
+                _tile_dpbf16ps(kO2, kP, kV);
                 _tile_stored(kO, acc + c, 4 * d);
+                _tile_stored(kO2, acc + c + 16, 4 * d);
             }
         }
     }
 }
+#undef AMX_SCORES
 
 // Ask Linux for the AMX tile data state once (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18), then check
 // that the process holds it: without it the first tile instruction kills the process.
