@@ -25,6 +25,7 @@ constexpr int kTile = 16;     // keys per score vector
 constexpr int kQBlock = 4;    // query vectors scored together (independent FMA chains)
 constexpr int kMaxDim = 256;  // largest head_dim supported
 constexpr int kPrefetch = 3;     // tiles of keys and values asked for ahead of use (blocks lie anywhere in memory)
+constexpr int kAmxTiles = 4;   // 16-key tiles per step of the AMX kernel
 constexpr float kRescale = 8.0f;  // how far a score may pass the running max before it moves (see softmax_step)
 
 inline float bf16_to_f32(uint16_t x) {
@@ -266,9 +267,9 @@ struct Scratch {
     float* den;  // [M, 16]: running softmax denominator, per lane
     float* kbuf;  // FmaTiles on bfloat16: the tile's keys, float32 [d, 16]
     float* vbuf;  // FmaTiles on bfloat16: the tile's values, float32 [16, d]
-    float* sbuf;  // AMX: one tile of scores [16, 16]
+    float* sbuf;  // AMX: a step's scores [kAmxTiles, 16, 16]
     uint16_t* qtile;  // AMX: 16 query vectors, bf16 [16, d]
-    uint16_t* ptile;  // AMX: their softmax weights, bf16 [16, 16]
+    uint16_t* ptile;  // AMX: their softmax weights, bf16 [kAmxTiles, 16, 16]
     int64_t* limit;      // [M]: keys of the current key list each query vector sees
     const void** qptr;   // [M]: each query vector in the q tensor
 };
@@ -509,12 +510,14 @@ inline void load_tile_config() {
     } while (0)
 
 // Online softmax of query vectors [m_begin, m_end) over one key list on AMX tiles, 16 vectors at a
-// time: S = Q K^T per 16-key tile, the softmax step per vector in AVX-512, then O += P V per 16
-// output dims (the running output loaded into a tile, multiplied into, stored back). A tile's
-// products wait long for their results, so the scores of the next key tile are asked for (into the
-// other score register) before this tile's softmax: the tile unit works while AVX-512 does.
+// time, 64 keys (kAmxTiles tiles of 16) a step: S = Q K^T per key tile, the softmax step of every
+// vector over the step's keys in AVX-512, then O += P V per 32 output dims, the running output
+// loaded into two tiles once per step and every key tile's product added before it is stored back.
+// A product's result comes late, so the score registers alternate: a tile's scores are asked for
+// before the previous tile's are stored.
 void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_t* blocks, int64_t kv_head,
                      int64_t m_begin, int64_t m_end) {
+    constexpr int64_t kStep = kAmxTiles * kTile;
     const int64_t d = a.d, bs = a.block_size;
     const float qscale = a.scale * 1.4426950408889634f;
     for (int64_t m0 = m_begin; m0 < m_end; m0 += 16) {
@@ -525,62 +528,77 @@ void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_
             memcpy(w.qtile + j * d, w.qptr[m0 + j], sizeof(uint16_t) * d);
         }
         memset(w.qtile + mn * d, 0, sizeof(uint16_t) * (16 - mn) * d);
-        memset(w.ptile + mn * kTile, 0, sizeof(uint16_t) * (16 - mn) * kTile);  // padding rows weigh nothing
+        for (int64_t t = 0; t < kAmxTiles; ++t)  // padding rows weigh nothing
+            memset(w.ptile + (t * 16 + mn) * kTile, 0, sizeof(uint16_t) * (16 - mn) * kTile);
         float thr[16];  // per vector: the unscaled score that would pass the running max by kRescale
         for (int64_t j = 0; j < mn; ++j) thr[j] = (w.mx[m0 + j] + kRescale) / qscale;
         float* acc = w.acc + m0 * d;
         auto keys_at = [&](int64_t k) { return a.key_tile(blocks[k / bs], kv_head, k % bs); };
-        for (int64_t t = 0; t < kPrefetch; ++t)
-            if (t * kTile < last_key) prefetch_tile(a, blocks[t * kTile / bs], kv_head, t * kTile % bs);
-        if (last_key > 0) AMX_SCORES(kS, keys_at(0));
-        for (int64_t k0 = 0, odd = 0; k0 < last_key; k0 += kTile, odd ^= 1) {
-            const int64_t next = k0 + kTile, ahead = k0 + kPrefetch * kTile;
-            if (ahead < last_key) prefetch_tile(a, blocks[ahead / bs], kv_head, ahead % bs);
-            if (odd) {
-                _tile_stored(kS2, w.sbuf, 64);
-                if (next < last_key) AMX_SCORES(kS, keys_at(next));
-            } else {
-                _tile_stored(kS, w.sbuf, 64);
-                if (next < last_key) AMX_SCORES(kS2, keys_at(next));
+        auto prefetch = [&](int64_t k) { if (k < last_key) prefetch_tile(a, blocks[k / bs], kv_head, k % bs); };
+        for (int64_t t = 0; t < kStep; t += kTile) prefetch(t);
+        for (int64_t k0 = 0; k0 < last_key; k0 += kStep) {
+            const int64_t tiles = (last_key - k0 + kTile - 1) / kTile < kAmxTiles ? (last_key - k0 + kTile - 1) / kTile : kAmxTiles;
+            for (int64_t t = 0; t < kStep; t += kTile) prefetch(k0 + kStep + t);
+            AMX_SCORES(kS, keys_at(k0));
+            for (int64_t t = 1; t <= tiles; ++t) {  // store tile t - 1 while tile t's products run
+                if (t % 2) {
+                    if (t < tiles) AMX_SCORES(kS2, keys_at(k0 + t * kTile));
+                    _tile_stored(kS, w.sbuf + (t - 1) * kTile * kTile, 64);
+                } else {
+                    if (t < tiles) AMX_SCORES(kS, keys_at(k0 + t * kTile));
+                    _tile_stored(kS2, w.sbuf + (t - 1) * kTile * kTile, 64);
+                }
             }
             bool rescale = false;
             float alpha[16];
             for (int64_t j = 0; j < mn; ++j) {
-                float* mx = w.mx + m0 + j;
-                int64_t visible = w.limit[m0 + j] - k0;
+                const int64_t visible = w.limit[m0 + j] - k0;
                 alpha[j] = 1.0f;
-                if (visible <= 0) {
-                    _mm256_store_si256(reinterpret_cast<__m256i*>(w.ptile + j * kTile), _mm256_setzero_si256());
-                    continue;
+                __mmask16 live[kAmxTiles];
+                __m512 s[kAmxTiles];
+                bool over = false;
+                for (int64_t t = 0; t < tiles; ++t) {
+                    const int64_t v = visible - t * kTile;
+                    live[t] = v >= kTile ? 0xffff : v <= 0 ? 0 : static_cast<__mmask16>((1u << v) - 1u);
+                    s[t] = _mm512_load_ps(w.sbuf + (t * 16 + j) * kTile);  // unscaled: compared with thr as is
+                    over |= _mm512_mask_cmp_ps_mask(live[t], s[t], _mm512_set1_ps(thr[j]), _CMP_GT_OQ) != 0;
                 }
-                const __mmask16 live = visible >= kTile ? 0xffff : static_cast<__mmask16>((1u << visible) - 1u);
-                const __m512 s = _mm512_load_ps(w.sbuf + j * kTile);  // unscaled: compared with the threshold as is
-                if (_mm512_mask_cmp_ps_mask(live, s, _mm512_set1_ps(thr[j]), _CMP_GT_OQ)) {  // see softmax_step
-                    const float tile_max = _mm512_mask_reduce_max_ps(live, s) * qscale;
-                    alpha[j] = exp2f(*mx - tile_max);
-                    *mx = tile_max;
-                    thr[j] = (tile_max + kRescale) / qscale;
+                float* mx = w.mx + m0 + j;
+                if (over) {  // the running max moves (see softmax_step)
+                    __m512 top = _mm512_set1_ps(-INFINITY);
+                    for (int64_t t = 0; t < tiles; ++t) top = _mm512_mask_max_ps(top, live[t], top, s[t]);
+                    const float step_max = _mm512_reduce_max_ps(top) * qscale;
+                    alpha[j] = exp2f(*mx - step_max);
+                    *mx = step_max;
+                    thr[j] = (step_max + kRescale) / qscale;
                     rescale = true;
                 }
-                const __m512 p = _mm512_maskz_mov_ps(live, exp2_v(_mm512_fmsub_ps(s, _mm512_set1_ps(qscale), _mm512_set1_ps(*mx))));
+                __m512 sum = _mm512_setzero_ps();
+                for (int64_t t = 0; t < tiles; ++t) {
+                    const __m512 p = _mm512_maskz_mov_ps(live[t], exp2_v(_mm512_fmsub_ps(s[t], _mm512_set1_ps(qscale), _mm512_set1_ps(*mx))));
+                    sum = _mm512_add_ps(sum, p);
+                    _mm256_store_si256(reinterpret_cast<__m256i*>(w.ptile + (t * 16 + j) * kTile), (__m256i)_mm512_cvtneps_pbh(p));
+                }
                 float* den = w.den + (m0 + j) * kTile;
-                _mm512_store_ps(den, _mm512_fmadd_ps(_mm512_load_ps(den), _mm512_set1_ps(alpha[j]), p));
-                _mm256_store_si256(reinterpret_cast<__m256i*>(w.ptile + j * kTile), (__m256i)_mm512_cvtneps_pbh(p));
+                _mm512_store_ps(den, _mm512_fmadd_ps(_mm512_load_ps(den), _mm512_set1_ps(alpha[j]), sum));
             }
             if (rescale)
                 for (int64_t j = 0; j < mn; ++j)
                     if (alpha[j] != 1.0f)
                         for (int64_t c = 0; c < d; c += 16)
                             _mm512_storeu_ps(acc + j * d + c, _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c), _mm512_set1_ps(alpha[j])));
-            const uint16_t* vt = a.value_tile(blocks[k0 / bs], kv_head, k0 % bs);
-            _tile_loadd(kP, w.ptile, 2 * kTile);
-            for (int64_t c = 0; c < d; c += 32) {  // two output registers: a chunk's store waits on the other's product
+            for (int64_t c = 0; c < d; c += 32) {  // d % 32 == 0
                 _tile_loadd(kO, acc + c, 4 * d);
-                _tile_loadd(kV, vt + 2 * c, 4 * d);
-                _tile_dpbf16ps(kO, kP, kV);
                 _tile_loadd(kO2, acc + c + 16, 4 * d);
-                _tile_loadd(kV, vt + 2 * c + 32, 4 * d);
-                _tile_dpbf16ps(kO2, kP, kV);
+                for (int64_t t = 0; t < tiles; ++t) {
+                    const int64_t k = k0 + t * kTile;
+                    const uint16_t* vt = a.value_tile(blocks[k / bs], kv_head, k % bs);
+                    _tile_loadd(kP, w.ptile + t * 16 * kTile, 2 * kTile);
+                    _tile_loadd(kV, vt + 2 * c, 4 * d);
+                    _tile_dpbf16ps(kO, kP, kV);
+                    _tile_loadd(kV, vt + 2 * c + 32, 4 * d);
+                    _tile_dpbf16ps(kO2, kP, kV);
+                }
                 _tile_stored(kO, acc + c, 4 * d);
                 _tile_stored(kO2, acc + c + 16, 4 * d);
             }
@@ -657,8 +675,8 @@ void paged_attention(const AttnArgs<E>& a, Kernel kernel) {
 #pragma omp parallel
     {
         // floats: q, acc, kbuf, vbuf, den, sbuf, mx; then bf16 qtile and ptile; then limit, qptr
-        const size_t floats = 2 * vectors * d + 2 * kTile * d + kTile * vectors + kTile * kTile + vectors;
-        const size_t halves = 16 * d + 16 * kTile;
+        const size_t floats = 2 * vectors * d + 2 * kTile * d + kTile * vectors + kAmxTiles * kTile * kTile + vectors;
+        const size_t halves = 16 * d + kAmxTiles * 16 * kTile;
         const size_t bytes = (sizeof(float) * floats + 2 * halves + 16 * vectors + 63) / 64 * 64;
         char* mem = static_cast<char*>(aligned_alloc(64, bytes));
         float* f = reinterpret_cast<float*>(mem);
@@ -669,10 +687,10 @@ void paged_attention(const AttnArgs<E>& a, Kernel kernel) {
         w.vbuf = w.kbuf + kTile * d;
         w.den = w.vbuf + kTile * d;
         w.sbuf = w.den + kTile * vectors;
-        w.mx = w.sbuf + kTile * kTile;
+        w.mx = w.sbuf + kAmxTiles * kTile * kTile;
         w.qtile = reinterpret_cast<uint16_t*>(w.mx + vectors);
         w.ptile = w.qtile + 16 * d;
-        w.limit = reinterpret_cast<int64_t*>(w.ptile + 16 * kTile);
+        w.limit = reinterpret_cast<int64_t*>(w.ptile + kAmxTiles * 16 * kTile);
         w.qptr = reinterpret_cast<const void**>(w.limit + vectors);
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
         if (kernel == kAmx) load_tile_config();  // per thread; oneDNN's kernels load their own between calls
