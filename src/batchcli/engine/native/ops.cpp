@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <initializer_list>
 #include <type_traits>
 
 namespace {
@@ -72,6 +73,19 @@ inline __m512 exp2_v(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// 2^x to ~1.4e-4 relative (a degree-3 fit of 2^f on [0, 1)): for softmax weights that are rounded to
+// bf16 (8 bits) before they are used, where exp2_v's float32 accuracy buys nothing.
+inline __m512 exp2_bf16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(7.782313494317919e-2f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.2586840700541846e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.961721143196156e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.998636940628649e-1f));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -468,14 +482,15 @@ void attend_keys(const AttnArgs<E>& a, const Scratch& w, Tiles& tiles, const int
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 // AMX tile registers of the attention kernel (one palette, loaded per thread on entry); macros, since
 // the tile intrinsics paste the register number into their assembly.
-#define kQ 0
-#define kK 1
-#define kS 2
-#define kP 3
-#define kV 4
-#define kO 5
-#define kS2 6
-#define kO2 7
+#define kQ 0   // scores phase: 16 query vectors x 32 dims (bf16)
+#define kK 1   //   16 dim pairs x 16 keys x 2 (bf16)
+#define kS 2   //   16 vectors x 16 scores (float32), two registers alternating
+#define kS2 5
+#define kP 3   // output phase: 16 vectors x 16 weights (bf16), two registers alternating
+#define kP2 7
+#define kV 4   //   8 key pairs x 16 dims x 2 (bf16), two registers alternating
+#define kV2 6
+// and the running output, 16 vectors x 64 dims (float32), in registers 0, 1, 2, 5 (free then)
 
 struct alignas(64) TileConfig {
     uint8_t palette, start_row, reserved[14];
@@ -487,14 +502,9 @@ inline void load_tile_config() {
     TileConfig cfg{};
     cfg.palette = 1;
     auto set = [&](int t, int rows, int colsb) { cfg.rows[t] = static_cast<uint8_t>(rows), cfg.colsb[t] = static_cast<uint16_t>(colsb); };
-    set(kQ, 16, 64);  // 16 query vectors x 32 dims (bf16)
-    set(kK, 16, 64);  // 16 dim pairs x 16 keys x 2 (bf16)
-    set(kS, 16, 64);  // 16 vectors x 16 scores (float32)
-    set(kP, 16, 32);  // 16 vectors x 16 weights (bf16)
-    set(kV, 8, 64);   // 8 key pairs x 16 dims x 2 (bf16)
-    set(kO, 16, 64);  // 16 vectors x 16 dims of the running output (float32)
-    set(kS2, 16, 64);  // the next key tile's scores
-    set(kO2, 16, 64);  // the running output's next 16 dims
+    for (int t : {kQ, kK, kS, kS2}) set(t, 16, 64);  // 64-byte rows of 16 rows: also the output's registers
+    for (int t : {kP, kP2}) set(t, 16, 32);
+    for (int t : {kV, kV2}) set(t, 8, 64);
     _tile_loadconfig(&cfg);
 }
 
@@ -509,10 +519,27 @@ inline void load_tile_config() {
         }                                                                      \
     } while (0)
 
+// O += P V of one 16-key tile for 32 (or, `wide`, 64) output dims held in registers 0, 1 (2, 5):
+// four independent accumulations, so no product waits on the one before it.
+#define AMX_OUTPUT(P, PT, VT, WIDE)                      \
+    do {                                                 \
+        _tile_loadd(P, PT, 2 * kTile);                   \
+        _tile_loadd(kV, VT, 4 * d);                      \
+        _tile_dpbf16ps(0, P, kV);                        \
+        _tile_loadd(kV2, (VT) + 32, 4 * d);              \
+        _tile_dpbf16ps(1, P, kV2);                       \
+        if (WIDE) {                                      \
+            _tile_loadd(kV, (VT) + 64, 4 * d);           \
+            _tile_dpbf16ps(2, P, kV);                    \
+            _tile_loadd(kV2, (VT) + 96, 4 * d);          \
+            _tile_dpbf16ps(5, P, kV2);                   \
+        }                                                \
+    } while (0)
+
 // Online softmax of query vectors [m_begin, m_end) over one key list on AMX tiles, 16 vectors at a
 // time, 64 keys (kAmxTiles tiles of 16) a step: S = Q K^T per key tile, the softmax step of every
 // vector over the step's keys in AVX-512, then O += P V per 32 output dims, the running output
-// loaded into two tiles once per step and every key tile's product added before it is stored back.
+// loaded into four tiles once per step and every key tile's product added before it is stored back.
 // A product's result comes late, so the score registers alternate: a tile's scores are asked for
 // before the previous tile's are stored.
 void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_t* blocks, int64_t kv_head,
@@ -575,7 +602,7 @@ void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_
                 }
                 __m512 sum = _mm512_setzero_ps();
                 for (int64_t t = 0; t < tiles; ++t) {
-                    const __m512 p = _mm512_maskz_mov_ps(live[t], exp2_v(_mm512_fmsub_ps(s[t], _mm512_set1_ps(qscale), _mm512_set1_ps(*mx))));
+                    const __m512 p = _mm512_maskz_mov_ps(live[t], exp2_bf16(_mm512_fmsub_ps(s[t], _mm512_set1_ps(qscale), _mm512_set1_ps(*mx))));
                     sum = _mm512_add_ps(sum, p);
                     _mm256_store_si256(reinterpret_cast<__m256i*>(w.ptile + (t * 16 + j) * kTile), (__m256i)_mm512_cvtneps_pbh(p));
                 }
@@ -587,25 +614,33 @@ void attend_keys_amx(const AttnArgs<uint16_t>& a, const Scratch& w, const int32_
                     if (alpha[j] != 1.0f)
                         for (int64_t c = 0; c < d; c += 16)
                             _mm512_storeu_ps(acc + j * d + c, _mm512_mul_ps(_mm512_loadu_ps(acc + j * d + c), _mm512_set1_ps(alpha[j])));
-            for (int64_t c = 0; c < d; c += 32) {  // d % 32 == 0
-                _tile_loadd(kO, acc + c, 4 * d);
-                _tile_loadd(kO2, acc + c + 16, 4 * d);
+            for (int64_t c0 = 0; c0 < d; c0 += 64) {  // 64 output dims (32 where d % 64 == 32) at a time
+                const bool wide = d - c0 >= 64;
+                _tile_loadd(0, acc + c0, 4 * d);
+                _tile_loadd(1, acc + c0 + 16, 4 * d);
+                if (wide) {
+                    _tile_loadd(2, acc + c0 + 32, 4 * d);
+                    _tile_loadd(5, acc + c0 + 48, 4 * d);
+                }
                 for (int64_t t = 0; t < tiles; ++t) {
                     const int64_t k = k0 + t * kTile;
-                    const uint16_t* vt = a.value_tile(blocks[k / bs], kv_head, k % bs);
-                    _tile_loadd(kP, w.ptile + t * 16 * kTile, 2 * kTile);
-                    _tile_loadd(kV, vt + 2 * c, 4 * d);
-                    _tile_dpbf16ps(kO, kP, kV);
-                    _tile_loadd(kV, vt + 2 * c + 32, 4 * d);
-                    _tile_dpbf16ps(kO2, kP, kV);
+                    const uint16_t* vt = a.value_tile(blocks[k / bs], kv_head, k % bs) + 2 * c0;
+                    const uint16_t* pt = w.ptile + t * 16 * kTile;
+                    if (t % 2 == 0) AMX_OUTPUT(kP, pt, vt, wide);
+                    else AMX_OUTPUT(kP2, pt, vt, wide);
                 }
-                _tile_stored(kO, acc + c, 4 * d);
-                _tile_stored(kO2, acc + c + 16, 4 * d);
+                _tile_stored(0, acc + c0, 4 * d);
+                _tile_stored(1, acc + c0 + 16, 4 * d);
+                if (wide) {
+                    _tile_stored(2, acc + c0 + 32, 4 * d);
+                    _tile_stored(5, acc + c0 + 48, 4 * d);
+                }
             }
         }
     }
 }
 #undef AMX_SCORES
+#undef AMX_OUTPUT
 
 // Ask Linux for the AMX tile data state once (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18), then check
 // that the process holds it: without it the first tile instruction kills the process.
