@@ -22,6 +22,7 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.decoding import Decoder
 from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.fused import choose_fused, wants_fused
+from batchcli.engine.host_memory import keep_freed_memory
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import CausalLM, allocate_kv, kv_bytes_per_token
 from batchcli.engine.resume import Checkpointing, restore, snapshot
@@ -82,6 +83,8 @@ class Engine:
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.try_fused = wants_fused(config.compile, config.attention, self.device)
         try:
             self.attention = resolve_backend("auto" if config.attention == "native" else config.attention, self.device.type)
