@@ -244,15 +244,3 @@ def test_smollm2_matches_transformers(smol_dir):
     want = hf_logits(hf_model, tokens)
     torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
     assert eos_token_ids(smol_dir) == (2,)
-
-
-def test_the_cpu_kv_pool_is_zero_and_writable():
-    """allocate_kv on CPU hands out calloc'd memory viewed as the model dtype: zero, contiguous, writable."""
-    for dtype in (torch.bfloat16, torch.float32):
-        spec = ModelSpec(num_layers=2, num_kv_heads=3, head_dim=8, num_heads=6, vocab_size=10,
-                         max_position_embeddings=32, dtype=dtype)
-        kv = allocate_kv(spec, 5, 4, "cpu")
-        assert kv.shape == (2, 2, 5, 4, 3, 8) and kv.dtype == dtype and kv.is_contiguous()
-        assert not kv.any()
-        kv[1, 0, 4, 3] = 2.5
-        assert kv.sum().item() == 2.5 * 3 * 8

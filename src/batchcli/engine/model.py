@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -111,11 +110,6 @@ def allocate_kv(spec: ModelSpec, num_blocks: int, block_size: int, device: torch
     if num_blocks <= 0 or block_size <= 0:
         raise ValueError(f"num_blocks and block_size must be > 0, got {num_blocks} and {block_size}")
     shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
-    if torch.device(device).type == "cpu":
-        # calloc'd: a pool of fresh pages is zero already, so nothing is written now, and pages the
-        # run never uses are never touched (torch.zeros writes every byte of a pool of GBs up front)
-        same_size = {2: np.int16, 4: np.int32, 8: np.int64}[torch.empty((), dtype=spec.dtype).element_size()]
-        return torch.from_numpy(np.zeros(shape, dtype=same_size)).view(spec.dtype)
     return torch.zeros(shape, dtype=spec.dtype, device=device)
 
 
