@@ -12,6 +12,7 @@ line (or an earlier error line) holds is renamed `line-N`.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
@@ -94,8 +95,11 @@ def _without(batch: TokenizedRequests, done: Answered) -> tuple[TokenizedRequest
 
 
 def check_input(source: str) -> None:
-    """Refuse a missing input or a directory; any other file (a FIFO, /dev/stdin, `<(...)`) is read."""
+    """Refuse a missing input or a directory, or "-" when the process has no stdin (started with it
+    closed: `<&-`); any other file (a FIFO, /dev/stdin, `<(...)`) is read."""
     if source == "-":
+        if sys.stdin is None:
+            raise InputError("input is - but stdin is closed; give an input file")
         return
     path = Path(source)
     if path.is_dir():
