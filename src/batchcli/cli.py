@@ -47,6 +47,50 @@ class _Commands(typer.core.TyperGroup):
             raise typer.Exit(row.exit_code) from None
 
 
+# Options that belong to one invocation, not to the job: never kept in the job record, never taken from it.
+_PER_INVOCATION = frozenset({"output", "resume", "overwrite", "quiet", "metrics"})
+
+
+def _flag(param: typer.core.TyperOption) -> str:
+    return next(o for o in param.opts if o.startswith("--"))
+
+
+def _kept(value: object) -> object:
+    """An option's value as the job record keeps it (JSON)."""
+    return list(value) if isinstance(value, (tuple, list)) else str(value) if isinstance(value, Path) else value
+
+
+def _job_params(ctx: typer.Context) -> list[typer.core.TyperOption]:
+    return [p for p in ctx.command.params if p.param_type_name == "option" and p.name in ctx.params
+            and p.name not in _PER_INVOCATION]
+
+
+def job_options(ctx: typer.Context) -> dict[str, object]:
+    """The job's options to keep in its record: those set to other than their default."""
+    return {_flag(p): _kept(ctx.params[p.name]) for p in _job_params(ctx)
+            if ctx.params[p.name] not in (None, False, (), []) and ctx.params[p.name] != p.default}
+
+
+class _RunCommand(typer.core.TyperCommand):
+    """`run`, whose --resume takes the options of the job it finishes from the job record."""
+
+    def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
+        if ctx.params.get("resume"):
+            from batchcli.job_options import resume_options
+            from batchcli.output_meta import default_output, job_record_path, read_job_options
+
+            output = Path(ctx.params["output"] or default_output(ctx.params["input"]))
+            recorded = read_job_options(output)
+            params = {_flag(p): p for p in _job_params(ctx)}
+            given = {flag: _kept(ctx.params[p.name]) for flag, p in params.items()
+                     if ctx.get_parameter_source(p.name).name not in ("DEFAULT", "DEFAULT_MAP")}
+            taken = {} if recorded is None else resume_options(recorded, given, job_record_path(output))
+            for flag, value in taken.items():
+                if flag in params:  # an option of a later version is not this command's to take
+                    ctx.params[params[flag].name] = params[flag].process_value(ctx, value)
+        return super().invoke(ctx)
+
+
 app = typer.Typer(
     cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
@@ -157,12 +201,13 @@ def plan(
         err.print(f"plan written to {target}", highlight=False)
 
 
-@app.command(epilog=RUN_EXAMPLES)
+@app.command(cls=_RunCommand, epilog=RUN_EXAMPLES)
 def run(
+    ctx: typer.Context,
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input."),
     order: Optional[str] = typer.Option(None, "--order", help=f"{spelled(Order)}: write each line as it finishes (the default), or buffer to input order."),
-    resume: bool = typer.Option(False, "--resume", metavar="", help="Append to an existing output, skipping ids already answered."),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Finish the job of an existing output: skip the lines it answers, and run with the options its job record (OUT.job.json) keeps, unless given again."),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file."),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan`, with its block size and sharing (refused if made for other data or other settings)."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
@@ -203,6 +248,7 @@ def run(
     from batchcli.distributed import ClusterOptions
     from batchcli.errors import OutputWriteError
     from batchcli.job import RunOptions, run_job
+    from batchcli.output_meta import default_output
 
     defaults, openai_defaults = _defaults(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, stop=stop,
@@ -215,9 +261,9 @@ def run(
                           token_budget=token_budget, schedule=schedule, max_running=parse_admission(admission),
                           compile=compile, checkpoint_every=checkpoint_every)
     cluster = ClusterOptions(workers=workers, address=ray_address)
-    options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
-                         **({} if order is None else {"order": order}), resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics,
-                         errors=errors, served_model_name=served_model_name)
+    options = RunOptions(output=output or default_output(input), **({} if order is None else {"order": order}),
+                         resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics, errors=errors,
+                         served_model_name=served_model_name, job_options=job_options(ctx))
     try:
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet,
                        openai_defaults=openai_defaults, cluster=cluster)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -56,6 +56,7 @@ class RunOptions:
     metrics: Path | None = None
     errors: str | None = None  # a separate file for error lines (OpenAI's error file); None: the output
     served_model_name: str | None = None  # the name OpenAI lines must ask for; None: the model directory's
+    job_options: dict[str, object] = field(default_factory=dict)  # kept in the job record (job_options.py)
 
     def __post_init__(self) -> None:
         check("--order", self.order, Order)
@@ -149,7 +150,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered,
                       openai_defaults=openai_defaults, served_model=served)
         if options.output != "-":
-            bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source)
+            bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source, model=model_dir.name,
+                        options=options.job_options)
         if options.order == "input":
             in_output = [] if errors is not None else [e.line for e in job.batch.errors]
             writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
@@ -168,15 +170,21 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
                    **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
     if stop.requested and not complete:
-        # how to resume is worth a line even with --quiet
-        console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "
-                      f"batchllm run {source} -o {options.output} --resume", highlight=False)
+        # how to resume is worth a line even with --quiet; the job record holds its options
+        console.print(_resume_hint(source, options.output), highlight=False)
         return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
     if stats is not None:
         say(stats.summary(wall))
     if codes:
         say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
+
+
+def _resume_hint(source: str, output: str) -> str:
+    if output == "-":
+        return "batchllm: interrupted; the finished results went to stdout (a job on stdout cannot be resumed)"
+    return (f"batchllm: interrupted; finished results are in {output}. Finish the job (its options are kept in "
+            f"{Path(output).name}.job.json) with: batchllm run {source} -o {output} --resume")
 
 
 def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
