@@ -33,3 +33,26 @@ def test_a_config_without_the_network_sizes_is_one_line(tmp_path, model):
     src = write_input(tmp_path / "in.jsonl", ROWS)
     res = runner.invoke(app, ["run", src, "-o", "-", "--model", str(bad)])
     one_line(res, 1, "config.json lacks", "num_attention_heads", "hidden_size")
+
+
+def help_text(*command: str) -> str:
+    """`--help` of a command as one line of words (the panels' borders and wrapping taken out)."""
+    res = runner.invoke(app, [*command, "--help"])
+    assert res.exit_code == 0, res.stderr
+    return " ".join(res.stdout.replace("│", " ").split())
+
+
+def test_help_tells_that_body_model_is_checked_and_the_error_names_the_flag(tmp_path, model):
+    text = help_text("run")
+    ignored = text.split("ignored: ")[1].split(";")[0]
+    assert "model" not in ignored and "body.model, when given, must be the served model (--served-model-name" in text
+    row = {"custom_id": "r", "method": "POST", "url": "/v1/chat/completions",
+           "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}}
+    res = runner.invoke(app, ["run", "-", "-o", "-", "--model", model, "--quiet"], input=json.dumps(row) + "\n")
+    (line,) = lines(res.stdout)
+    assert res.exit_code == 3 and line["error"]["code"] == "model_not_found"
+    assert "--served-model-name" in line["error"]["message"]
+
+
+def test_help_shows_the_ray_extra_whole():
+    assert "pip install 'batchllm[ray]'" in help_text("run")

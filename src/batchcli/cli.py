@@ -241,7 +241,7 @@ def run(
     repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Default repetition penalty (transformers'; 1 = off)."),
     logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Return log-probabilities with this many alternatives per token (0-20)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Run N engine workers on Ray (pip install 'batchllm[ray]'): a local cluster, each worker with its share of the CPU threads or one GPU; this process writes the output. In-flight checkpoints are single-process only: --resume redoes unfinished requests."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run N engine workers on Ray (pip install 'batchllm\\[ray]'): a local cluster, each worker with its share of the CPU threads or one GPU; this process writes the output. In-flight checkpoints are single-process only: --resume redoes unfinished requests."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a running Ray cluster (auto or HOST:PORT): one worker per GPU, or --workers N; the model directory must be readable at the same path on every node."),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""

@@ -220,7 +220,8 @@ class _LineParser:
             raise BadField("invalid_type", f"body.model must be a string, got {show(model)}")
         if model is not None and self.served_model is not None and model != self.served_model:
             # never answer under another model's name (OpenAI and vLLM refuse the same way)
-            raise BadField("model_not_found", f"body.model {model!r} is not served here; this run serves {self.served_model!r}")
+            raise BadField("model_not_found", f"body.model {model!r} is not served here; this run serves "
+                             f"{self.served_model!r} (choose the name with --served-model-name)")
         return model
 
     def _params(self, changes: dict, defaults: SamplingParams) -> SamplingParams:
