@@ -4,6 +4,7 @@ that agree, messages that name the fix."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -56,3 +57,19 @@ def test_help_tells_that_body_model_is_checked_and_the_error_names_the_flag(tmp_
 
 def test_help_shows_the_ray_extra_whole():
     assert "pip install 'batchllm[ray]'" in help_text("run")
+
+
+def test_the_summary_rates_share_one_clock_and_say_which(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", ROWS[:3])  # n = 1: the usage counts each prompt once, as the rate
+    res = runner.invoke(app, ["run", src, "-o", str(tmp_path / "out.jsonl"), "--model", model])
+    assert res.exit_code == 0, res.stderr
+    summary = next(line for line in res.stderr.splitlines() if "output tok/s" in line)
+    match = re.search(r"generation ([\d.]+)s\): ([\d,]+) tok/s \(prompt \+ output\), ([\d,]+) output tok/s over the generation", summary)
+    assert match, summary
+    records = lines((tmp_path / "out.jsonl").read_text())
+    prompt = sum(r["usage"]["prompt_tokens"] for r in records)
+    output = sum(r["usage"]["completion_tokens"] for r in records)
+    total_rate, output_rate = (int(g.replace(",", "")) for g in match.groups()[1:])
+    assert output_rate <= total_rate
+    # one clock: rate / tokens is 1 / seconds for both, up to the rounding of each rate to a whole number
+    assert abs(total_rate / (prompt + output) - output_rate / output) <= 0.5 / (prompt + output) + 0.5 / output
