@@ -73,3 +73,16 @@ def test_the_summary_rates_share_one_clock_and_say_which(tmp_path, model):
     assert output_rate <= total_rate
     # one clock: rate / tokens is 1 / seconds for both, up to the rounding of each rate to a whole number
     assert abs(total_rate / (prompt + output) - output_rate / output) <= 0.5 / (prompt + output) + 0.5 / output
+
+
+def test_an_output_on_a_device_or_a_pipe_gets_no_files_beside_it(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    res = runner.invoke(app, ["run", src, "-o", str(fifo), "--model", model, "--quiet"])
+    assert res.exit_code == 0, res.stderr
+    assert sorted(r["id"] for r in lines(reader.communicate(timeout=60)[0].decode())) == ["a", "b", "c", "d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.fifo"]  # no job record, lock or checkpoint
+    res = runner.invoke(app, ["run", src, "-o", str(fifo), "--model", model, "--resume"])
+    one_line(res, 2, "--resume needs a regular output file")

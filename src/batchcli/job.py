@@ -30,7 +30,7 @@ from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
 from batchcli.model_store import pending_conversion, resolve_model
-from batchcli.output_meta import bind_output, refuse_output_is_input
+from batchcli.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
 from batchcli.pipeline import PreparedJob, check_input, prepare
 from batchcli.side_files import check_writable, write_file
@@ -123,6 +123,9 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     workers (batchcli.distributed) and this process writes."""
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
+    files_beside = has_side_files(options.output)  # lock, job record, checkpoint: not beside /dev/null or a pipe
+    if options.resume and not files_beside:
+        raise UsageError(f"--resume needs a regular output file; {options.output} is a device or a pipe")
     started = time.perf_counter()
     say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
     if (note := pending_conversion(model)) is not None:
@@ -139,7 +142,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     stop = StopFlag()
     served = options.served_model_name or model_dir.name
     with ExitStack() as stack:
-        if options.output != "-":
+        if files_beside:
             stack.enter_context(OutputLock(options.output))
         writer = stack.enter_context(OutputWriter(options.output, order=options.order, resume=options.resume,
                                                   overwrite=options.overwrite))
@@ -149,7 +152,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         answered = sinks.answered()
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered,
                       openai_defaults=openai_defaults, served_model=served)
-        if options.output != "-":
+        if files_beside:
             bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source, model=model_dir.name,
                         options=options.job_options)
         if options.order == "input":
@@ -157,7 +160,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
         for e in job.batch.errors:
             sinks.write(render_error(e, None), key=e.line)
-        engines = on_cluster or _InProcess(_checkpointing(job, config, options, say))
+        engines = on_cluster or _InProcess(_checkpointing(job, config, options, say) if files_beside else None)
         stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say)
                            if job.batch.requests else (None, True))
         counts, codes = sinks.counts, sinks.error_codes
@@ -190,8 +193,6 @@ def _resume_hint(source: str, output: str) -> str:
 def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
                    say: Callable[[str], None]) -> Checkpointing | None:
     """Checkpoints beside a file output (a resume first takes over what the last one left in flight)."""
-    if options.output == "-":
-        return None
     path = checkpoint_path(Path(options.output))
     restored = {}
     if options.resume:

@@ -40,6 +40,17 @@ def default_output(source: str) -> str:
     return str(Path(source).with_suffix(".out.jsonl"))
 
 
+def has_side_files(output: str) -> bool:
+    """Whether `output` gets its lock, job record and checkpoint beside it: a regular file (or one to be
+    created) does; stdout, a device (/dev/null) or a pipe does not, as nothing there can be resumed."""
+    if output == "-":
+        return False
+    try:
+        return stat.S_ISREG(os.stat(output).st_mode)
+    except OSError:  # not there yet: the run creates a regular file
+        return True
+
+
 def read_job_options(output: Path) -> dict[str, object] | None:
     """The options recorded in `output`'s job record; None when there is none (or it predates them)."""
     try:
