@@ -43,7 +43,8 @@ class _Commands(typer.core.TyperGroup):
             if row is None:
                 raise
             message = row.message if row.message is not None else str(exc)
-            err.print(f"[red]{row.prefix}:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+            if not row.silent:
+                err.print(f"[red]{row.prefix}:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(row.exit_code) from None
 
 
@@ -108,7 +109,7 @@ RUN_EXAMPLES = """
 
 Input lines: {"id", "prompt" | "messages" | "prompt_token_ids", "max_tokens", "temperature", ...}
 or OpenAI batch lines ({OPENAI_FIELDS}). Exit codes: 0 all succeeded, 3 some lines got error records, 1 fatal, 2 usage,
-130/143 interrupted (rerun with --resume).
+130/143 interrupted (rerun with --resume), 141 stdout's reader went away.
 """
 
 RUN_EXAMPLES = RUN_EXAMPLES.replace("{OPENAI_FIELDS}", openai_body_fields())

@@ -3,7 +3,8 @@
 Invariant: a record's line reaches the output whole, or (if the process dies mid-write) as an
 unterminated tail that the next `resume=True` open cuts off; so a killed run loses at most the records
 in flight. An existing non-empty output is never overwritten unless `overwrite=True`. A write that
-fails (a full disk, a closed pipe) raises `OutputWriteError` naming the output and the reason; an
+fails (a full disk, a closed pipe) raises `OutputWriteError` naming the output and the reason (on
+stdout whose reader has gone, `ReaderGoneError`, which the CLI ends quietly as Unix tools do); an
 output file this writer created is removed again if it is left because of an error before any record.
 
 Order: "completion" writes each record as it comes; "input" holds a record back until every key
@@ -25,6 +26,7 @@ import orjson
 from batchcli.choices import Order, spelled, values
 from batchcli.errors import (
     ConflictingOptionsError, CorruptOutputError, OutputExistsError, OutputUnwritableError, OutputWriteError,
+    ReaderGoneError,
 )
 
 
@@ -153,6 +155,11 @@ class OutputWriter:
         try:
             emit()
             self._file.flush()
+        except BrokenPipeError:
+            self._broken = True
+            if self._path is not None:
+                raise OutputWriteError(f"cannot write output {str(self._path)!r}: its reader has gone") from None
+            raise ReaderGoneError("stdout's reader has gone") from None
         except OSError as exc:
             self._broken = True
             where = "stdout" if self._path is None else repr(str(self._path))
