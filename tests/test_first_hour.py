@@ -86,3 +86,19 @@ def test_an_output_on_a_device_or_a_pipe_gets_no_files_beside_it(tmp_path, model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.fifo"]  # no job record, lock or checkpoint
     res = runner.invoke(app, ["run", src, "-o", str(fifo), "--model", model, "--resume"])
     one_line(res, 2, "--resume needs a regular output file")
+
+
+def test_a_max_tokens_flag_past_the_context_is_one_usage_error(tmp_path, model):
+    src, out = write_input(tmp_path / "in.jsonl", [{"id": "a", "prompt": "Hello there"}]), tmp_path / "out.jsonl"
+    for command in (["run", src, "-o", str(out)], ["plan", src, "--dry-run"]):
+        res = runner.invoke(app, [*command, "--model", model, "--max-tokens", "100000"])
+        one_line(res, 2, "--max-tokens 100000 leaves no room for a prompt", "context of 4096 tokens")
+    assert not out.exists()
+
+
+def test_a_line_whose_max_tokens_fills_the_context_says_so(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", [{"id": "a", "prompt": "Hello there", "max_tokens": 100000}])
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--quiet"])
+    (line,) = lines(res.stdout)
+    assert res.exit_code == 3 and line["error"]["message"] == (
+        "max_tokens 100000 leaves no room for a prompt in the model's context of 4096 tokens")

@@ -19,7 +19,7 @@ from typing import Iterable
 
 
 from batchcli.engine.shard import Shard, plan_requests
-from batchcli.errors import InputError, PlanFileError
+from batchcli.errors import InputError, PlanFileError, UsageError
 from batchcli.grammars import Grammars, compile_constraints
 from batchcli.plan import Plan, PlanMismatchError, PlanSettings, check_fingerprint, plan_from_json
 from batchcli.openai_body import OPENAI_DEFAULTS
@@ -138,6 +138,10 @@ def prepare(
     if settings is None:
         settings = PlanSettings() if loaded is None else loaded.settings
     tokenizer = PromptTokenizer(model_dir)
+    # OpenAI's own default is the context; a value here came from --max-tokens, for every line without its own
+    if openai_defaults.max_tokens is not None and openai_defaults.max_tokens >= tokenizer.max_context:
+        raise UsageError(f"--max-tokens {openai_defaults.max_tokens} leaves no room for a prompt in the model's "
+                         f"context of {tokenizer.max_context} tokens")
     batch = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model), tokenizer))
     batch, grammars = compile_constraints(batch, tokenizer, lambda: _eos_ids(model_dir))
     fp = fingerprint(batch, tokenizer.identity(), settings)

@@ -127,6 +127,9 @@ class PromptTokenizer:
         budget = req.params.max_tokens or 0  # None (OpenAI lines): the rest of the context, so the prompt alone
         if at_least + budget <= self.max_context:
             return None
+        if budget >= self.max_context:  # the prompt's length does not matter
+            return LineError(req.id, req.line, "context_length_exceeded", f"max_tokens {budget} leaves no room for "
+                             f"a prompt in the model's context of {self.max_context} tokens", req.custom_id)
         return LineError(req.id, req.line, "context_length_exceeded",
                          f"prompt of {len(text):,} characters is at least {at_least:,} tokens; + max_tokens "
                          f"{budget} exceeds the model's context of {self.max_context}", req.custom_id)
