@@ -102,3 +102,17 @@ def test_a_line_whose_max_tokens_fills_the_context_says_so(tmp_path, model):
     (line,) = lines(res.stdout)
     assert res.exit_code == 3 and line["error"]["message"] == (
         "max_tokens 100000 leaves no room for a prompt in the model's context of 4096 tokens")
+
+
+def test_an_output_in_a_missing_folder_says_the_folder_does_not_exist(tmp_path, model):
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    res = runner.invoke(app, ["run", src, "-o", str(tmp_path / "nodir" / "out.jsonl"), "--model", model])
+    one_line(res, 1, "output", "folder", "nodir", "does not exist")
+    res = runner.invoke(app, ["run", src, "-o", str(tmp_path / "out.jsonl"), "--errors", str(tmp_path / "nodir" / "e.jsonl"),
+                              "--model", model])
+    one_line(res, 1, "--errors", "does not exist")
+
+
+def test_an_input_that_is_no_regular_file_asks_for_an_output_name(tmp_path, model):
+    res = cli("run", "/dev/stdin", "--model", model, input="")
+    assert res.returncode == 2 and "give -o FILE" in res.stderr and ".out.jsonl" not in res.stderr, res.stderr

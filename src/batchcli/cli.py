@@ -206,7 +206,7 @@ def plan(
 def run(
     ctx: typer.Context,
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input; needed for a pipe input such as <(...)."),
     order: Optional[str] = typer.Option(None, "--order", help=f"{spelled(Order)}: write each line as it finishes (the default), or buffer to input order."),
     resume: bool = typer.Option(False, "--resume", metavar="", help="Finish the job of an existing output: skip the lines it answers, and run with the options its job record (OUT.job.json) keeps, unless given again."),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file."),

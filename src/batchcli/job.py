@@ -133,6 +133,10 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     check_input(source)
     on_cluster = _OnCluster(cluster) if cluster.wanted else None  # before any work: is Ray installed?
     pick_device(config.device)
+    if files_beside:
+        check_writable(Path(options.output), "output")
+    if options.errors is not None and has_side_files(options.errors):
+        check_writable(Path(options.errors), "--errors")
     if options.metrics is not None:
         check_writable(options.metrics, "--metrics")
     if options.plan_file is not None and not Path(options.plan_file).is_file():
