@@ -116,3 +116,15 @@ def test_an_output_in_a_missing_folder_says_the_folder_does_not_exist(tmp_path, 
 def test_an_input_that_is_no_regular_file_asks_for_an_output_name(tmp_path, model):
     res = cli("run", "/dev/stdin", "--model", model, input="")
     assert res.returncode == 2 and "give -o FILE" in res.stderr and ".out.jsonl" not in res.stderr, res.stderr
+
+
+def test_a_tokenizer_that_cannot_load_is_one_whole_line(tmp_path, model):
+    import shutil
+
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(model, name), bare / name)
+    res = runner.invoke(app, ["run", write_input(tmp_path / "in.jsonl", ROWS), "-o", "-", "--model", str(bare)])
+    one_line(res, 1, "cannot load the tokenizer", "it has no tokenizer.json")
+    assert not res.stderr.rstrip().endswith(":"), res.stderr  # the reason is whole, not cut at its first line
