@@ -128,3 +128,12 @@ def test_a_tokenizer_that_cannot_load_is_one_whole_line(tmp_path, model):
     res = runner.invoke(app, ["run", write_input(tmp_path / "in.jsonl", ROWS), "-o", "-", "--model", str(bare)])
     one_line(res, 1, "cannot load the tokenizer", "it has no tokenizer.json")
     assert not res.stderr.rstrip().endswith(":"), res.stderr  # the reason is whole, not cut at its first line
+
+
+def test_plan_exits_3_when_lines_are_bad_as_run_does(tmp_path, model):
+    good, bad = write_input(tmp_path / "good.jsonl", ROWS), write_input(tmp_path / "bad.jsonl", [b"one\n", b"two\n"])
+    assert runner.invoke(app, ["plan", good, "--dry-run", "--model", model]).exit_code == 0
+    assert runner.invoke(app, ["plan", bad, "--dry-run", "--model", model]).exit_code == 3
+    assert runner.invoke(app, ["plan", bad, "--dry-run", "--json", "--model", model]).exit_code == 3
+    res = runner.invoke(app, ["plan", bad, "-o", str(tmp_path / "p.json"), "--model", model])
+    assert res.exit_code == 3 and (tmp_path / "p.json").exists()

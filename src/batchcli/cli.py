@@ -21,7 +21,7 @@ from rich.markup import escape
 from batchcli.choices import Compile, Device, DType, Order, Schedule, Sharing, parse_admission, spelled
 from batchcli.engine.attention import attention_help
 from batchcli.engine.config import EngineConfig
-from batchcli.errors import UsageError, row_for
+from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, row_for
 from batchcli.openai_body import openai_body_fields
 from batchcli.plan import PlanSettings
 from batchcli.requests import SamplingParams
@@ -120,6 +120,8 @@ PLAN_EXAMPLES = """
   batchllm plan prompts.jsonl --dry-run          [dim]# show sharing statistics, write nothing[/dim]
   batchllm plan prompts.jsonl -o prompts.plan.json
   batchllm run prompts.jsonl --plan prompts.plan.json -o answers.jsonl
+
+Exit codes as for run: 0 every line is valid, 3 some lines would get error records, 1 fatal, 2 usage.
 """
 
 
@@ -188,8 +190,9 @@ def plan(
         sys.stdout.buffer.write(stats_json(job) + b"\n")
     elif dry_run:
         plan_summary(job, out)
+    code = EXIT_SOME_FAILED if job.batch.errors else EXIT_OK  # as `run` would end, so CI can check a file
     if dry_run:
-        return
+        raise typer.Exit(code)
     data = plan_to_json(job.plan)
     if target == "-" and as_json:
         raise UsageError("--json prints the statistics on stdout; write the plan to a file with -o FILE")
@@ -200,6 +203,7 @@ def plan(
         if not as_json:
             plan_summary(job, err)
         err.print(f"plan written to {target}", highlight=False)
+    raise typer.Exit(code)
 
 
 @app.command(cls=_RunCommand, epilog=RUN_EXAMPLES)
