@@ -137,3 +137,34 @@ def test_plan_exits_3_when_lines_are_bad_as_run_does(tmp_path, model):
     assert runner.invoke(app, ["plan", bad, "--dry-run", "--json", "--model", model]).exit_code == 3
     res = runner.invoke(app, ["plan", bad, "-o", str(tmp_path / "p.json"), "--model", model])
     assert res.exit_code == 3 and (tmp_path / "p.json").exists()
+
+
+PLAIN_TEXT = b"What is 2+2?\n\nName a colour.\r\n"
+
+
+def test_plain_text_fed_as_jsonl_is_named_with_the_fix(tmp_path, model):
+    src = write_input(tmp_path / "prompts.txt", [PLAIN_TEXT])
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--quiet"])
+    assert res.exit_code == 3
+    assert all("the input is JSONL" in r["error"]["message"] for r in lines(res.stdout))
+    assert "is not JSONL" in res.stderr and "--input-format text" in res.stderr  # said even with --quiet
+    res = runner.invoke(app, ["plan", src, "--dry-run", "--model", model])
+    assert res.exit_code == 3 and "--input-format text" in res.stderr
+    res = runner.invoke(app, ["run", write_input(tmp_path / "in.jsonl", [b"{bad\n", *ROWS[:1]]), "-o", "-",
+                              "--model", model, "--quiet"])
+    assert "--input-format" not in res.stderr  # one bad line in a JSONL file is just that
+
+
+def test_text_input_is_one_chat_prompt_per_line_with_a_shared_system_prompt(tmp_path, model, smol_tokenizer):
+    src = write_input(tmp_path / "prompts.txt", [PLAIN_TEXT])
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--quiet", "--input-format", "text",
+                              "--system", "Answer in one word.", "--max-tokens", "2", "--order", "input"])
+    assert res.exit_code == 0, res.stderr
+    first, second = lines(res.stdout)
+    assert (first["id"], second["id"]) == ("line-1", "line-3")  # named by line number, the blank line skipped
+    chat = smol_tokenizer.tok.apply_chat_template(
+        [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a colour."}],
+        add_generation_prompt=True, tokenize=False)
+    assert second["usage"]["prompt_tokens"] == len(smol_tokenizer.tok(chat, add_special_tokens=False)["input_ids"])  # the CR of a CRLF line is not part of the prompt
+    res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--system", "x"])
+    one_line(res, 2, "--system needs --input-format text")

@@ -18,7 +18,7 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
-from batchcli.choices import Compile, Device, DType, Order, Schedule, Sharing, parse_admission, spelled
+from batchcli.choices import Compile, Device, DType, InputKind, Order, Schedule, Sharing, parse_admission, spelled
 from batchcli.engine.attention import attention_help
 from batchcli.engine.config import EngineConfig
 from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, row_for
@@ -114,6 +114,10 @@ or OpenAI batch lines ({OPENAI_FIELDS}). Exit codes: 0 all succeeded, 3 some lin
 
 RUN_EXAMPLES = RUN_EXAMPLES.replace("{OPENAI_FIELDS}", openai_body_fields())
 
+INPUT_FORMAT_HELP = (f"{spelled(InputKind)}: one JSON object per line, or plain text, one prompt per line (a user "
+                     "message through the chat template, named line-N).")
+SYSTEM_HELP = "A system message before every prompt of a text input (--input-format text)."
+
 PLAN_EXAMPLES = """
 [bold]Examples[/bold]
 
@@ -169,14 +173,18 @@ def plan(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first); plain lines 256, OpenAI lines the context."),
     n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for (default: the model directory's name); as for run."),
+    input_format: str = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help=SYSTEM_HELP),
 ) -> None:
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
     from batchcli.model_store import pending_conversion, resolve_model
-    from batchcli.pipeline import prepare
+    from batchcli.pipeline import not_jsonl_hint, prepare
     from batchcli.plan import plan_to_json
+    from batchcli.reader import InputOptions
     from batchcli.render import plan_summary, stats_json
     from batchcli.side_files import check_writable, write_file
 
+    reading = InputOptions(input_format, system)
     target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
     if (note := pending_conversion(model)) is not None:
         err.print(note, highlight=False)
@@ -185,7 +193,9 @@ def plan(
     plain, openai = _defaults(max_tokens=max_tokens, n=n)
     model_dir = resolve_model(model)
     job = prepare(input, plain, PlanSettings(block_size=block_size, sharing=sharing), model_dir, openai_defaults=openai,
-                  served_model=served_model_name or model_dir.name)
+                  served_model=served_model_name or model_dir.name, input_options=reading)
+    if job.not_jsonl():
+        err.print(not_jsonl_hint(input), highlight=False)
     if as_json:
         sys.stdout.buffer.write(stats_json(job) + b"\n")
     elif dry_run:
@@ -231,6 +241,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr."),
     errors: Optional[str] = typer.Option(None, "--errors", help="Write error lines to this file instead of the output (as OpenAI's error file)."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for and answers carry (default: the model directory's name)."),
+    input_format: str = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help=SYSTEM_HELP),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (plain lines 256, OpenAI lines the rest of the context)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Default temperature, 0-2 (plain lines 0 = greedy, OpenAI lines 1)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Default nucleus cut (1 = off)."),
@@ -254,7 +266,9 @@ def run(
     from batchcli.errors import OutputWriteError
     from batchcli.job import RunOptions, run_job
     from batchcli.output_meta import default_output
+    from batchcli.reader import InputOptions
 
+    reading = InputOptions(input_format, system)
     defaults, openai_defaults = _defaults(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, stop=stop,
         stop_token_ids=stop_token_ids, n=n, min_tokens=min_tokens, presence_penalty=presence_penalty,
@@ -268,7 +282,7 @@ def run(
     cluster = ClusterOptions(workers=workers, address=ray_address)
     options = RunOptions(output=output or default_output(input), **({} if order is None else {"order": order}),
                          resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics, errors=errors,
-                         served_model_name=served_model_name, job_options=job_options(ctx))
+                         served_model_name=served_model_name, job_options=job_options(ctx), input=reading)
     try:
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet,
                        openai_defaults=openai_defaults, cluster=cluster)

@@ -32,7 +32,8 @@ from batchcli.lock import OutputLock
 from batchcli.model_store import pending_conversion, resolve_model
 from batchcli.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
-from batchcli.pipeline import PreparedJob, check_input, prepare
+from batchcli.pipeline import PreparedJob, check_input, not_jsonl_hint, prepare
+from batchcli.reader import InputOptions
 from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
 from batchcli.progress import Progress, ProgressView
@@ -57,6 +58,7 @@ class RunOptions:
     errors: str | None = None  # a separate file for error lines (OpenAI's error file); None: the output
     served_model_name: str | None = None  # the name OpenAI lines must ask for; None: the model directory's
     job_options: dict[str, object] = field(default_factory=dict)  # kept in the job record (job_options.py)
+    input: InputOptions = InputOptions()  # JSONL or plain text
 
     def __post_init__(self) -> None:
         check("--order", self.order, Order)
@@ -155,7 +157,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         sinks = _Sinks(writer, errors)
         answered = sinks.answered()
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered,
-                      openai_defaults=openai_defaults, served_model=served)
+                      openai_defaults=openai_defaults, served_model=served, input_options=options.input)
         if files_beside:
             bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source, model=model_dir.name,
                         options=options.job_options)
@@ -170,6 +172,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         counts, codes = sinks.counts, sinks.error_codes
     if not job.batch.requests:
         say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
+    if job.not_jsonl():
+        console.print(not_jsonl_hint(source), highlight=False)  # the one fix for every error line: said even with --quiet
     wall = time.perf_counter() - started
     if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
         metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),

@@ -19,7 +19,7 @@ SAMPLING_FLAGS = frozenset({
     "--min-tokens", "--presence-penalty", "--frequency-penalty", "--repetition-penalty", "--logprobs", "--ignore-eos",
 })
 # What the answers (or where they go) depend on; the engine settings (--admission, --dtype, ...) may change.
-ANSWER_FLAGS = SAMPLING_FLAGS | {"--model", "--served-model-name", "--errors"}
+ANSWER_FLAGS = SAMPLING_FLAGS | {"--model", "--served-model-name", "--errors", "--input-format", "--system"}
 
 
 def resume_options(recorded: dict[str, object], given: dict[str, object], record: Path) -> dict[str, object]:

@@ -23,7 +23,7 @@ from batchcli.errors import InputError, PlanFileError, UsageError
 from batchcli.grammars import Grammars, compile_constraints
 from batchcli.plan import Plan, PlanMismatchError, PlanSettings, check_fingerprint, plan_from_json
 from batchcli.openai_body import OPENAI_DEFAULTS
-from batchcli.reader import read_requests
+from batchcli.reader import InputOptions, read_requests
 from batchcli.requests import LineError, Request, SamplingParams
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
 from batchcli.token_arrays import TokenArrays
@@ -39,6 +39,11 @@ class PreparedJob:
     skipped: int  # requests and error lines already answered in the output (--resume)
     identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
     grammars: Grammars | None = None  # compiled output constraints, None when no request has one
+
+    def not_jsonl(self) -> bool:
+        """Whether the input is clearly no JSONL: it has lines, and not one of them is JSON."""
+        errors = self.batch.errors
+        return not self.batch.requests and not self.skipped and bool(errors) and all(e.code == "invalid_json" for e in errors)
 
     def shard(self) -> Shard:
         """The whole job as the engine's input (request i of the shard = request i of the batch)."""
@@ -108,11 +113,18 @@ def check_input(source: str) -> None:
         raise InputError(f"input file {source} does not exist")
 
 
+def not_jsonl_hint(source: str) -> str:
+    return (f"batchllm: {source} is not JSONL (no line is a JSON object). For one prompt per line use "
+            "--input-format text (with --system TEXT for a shared system prompt), or convert it: "
+            "jq -cR '{prompt: .}'")
+
+
 def _read(source: str, defaults: SamplingParams, openai_defaults: SamplingParams,
-          served_model: str | None) -> Iterable[Request | LineError]:
+          served_model: str | None, options: InputOptions) -> Iterable[Request | LineError]:
     check_input(source)
     try:
-        yield from read_requests(source, defaults, openai_defaults=openai_defaults, served_model=served_model)
+        yield from read_requests(source, defaults, openai_defaults=openai_defaults, served_model=served_model,
+                                 options=options)
     except OSError as e:
         raise InputError(f"cannot read input {source}: {e.strerror or e}") from None
 
@@ -127,12 +139,14 @@ def prepare(
     source: str, defaults: SamplingParams, settings: PlanSettings | None, model_dir: Path, *,
     plan_file: Path | None = None, answered: Answered | None = None,
     openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
+    input_options: InputOptions = InputOptions(),
 ) -> PreparedJob:
     """Read, tokenize and plan `source` (a path or "-"); skip what `answered` holds (--resume).
 
     `settings` None: the plan file's settings, else the defaults; settings given with a plan file must
     be the plan's (else it is refused as made for other settings). OpenAI lines start from
-    `openai_defaults` and must name `served_model` (when given) as body.model.
+    `openai_defaults` and must name `served_model` (when given) as body.model; `input_options` say
+    whether the lines are JSONL or plain text.
     """
     loaded = None if plan_file is None else read_plan(plan_file)
     if settings is None:
@@ -142,7 +156,7 @@ def prepare(
     if openai_defaults.max_tokens is not None and openai_defaults.max_tokens >= tokenizer.max_context:
         raise UsageError(f"--max-tokens {openai_defaults.max_tokens} leaves no room for a prompt in the model's "
                          f"context of {tokenizer.max_context} tokens")
-    batch = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model), tokenizer))
+    batch = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model, input_options), tokenizer))
     batch, grammars = compile_constraints(batch, tokenizer, lambda: _eos_ids(model_dir))
     fp = fingerprint(batch, tokenizer.identity(), settings)
     identity = job_identity(batch, model_dir.name)
