@@ -168,3 +168,28 @@ def test_text_input_is_one_chat_prompt_per_line_with_a_shared_system_prompt(tmp_
     assert second["usage"]["prompt_tokens"] == len(smol_tokenizer.tok(chat, add_special_tokens=False)["input_ids"])  # the CR of a CRLF line is not part of the prompt
     res = runner.invoke(app, ["run", src, "-o", "-", "--model", model, "--system", "x"])
     one_line(res, 2, "--system needs --input-format text")
+
+
+def test_results_on_a_terminal_are_not_written_onto_the_progress_bar(tmp_path, model):
+    import pty
+    import re as _re
+
+    main, side = pty.openpty()
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    proc = subprocess.Popen([sys.executable, "-m", "batchcli.cli", "run", src, "-o", "-", "--model", model],
+                            stdin=subprocess.DEVNULL, stdout=side, stderr=side, env={**os.environ, "TERM": "xterm"})
+    os.close(side)
+    screen = b""
+    while chunk := _read_pty(main):
+        screen += chunk
+    assert proc.wait(timeout=60) == 0
+    text = _re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace")).replace("\r", "\n")
+    records = [line for line in text.splitlines() if '"id"' in line]
+    assert len(records) == 4 and all(line.startswith("{") for line in records), text
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the other side closed
+        return b""

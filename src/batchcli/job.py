@@ -301,7 +301,7 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with ProgressView(console, quiet=quiet) as view:
+        with ProgressView(console, quiet=quiet, bar=not sinks.output.on_terminal) as view:
             stats = engines.run(job, config, emit, view.update, stop, say)
         return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:

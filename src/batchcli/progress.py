@@ -32,9 +32,11 @@ def _rates(p: Progress) -> str:
 
 
 class ProgressView:
-    """Context manager; call `update(p)` as often as you like."""
+    """Context manager; call `update(p)` as often as you like. `bar=False` keeps to plain lines even on a
+    terminal: when results stream to the same terminal, a live bar would have them written onto its line."""
 
-    def __init__(self, console: Console, *, quiet: bool, log_every: float = 10.0) -> None:
+    def __init__(self, console: Console, *, quiet: bool, log_every: float = 10.0, bar: bool = True) -> None:
+        self._want_bar = bar
         self._console = console
         self._quiet = quiet
         self._log_every = log_every
@@ -43,7 +45,7 @@ class ProgressView:
         self._task = None
 
     def __enter__(self) -> ProgressView:
-        if not self._quiet and self._console.is_terminal:
+        if not self._quiet and self._want_bar and self._console.is_terminal:
             self._bar = RichProgress(
                 TextColumn("[bold]requests"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),
                 TimeRemainingColumn(), console=self._console, transient=False,

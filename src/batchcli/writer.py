@@ -167,6 +167,14 @@ class OutputWriter:
             raise OutputWriteError(f"cannot write output {where}: {exc.strerror or exc}{hint}") from None
 
     @property
+    def on_terminal(self) -> bool:
+        """Whether records go to a terminal (`-o -` at a shell prompt)."""
+        try:
+            return self._file.isatty()
+        except (OSError, ValueError):  # a closed or detached stream
+            return False
+
+    @property
     def counts(self) -> WriteCounts:
         return WriteCounts(self._successes, self._errors)
 
