@@ -193,3 +193,25 @@ def _read_pty(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # EIO: the other side closed
         return b""
+
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d batchllm: "
+MIXED = [ROWS[0], b"{bad\n", {"id": "neg", "prompt": "x", "top_k": -1}]
+
+
+def test_every_log_line_has_a_time_and_the_log_names_the_files(tmp_path, model):
+    src, out = write_input(tmp_path / "in.jsonl", MIXED), tmp_path / "out.jsonl"
+    res = runner.invoke(app, ["run", src, "-o", str(out), "--model", model])  # stderr is no terminal here
+    assert res.exit_code == 3, res.stderr
+    log = res.stderr.splitlines()
+    assert log and all(re.match(STAMP, line) for line in log), res.stderr
+    assert any(f"run {src} -> {out}" in line for line in log), res.stderr
+
+
+def test_the_summary_names_the_files_and_the_first_failed_requests(tmp_path, model):
+    src, out, errors = write_input(tmp_path / "in.jsonl", MIXED), tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    res = runner.invoke(app, ["run", src, "-o", str(out), "--errors", str(errors), "--model", model])
+    assert res.exit_code == 3, res.stderr
+    assert f"wrote 1 result to {out} and 2 error lines to {errors}" in res.stderr
+    assert "2 error lines: 1 invalid_json, 1 invalid_value; first: line-2 (invalid_json), neg (invalid_value)" in res.stderr
+    assert "1 request," in res.stderr and not re.search(r"(?<!/)\b1 requests", res.stderr)

@@ -41,7 +41,9 @@ from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure
 from batchcli.token_text import TokenText
-from batchcli.writer import Answered, OutputWriter, WriteCounts
+from batchcli.report import Reporter, header, outcome, plural, resume_hint
+from batchcli.sinks import Sinks
+from batchcli.writer import OutputWriter
 
 if TYPE_CHECKING:  # imports ray
     from batchcli.distributed.driver import DistributedRun
@@ -82,39 +84,6 @@ class StopFlag:
         return self.signal is not None
 
 
-class _Sinks:
-    """Where records go: error lines to the errors writer when there is one, everything else to the output."""
-
-    def __init__(self, output: OutputWriter, errors: OutputWriter | None) -> None:
-        self.output, self.errors = output, errors
-
-    def write(self, record: dict, key: int) -> None:
-        if self.errors is not None and record.get("error") is not None:
-            self.errors.write(record)
-        else:
-            self.output.write(record, key=key)
-
-    @property
-    def counts(self) -> WriteCounts:
-        a, b = self.output.counts, (self.errors.counts if self.errors is not None else WriteCounts(0, 0))
-        return WriteCounts(a.successes + b.successes, a.errors + b.errors)
-
-    @property
-    def error_codes(self) -> dict[str, int]:
-        codes = dict(self.output.error_codes)
-        for code, n in (self.errors.error_codes.items() if self.errors is not None else ()):
-            codes[code] = codes.get(code, 0) + n
-        return dict(sorted(codes.items(), key=lambda item: (-item[1], item[0])))
-
-    def answered(self) -> Answered:
-        """What the output and the errors file already answer (--resume)."""
-        a = self.output.answered()
-        if self.errors is None:
-            return a
-        b = self.errors.answered()
-        return Answered(a.ids | b.ids, a.lines | b.lines)
-
-
 def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings | None,
             config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool,
             openai_defaults: SamplingParams = OPENAI_DEFAULTS, cluster: ClusterOptions = ClusterOptions()) -> int:
@@ -129,7 +98,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if options.resume and not files_beside:
         raise UsageError(f"--resume needs a regular output file; {options.output} is a device or a pipe")
     started = time.perf_counter()
-    say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
+    report = Reporter(console, quiet=quiet)
+    say = report.say
     if (note := pending_conversion(model)) is not None:
         say(note)
     check_input(source)
@@ -154,13 +124,14 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
                                                   overwrite=options.overwrite))
         errors = None if options.errors is None else stack.enter_context(
             OutputWriter(options.errors, order="completion", resume=options.resume, overwrite=options.overwrite))
-        sinks = _Sinks(writer, errors)
+        sinks = Sinks(writer, errors)
         answered = sinks.answered()
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered,
                       openai_defaults=openai_defaults, served_model=served, input_options=options.input)
         if files_beside:
             bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source, model=model_dir.name,
                         options=options.job_options)
+        say(header(source, options.output, options.errors))
         if options.order == "input":
             in_output = [] if errors is not None else [e.line for e in job.batch.errors]
             writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
@@ -171,9 +142,9 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
                            if job.batch.requests else (None, True))
         counts, codes = sinks.counts, sinks.error_codes
     if not job.batch.requests:
-        say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
+        say(f"batchllm: nothing to run ({plural(len(job.batch.errors), 'error line')}, {job.skipped:,} already answered)")
     if job.not_jsonl():
-        console.print(not_jsonl_hint(source), highlight=False)  # the one fix for every error line: said even with --quiet
+        report.tell(not_jsonl_hint(source))  # the one fix for every error line
     wall = time.perf_counter() - started
     if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
         metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
@@ -181,21 +152,13 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
                    **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
     if stop.requested and not complete:
-        # how to resume is worth a line even with --quiet; the job record holds its options
-        console.print(_resume_hint(source, options.output), highlight=False)
+        report.tell(resume_hint(source, options.output))  # the job record holds its options
         return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
     if stats is not None:
         say(stats.summary(wall))
-    if codes:
-        say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
+    for line in outcome(sinks, options.output, options.errors):
+        say(line)
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
-
-
-def _resume_hint(source: str, output: str) -> str:
-    if output == "-":
-        return "batchllm: interrupted; the finished results went to stdout (a job on stdout cannot be resumed)"
-    return (f"batchllm: interrupted; finished results are in {output}. Finish the job (its options are kept in "
-            f"{Path(output).name}.job.json) with: batchllm run {source} -o {output} --resume")
 
 
 def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
@@ -274,11 +237,11 @@ class _OnCluster:
 
 
 def _counts(job: PreparedJob) -> str:
-    return (f"{len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
+    return (f"{plural(len(job.batch.requests), 'request')}, {plural(len(job.batch.errors), 'error line')}, "
             f"{job.skipped:,} already answered")
 
 
-def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: _Sinks, served: str,
+def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: Sinks, served: str,
              stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None]) -> tuple[RunStats | None, bool]:
     """Run the job's engines, writing results as they finish. Returns the stats (None if stopped at
     once) and whether every request got its line (a stop that came after the work is no stop)."""

@@ -67,9 +67,13 @@ class ProgressView:
         now = time.monotonic()
         if force or now - self._last_log >= self._log_every:
             self._last_log = now
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{stamp} batchllm: {p.done:,}/{p.total:,} requests  {p.done / max(p.elapsed, 1e-9):,.2f} req/s  "
+            print(f"{stamp()} batchllm: {p.done:,}/{p.total:,} requests  {p.done / max(p.elapsed, 1e-9):,.2f} req/s  "
                   f"{_rates(p)}  {p.elapsed:.0f}s elapsed, ETA {eta(p)}", file=sys.stderr, flush=True)
+
+
+def stamp() -> str:
+    """The local time that starts every log line written where no terminal shows when it came."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def eta(p: Progress) -> str:
