@@ -101,7 +101,7 @@ def test_plan_dry_run_and_plan_file(tmp_path, model):
     src = write_input(tmp_path / "in.jsonl", ROWS)
     res = runner.invoke(app, ["plan", src, "--dry-run", "--model", model, "--block-size", "4"])
     assert res.exit_code == 0, res.stderr
-    assert "saving ratio" in res.stdout and not (tmp_path / "in.plan.json").exists()
+    assert "prompt computation saved by sharing" in res.stdout and not (tmp_path / "in.plan.json").exists()
     res = runner.invoke(app, ["plan", src, "-o", "-", "--model", model])
     plan = orjson.loads(res.stdout)
     assert res.exit_code == 0 and plan["version"] == 1

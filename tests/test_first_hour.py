@@ -215,3 +215,16 @@ def test_the_summary_names_the_files_and_the_first_failed_requests(tmp_path, mod
     assert f"wrote 1 result to {out} and 2 error lines to {errors}" in res.stderr
     assert "2 error lines: 1 invalid_json, 1 invalid_value; first: line-2 (invalid_json), neg (invalid_value)" in res.stderr
     assert "1 request," in res.stderr and not re.search(r"(?<!/)\b1 requests", res.stderr)
+
+
+def test_the_plan_summary_on_a_log_is_whole_and_in_plain_words(tmp_path, model):
+    long = "You are a careful assistant who answers every question briefly and politely, citing sources. " * 3
+    rows = [{"id": f"question-with-a-long-id-{i}", "prompt": f"{long}Question {i}?"} for i in range(3)]
+    src = write_input(tmp_path / "in.jsonl", rows)
+    res = runner.invoke(app, ["plan", src, "-o", str(tmp_path / "p.json"), "--model", model, "--block-size", "4"])
+    assert res.exit_code == 0, res.stderr
+    log = res.stderr.splitlines()
+    assert log[0] == f"plan for {os.path.basename(model)} (sharing multi, KV blocks of 4 tokens)"  # one line
+    (node,) = [line for line in log if "e.g. question-with-a-long-id-" in line]  # not cropped at 80 columns
+    assert re.search(r"\d+ prompt tokens from the start, shared by 3 sequences: 'You are a careful", node), node
+    assert "prompt computation saved by sharing" in res.stderr and "physical" not in res.stderr
