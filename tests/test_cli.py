@@ -110,7 +110,7 @@ def test_plan_dry_run_and_plan_file(tmp_path, model):
     assert res.exit_code == 0, res.stderr
     other = write_input(tmp_path / "other.jsonl", ROWS[:2])
     res = runner.invoke(app, ["run", other, "--plan", str(tmp_path / "p.json"), "-o", "-", "--model", model])
-    assert res.exit_code == 1 and "other data" in res.stderr
+    assert res.exit_code == 1 and "made for 4 requests, and this input has 2 to run" in res.stderr
 
 
 def test_openai_batch_lines_get_openai_output(tmp_path, model):

@@ -228,3 +228,18 @@ def test_the_plan_summary_on_a_log_is_whole_and_in_plain_words(tmp_path, model):
     (node,) = [line for line in log if "e.g. question-with-a-long-id-" in line]  # not cropped at 80 columns
     assert re.search(r"\d+ prompt tokens from the start, shared by 3 sequences: 'You are a careful", node), node
     assert "prompt computation saved by sharing" in res.stderr and "physical" not in res.stderr
+
+
+def test_a_refused_plan_names_what_differs(tmp_path, model):
+    src, plan = write_input(tmp_path / "in.jsonl", ROWS), tmp_path / "p.json"
+    assert runner.invoke(app, ["plan", src, "-o", str(plan), "--model", model, "--block-size", "8"]).exit_code == 0
+
+    def refusal(source: str, *flags: str) -> str:
+        res = runner.invoke(app, ["run", source, "--plan", str(plan), "-o", "-", "--model", model, "--quiet", *flags])
+        one_line(res, 1, "make a new one with `batchllm plan`")
+        return res.stderr
+
+    assert "with --block-size 8, and this run asks for --block-size 16" in refusal(src, "--block-size", "16")
+    assert "with --sharing multi, and this run asks for --sharing off" in refusal(src, "--sharing", "off", "--block-size", "8")
+    edited = write_input(tmp_path / "edited.jsonl", [{**ROWS[0], "prompt": "Another question?"}, *ROWS[1:]])
+    assert "the prompts, ids, max_tokens or n of this input differ" in refusal(edited)

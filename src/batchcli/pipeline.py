@@ -193,9 +193,23 @@ def check_plan(plan: Plan, expected: Plan, path: Path) -> None:
     try:
         check_fingerprint(plan, expected.fingerprint)
     except PlanMismatchError:
-        raise PlanFileError(f"plan file {path} was made for other data, another tokenizer or other settings; "
+        raise PlanFileError(f"plan file {path} was made {_made_for_other(plan, expected)}; "
                             "make a new one with `batchllm plan`") from None
     for name in ("segments", "order", "leaf", "stats"):
         if getattr(plan, name) != getattr(expected, name):
             raise PlanFileError(f"plan file {path} does not match the plan of this input (its {name} differ: edited?); "
                                 "make a new one with `batchllm plan`")
+
+
+def _made_for_other(plan: Plan, expected: Plan) -> str:
+    """What differs between a plan file and this job's plan, as far as the plan tells."""
+    for flag, name in (("--block-size", "block_size"), ("--sharing", "sharing")):
+        theirs, ours = getattr(plan.settings, name), getattr(expected.settings, name)
+        if theirs != ours:
+            return f"with {flag} {theirs}, and this run asks for {flag} {ours} (leave {flag} out to use the plan's)"
+    if plan.model != expected.model:
+        return f"for model {plan.model!r}, and this run uses {expected.model!r}"
+    if plan.stats.requests != expected.stats.requests:
+        return f"for {plan.stats.requests:,} requests, and this input has {expected.stats.requests:,} to run"
+    return ("for other data: the prompts, ids, max_tokens or n of this input differ from the plan's, or the "
+            "tokenizer does")
