@@ -243,3 +243,14 @@ def test_a_refused_plan_names_what_differs(tmp_path, model):
     assert "with --sharing multi, and this run asks for --sharing off" in refusal(src, "--sharing", "off", "--block-size", "8")
     edited = write_input(tmp_path / "edited.jsonl", [{**ROWS[0], "prompt": "Another question?"}, *ROWS[1:]])
     assert "the prompts, ids, max_tokens or n of this input differ" in refusal(edited)
+
+
+def test_help_groups_the_options_and_shows_choices():
+    text = help_text("run")
+    panels = ["Input and output", "Model", "Sampling defaults", "Engine and plan", "Many workers (Ray)"]
+    assert [text.index(f"╭─ {p}") for p in panels] == sorted(text.index(f"╭─ {p}") for p in panels)
+    for choices in ("<completion|input>", "<auto|cpu|cuda>", "<multi|single|off>", "<plan|input>", "<jsonl|text>"):
+        assert choices in text, choices
+    for command in (["run"], ["plan"], []):
+        words = help_text(*command)
+        assert "<bool>" not in words and "--help Show this message" in words, command

@@ -32,8 +32,8 @@ def test_json_statistics_for_scripts(tmp_path, model):
 def test_help_shows_flags_as_flags_the_input_and_openai_fields():
     res = runner.invoke(app, ["run", "--help"], terminal_width=200)
     assert res.exit_code == 0
-    flags = [line for line in res.stdout.splitlines()
-             if line.lstrip("│ ").startswith(("--resume", "--overwrite", "--quiet", "--ignore-eos"))]
+    flags = [line for line in res.stdout.splitlines()  # the option column, not a wrapped help text
+             if line.startswith(("│ --resume", "│ --overwrite", "│ --quiet", "│ --ignore-eos"))]
     assert len(flags) == 4 and not any("<bool>" in line for line in flags), flags
     assert "INPUT" in res.stdout and "{input}" not in res.stdout
     words = " ".join(res.stdout.replace("│", " ").split())  # wrapped at the console's width

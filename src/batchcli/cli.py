@@ -18,7 +18,7 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
-from batchcli.choices import Compile, Device, DType, InputKind, Order, Schedule, Sharing, parse_admission, spelled
+from batchcli.choices import Compile, Device, DType, InputKind, Order, Schedule, Sharing, parse_admission
 from batchcli.engine.attention import attention_help
 from batchcli.engine.config import EngineConfig
 from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, row_for
@@ -32,7 +32,21 @@ err = Console(stderr=True, soft_wrap=True)  # a log line is one line, whatever t
 out = Console()
 
 
-class _Commands(typer.core.TyperGroup):
+IO, MODEL, SAMPLING = "Input and output", "Model", "Sampling defaults (a line's own fields win)"
+ENGINE_PANEL, CLUSTER = "Engine and plan", "Many workers (Ray)"
+
+
+class _BareHelp:
+    """--help is a flag: shown as one, not as `--help <bool>`."""
+
+    def get_help_option(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Commands(_BareHelp, typer.core.TyperGroup):
     """The one error handler around every command: errors.TABLE gives the message prefix and exit code."""
 
     def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
@@ -72,7 +86,11 @@ def job_options(ctx: typer.Context) -> dict[str, object]:
             if ctx.params[p.name] not in (None, False, (), []) and ctx.params[p.name] != p.default}
 
 
-class _RunCommand(typer.core.TyperCommand):
+class _Command(_BareHelp, typer.core.TyperCommand):
+    pass
+
+
+class _RunCommand(_Command):
     """`run`, whose --resume takes the options of the job it finishes from the job record."""
 
     def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
@@ -114,8 +132,8 @@ or OpenAI batch lines ({OPENAI_FIELDS}). Exit codes: 0 all succeeded, 3 some lin
 
 RUN_EXAMPLES = RUN_EXAMPLES.replace("{OPENAI_FIELDS}", openai_body_fields())
 
-INPUT_FORMAT_HELP = (f"{spelled(InputKind)}: one JSON object per line, or plain text, one prompt per line (a user "
-                     "message through the chat template, named line-N).")
+INPUT_FORMAT_HELP = ("One JSON object per line, or plain text, one prompt per line (a user message through the "
+                     "chat template, named line-N).")
 SYSTEM_HELP = "A system message before every prompt of a text input (--input-format text)."
 
 PLAN_EXAMPLES = """
@@ -161,7 +179,7 @@ def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
         raise UsageError(str(e)) from None
 
 
-@app.command(epilog=PLAN_EXAMPLES)
+@app.command(cls=_Command, epilog=PLAN_EXAMPLES)
 def plan(
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Plan file to write (- for stdout). Default: INPUT with .plan.json."),
@@ -169,11 +187,11 @@ def plan(
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the statistics as one JSON object on stdout (for scripts) instead of the summary."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     block_size: int = typer.Option(PLAN.block_size, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
-    sharing: str = typer.Option(PLAN.sharing, "--sharing", help=f"{spelled(Sharing)}: the whole prefix tree, one shared level (BatchLLM) or none."),
+    sharing: Sharing = typer.Option(PLAN.sharing, "--sharing", help="The whole prefix tree, one shared level (BatchLLM) or none."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first); plain lines 256, OpenAI lines the context."),
     n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for (default: the model directory's name); as for run."),
-    input_format: str = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP),
+    input_format: InputKind = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP),
     system: Optional[str] = typer.Option(None, "--system", help=SYSTEM_HELP),
 ) -> None:
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
@@ -220,46 +238,46 @@ def plan(
 def run(
     ctx: typer.Context,
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input; needed for a pipe input such as <(...)."),
-    order: Optional[str] = typer.Option(None, "--order", help=f"{spelled(Order)}: write each line as it finishes (the default), or buffer to input order."),
-    resume: bool = typer.Option(False, "--resume", metavar="", help="Finish the job of an existing output: skip the lines it answers, and run with the options its job record (OUT.job.json) keeps, unless given again."),
-    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file."),
-    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan`, with its block size and sharing (refused if made for other data or other settings)."),
-    model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
-    device: str = typer.Option(ENGINE.device, "--device", help=f"{spelled(Device)}."),
-    dtype: str = typer.Option(ENGINE.dtype, "--dtype", help=f"{spelled(DType)} (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
-    attention: str = typer.Option("auto", "--attention", help=attention_help()),
-    compile: str = typer.Option(ENGINE.compile, "--compile", help=f"Fused CPU ops (C++, built once per machine in about a second, kept in the cache): {spelled(Compile)} (auto: when already built or the job is big enough)."),
-    kv_budget: str = typer.Option(ENGINE.kv_budget, "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
-    token_budget: int = typer.Option(ENGINE.token_budget, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
-    sharing: Optional[str] = typer.Option(None, "--sharing", help=f"{spelled(Sharing)} (default: {PLAN.sharing}; with --plan, the plan's)."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help=f"KV block size in tokens (default: {PLAN.block_size}; with --plan, the plan's)."),
-    schedule: str = typer.Option(ENGINE.schedule, "--schedule", help=f"{spelled(Schedule)}: decode-heavy groups first, or input order (ablation)."),
-    admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation)."),
-    checkpoint_every: float = typer.Option(ENGINE.checkpoint_every, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
-    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr: only errors, and what needs acting on (how to resume an interrupted job)."),
-    errors: Optional[str] = typer.Option(None, "--errors", help="Write error lines to this file instead of the output (as OpenAI's error file)."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for and answers carry (default: the model directory's name)."),
-    input_format: str = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP),
-    system: Optional[str] = typer.Option(None, "--system", help=SYSTEM_HELP),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (plain lines 256, OpenAI lines the rest of the context)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default temperature, 0-2 (plain lines 0 = greedy, OpenAI lines 1)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default nucleus cut (1 = off)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default top-k cut (0 = off)."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Default min-p cut (0 = off)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed: the same --seed gives the same samples, also across --resume (unseeded requests draw fresh randomness each run)."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
-    stop_token_ids: Optional[list[int]] = typer.Option(None, "--stop-token-id", help="Default stop token id (repeatable)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
-    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Default minimum output tokens before EOS or a stop."),
-    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", help="Default presence penalty, -2 to 2 (OpenAI's)."),
-    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", help="Default frequency penalty, -2 to 2 (OpenAI's)."),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Default repetition penalty (transformers'; 1 = off)."),
-    logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Return log-probabilities with this many alternatives per token (0-20)."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Run N engine workers on Ray (pip install 'batchllm\\[ray]'): a local cluster, each worker with its share of the CPU threads or one GPU; this process writes the output. In-flight checkpoints are single-process only: --resume redoes unfinished requests."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a running Ray cluster (auto or HOST:PORT): one worker per GPU, or --workers N; the model directory must be readable at the same path on every node."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input; needed for a pipe input such as <(...).", rich_help_panel=IO),
+    order: Optional[Order] = typer.Option(None, "--order", help="Write each line as it finishes (the default), or buffer to input order.", rich_help_panel=IO),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Finish the job of an existing output: skip the lines it answers, and run with the options its job record (OUT.job.json) keeps, unless given again.", rich_help_panel=IO),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file.", rich_help_panel=IO),
+    model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct).", rich_help_panel=MODEL),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for and answers carry (default: the model directory's name).", rich_help_panel=MODEL),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file.", rich_help_panel=IO),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr: only errors, and what needs acting on (how to resume an interrupted job).", rich_help_panel=IO),
+    errors: Optional[str] = typer.Option(None, "--errors", help="Write error lines to this file instead of the output (as OpenAI's error file).", rich_help_panel=IO),
+    input_format: InputKind = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP, rich_help_panel=IO),
+    system: Optional[str] = typer.Option(None, "--system", help=SYSTEM_HELP, rich_help_panel=IO),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (plain lines 256, OpenAI lines the rest of the context).", rich_help_panel=SAMPLING),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default temperature, 0-2 (plain lines 0 = greedy, OpenAI lines 1).", rich_help_panel=SAMPLING),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default nucleus cut (1 = off).", rich_help_panel=SAMPLING),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default top-k cut (0 = off).", rich_help_panel=SAMPLING),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Default min-p cut (0 = off).", rich_help_panel=SAMPLING),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed: the same --seed gives the same samples, also across --resume (unseeded requests draw fresh randomness each run).", rich_help_panel=SAMPLING),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable).", rich_help_panel=SAMPLING),
+    stop_token_ids: Optional[list[int]] = typer.Option(None, "--stop-token-id", help="Default stop token id (repeatable).", rich_help_panel=SAMPLING),
+    n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt.", rich_help_panel=SAMPLING),
+    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Default minimum output tokens before EOS or a stop.", rich_help_panel=SAMPLING),
+    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", help="Default presence penalty, -2 to 2 (OpenAI's).", rich_help_panel=SAMPLING),
+    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", help="Default frequency penalty, -2 to 2 (OpenAI's).", rich_help_panel=SAMPLING),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Default repetition penalty (transformers'; 1 = off).", rich_help_panel=SAMPLING),
+    logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Return log-probabilities with this many alternatives per token (0-20).", rich_help_panel=SAMPLING),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks).", rich_help_panel=SAMPLING),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan`, with its block size and sharing (refused if made for other data or other settings).", rich_help_panel=ENGINE_PANEL),
+    device: Device = typer.Option(ENGINE.device, "--device", help="Where to run (auto: CUDA when present, else the CPU).", rich_help_panel=ENGINE_PANEL),
+    dtype: DType = typer.Option(ENGINE.dtype, "--dtype", help="auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice.", rich_help_panel=ENGINE_PANEL),
+    attention: str = typer.Option("auto", "--attention", help=attention_help(), rich_help_panel=ENGINE_PANEL),
+    compile: Compile = typer.Option(ENGINE.compile, "--compile", help=f"Fused CPU ops (C++, built once per machine in about a second, kept in the cache); auto: when already built or the job is big enough.", rich_help_panel=ENGINE_PANEL),
+    kv_budget: str = typer.Option(ENGINE.kv_budget, "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory).", rich_help_panel=ENGINE_PANEL),
+    token_budget: int = typer.Option(ENGINE.token_budget, "--token-budget", help="Tokens computed per step (decodes + prefill chunks).", rich_help_panel=ENGINE_PANEL),
+    sharing: Optional[Sharing] = typer.Option(None, "--sharing", help=f"The whole prefix tree, BatchLLM's one shared level, or none (default: {PLAN.sharing}; with --plan, the plan's).", rich_help_panel=ENGINE_PANEL),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help=f"KV block size in tokens (default: {PLAN.block_size}; with --plan, the plan's).", rich_help_panel=ENGINE_PANEL),
+    schedule: Schedule = typer.Option(ENGINE.schedule, "--schedule", help="Decode-heavy groups first, or input order (ablation).", rich_help_panel=ENGINE_PANEL),
+    admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation).", rich_help_panel=ENGINE_PANEL),
+    checkpoint_every: float = typer.Option(ENGINE.checkpoint_every, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off.", rich_help_panel=ENGINE_PANEL),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run N engine workers on Ray (pip install 'batchllm\\[ray]'): a local cluster, each worker with its share of the CPU threads or one GPU; this process writes the output. In-flight checkpoints are single-process only: --resume redoes unfinished requests.", rich_help_panel=CLUSTER),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a running Ray cluster (auto or HOST:PORT): one worker per GPU, or --workers N; the model directory must be readable at the same path on every node.", rich_help_panel=CLUSTER),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""
     from batchcli.distributed import ClusterOptions
