@@ -254,3 +254,25 @@ def test_help_groups_the_options_and_shows_choices():
     for command in (["run"], ["plan"], []):
         words = help_text(*command)
         assert "<bool>" not in words and "--help Show this message" in words, command
+
+
+def test_messages_name_the_flag_or_variable_to_use(tmp_path, model):
+    src, out = write_input(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["run", src, "-o", str(out), "--model", model, "--quiet"]).exit_code == 0
+    res = runner.invoke(app, ["run", src, "-o", str(out), "--model", model])
+    one_line(res, 1, "exists", "--resume", "--overwrite")
+    res = runner.invoke(app, ["run", src, "-o", "-"], env={"BATCHLLM_MODEL": str(tmp_path / "nope")})
+    one_line(res, 1, "$BATCHLLM_MODEL", "nope")
+
+
+def test_stdin_on_a_terminal_says_it_is_read(tmp_path, model):
+    import pty
+
+    main, side = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "batchcli.cli", "run", "-", "-o", "-", "--model", model],
+                            stdin=side, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(side)
+    os.write(main, b"\x04")  # Ctrl-D: the end of what the person typed (nothing)
+    _, err = proc.communicate(timeout=120)
+    os.close(main)
+    assert proc.returncode == 0 and "reading JSONL from stdin (the terminal); end it with Ctrl-D" in err, err

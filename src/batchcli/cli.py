@@ -200,6 +200,7 @@ def plan(
     from batchcli.plan import plan_to_json
     from batchcli.reader import InputOptions
     from batchcli.render import plan_summary, stats_json
+    from batchcli.report import stdin_note
     from batchcli.side_files import check_writable, write_file
 
     reading = InputOptions(input_format, system)
@@ -210,6 +211,8 @@ def plan(
         check_writable(Path(target), "plan file")
     plain, openai = _defaults(max_tokens=max_tokens, n=n)
     model_dir = resolve_model(model)
+    if (note := stdin_note(input)) is not None:
+        err.print(note, highlight=False)
     job = prepare(input, plain, PlanSettings(block_size=block_size, sharing=sharing), model_dir, openai_defaults=openai,
                   served_model=served_model_name or model_dir.name, input_options=reading)
     if job.not_jsonl():

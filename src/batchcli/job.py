@@ -41,7 +41,7 @@ from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure
 from batchcli.token_text import TokenText
-from batchcli.report import Reporter, header, outcome, plural, resume_hint
+from batchcli.report import Reporter, header, outcome, plural, resume_hint, stdin_note
 from batchcli.sinks import Sinks
 from batchcli.writer import OutputWriter
 
@@ -126,6 +126,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             OutputWriter(options.errors, order="completion", resume=options.resume, overwrite=options.overwrite))
         sinks = Sinks(writer, errors)
         answered = sinks.answered()
+        if (note := stdin_note(source)) is not None:
+            say(note)
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered,
                       openai_defaults=openai_defaults, served_model=served, input_options=options.input)
         if files_beside:

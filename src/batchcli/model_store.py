@@ -33,7 +33,15 @@ def cache_dir() -> Path:
 def resolve_model(spec: str | None = None, *, quiet: bool = False) -> Path:
     """The local HF directory for `spec`, else `BATCHLLM_MODEL`, else the default model; `quiet` hides a
     first-use conversion's progress bars and warnings."""
-    spec = spec or os.environ.get("BATCHLLM_MODEL") or None
+    if spec or not os.environ.get("BATCHLLM_MODEL"):
+        return _resolve(spec or None, quiet)
+    try:
+        return _resolve(os.environ["BATCHLLM_MODEL"], quiet)
+    except ModelNotFoundError as e:  # a value the command line does not show: say where it came from
+        raise ModelNotFoundError(f"$BATCHLLM_MODEL: {e} (unset it for the default model, or give --model)") from None
+
+
+def _resolve(spec: str | None, quiet: bool) -> Path:
     if spec is None:
         return default_model_dir(quiet=quiet)
     path = Path(spec).expanduser()

@@ -7,6 +7,7 @@ summary where they went and which requests failed first.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -31,6 +32,13 @@ class Reporter:
 
     def tell(self, line: str) -> None:
         self.console.print(line if self.console.is_terminal else f"{stamp()} {line}", highlight=False)
+
+
+def stdin_note(source: str) -> str | None:
+    """A line for a person who typed `-` at a terminal: the command now waits for their input."""
+    if source != "-" or sys.stdin is None or not sys.stdin.isatty():
+        return None
+    return "batchllm: reading JSONL from stdin (the terminal); end it with Ctrl-D"
 
 
 def destination(output: str, errors: str | None) -> str:

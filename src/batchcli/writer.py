@@ -97,7 +97,8 @@ class OutputWriter:
                     with open(path, "r+b") as torn:
                         torn.truncate(end)
             elif size and not overwrite:
-                raise OutputExistsError(f"output {str(path)!r} exists and is not empty; resume it or overwrite it")
+                raise OutputExistsError(f"output {str(path)!r} exists and is not empty; finish its job with --resume "
+                                       "or replace it with --overwrite")
             return open(path, "wb" if overwrite else "ab")
         except OSError as exc:
             raise OutputUnwritableError(f"cannot write output {str(path)!r}: {exc.strerror}") from None
