@@ -276,3 +276,28 @@ def test_stdin_on_a_terminal_says_it_is_read(tmp_path, model):
     _, err = proc.communicate(timeout=120)
     os.close(main)
     assert proc.returncode == 0 and "reading JSONL from stdin (the terminal); end it with Ctrl-D" in err, err
+
+
+def test_status_tells_a_running_a_killed_and_a_finished_job(tmp_path, model):
+    from batchcli.lock import OutputLock
+
+    src, out = write_input(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl"
+    res = runner.invoke(app, ["run", src, "-o", str(out), "--model", model, "--quiet", "--max-tokens", "3"])
+    assert res.exit_code == 0, res.stderr
+    res = runner.invoke(app, ["status", str(out)])
+    assert res.exit_code == 0 and f"{out}: finished;" in res.stdout, res.stdout
+    assert "answered 4 of 4 lines (4 results, 0 error lines), 0 left" in res.stdout
+    assert re.search(r"last run: 4/4 requests in \d+s, prefill [\d,]+ tok/s", res.stdout), res.stdout
+    out.write_bytes(out.read_bytes().splitlines(keepends=True)[0])  # as if killed after the first result
+    doc = json.loads((tmp_path / "out.jsonl.status.json").read_text())
+    (tmp_path / "out.jsonl.status.json").write_text(json.dumps({**doc, "state": "running"}))
+    res = runner.invoke(app, ["status", str(out), "--json"])
+    state = json.loads(res.stdout)
+    assert (state["state"], state["pid"], state["answered"], state["left"]) == (
+        "stopped without finishing (killed?)", None, 1, 3)
+    res = runner.invoke(app, ["status", str(out)])
+    assert f"batchllm run {src} -o {out} --resume would run the 3 lines left with the job's options: --model {model} --max-tokens 3" in res.stdout
+    with OutputLock(out):  # a run writing it now
+        res = runner.invoke(app, ["status", str(out)])
+    assert f"{out}: running (pid {os.getpid()})" in res.stdout and "ETA" in res.stdout, res.stdout
+    one_line(runner.invoke(app, ["status", str(tmp_path / "none.jsonl")]), 1, "no job at")

@@ -1,7 +1,7 @@
 """The `batchllm` command line: parse options, build configs, call the library, render.
 
 Data goes to stdout (results with `-o -`, the plan with `plan -o -`, the dry-run summary); progress,
-logs and errors go to stderr. One handler around every command (`_Commands.invoke`) turns the errors
+logs and errors go to stderr. One handler around every command (`commands.Commands.invoke`) turns the errors
 of errors.TABLE into one line on stderr and their exit code; anything else is a bug and keeps its
 traceback. Choices and defaults come from batchcli.choices and the config dataclasses.
 """
@@ -13,22 +13,21 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import orjson
 import typer
-import typer.core
 from rich.console import Console
-from rich.markup import escape
 
 from batchcli.choices import Compile, Device, DType, InputKind, Order, Schedule, Sharing, parse_admission
 from batchcli.engine.attention import attention_help
 from batchcli.engine.config import EngineConfig
-from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, row_for
+from batchcli.commands import Command, Commands, RunCommand, err, job_options
+from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from batchcli.openai_body import openai_body_fields
 from batchcli.plan import PlanSettings
 from batchcli.requests import SamplingParams
 from batchcli.streams import install_lenient_stderr
 
 ENGINE, PLAN = EngineConfig(), PlanSettings()  # the defaults the help shows and unset options fall back to
-err = Console(stderr=True, soft_wrap=True)  # a log line is one line, whatever the width (cron, log files)
 out = Console()
 
 
@@ -36,82 +35,8 @@ IO, MODEL, SAMPLING = "Input and output", "Model", "Sampling defaults (a line's 
 ENGINE_PANEL, CLUSTER = "Engine and plan", "Many workers (Ray)"
 
 
-class _BareHelp:
-    """--help is a flag: shown as one, not as `--help <bool>`."""
-
-    def get_help_option(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
-
-
-class _Commands(_BareHelp, typer.core.TyperGroup):
-    """The one error handler around every command: errors.TABLE gives the message prefix and exit code."""
-
-    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
-        try:
-            return super().invoke(ctx)
-        except (Exception, KeyboardInterrupt) as exc:
-            row = row_for(exc)
-            if row is None:
-                raise
-            message = row.message if row.message is not None else str(exc)
-            if not row.silent:
-                err.print(f"[red]{row.prefix}:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(row.exit_code) from None
-
-
-# Options that belong to one invocation, not to the job: never kept in the job record, never taken from it.
-_PER_INVOCATION = frozenset({"output", "resume", "overwrite", "quiet", "metrics"})
-
-
-def _flag(param: typer.core.TyperOption) -> str:
-    return next(o for o in param.opts if o.startswith("--"))
-
-
-def _kept(value: object) -> object:
-    """An option's value as the job record keeps it (JSON)."""
-    return list(value) if isinstance(value, (tuple, list)) else str(value) if isinstance(value, Path) else value
-
-
-def _job_params(ctx: typer.Context) -> list[typer.core.TyperOption]:
-    return [p for p in ctx.command.params if p.param_type_name == "option" and p.name in ctx.params
-            and p.name not in _PER_INVOCATION]
-
-
-def job_options(ctx: typer.Context) -> dict[str, object]:
-    """The job's options to keep in its record: those set to other than their default."""
-    return {_flag(p): _kept(ctx.params[p.name]) for p in _job_params(ctx)
-            if ctx.params[p.name] not in (None, False, (), []) and ctx.params[p.name] != p.default}
-
-
-class _Command(_BareHelp, typer.core.TyperCommand):
-    pass
-
-
-class _RunCommand(_Command):
-    """`run`, whose --resume takes the options of the job it finishes from the job record."""
-
-    def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
-        if ctx.params.get("resume"):
-            from batchcli.job_options import resume_options
-            from batchcli.output_meta import default_output, job_record_path, read_job_options
-
-            output = Path(ctx.params["output"] or default_output(ctx.params["input"]))
-            recorded = read_job_options(output)
-            params = {_flag(p): p for p in _job_params(ctx)}
-            given = {flag: _kept(ctx.params[p.name]) for flag, p in params.items()
-                     if ctx.get_parameter_source(p.name).name not in ("DEFAULT", "DEFAULT_MAP")}
-            taken = {} if recorded is None else resume_options(recorded, given, job_record_path(output))
-            for flag, value in taken.items():
-                if flag in params:  # an option of a later version is not this command's to take
-                    ctx.params[params[flag].name] = params[flag].process_value(ctx, value)
-        return super().invoke(ctx)
-
-
 app = typer.Typer(
-    cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    cls=Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
     "Shared prompt prefixes are found across the whole file first, computed once, and kept exactly as long as needed.",
 )
@@ -179,7 +104,7 @@ def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
         raise UsageError(str(e)) from None
 
 
-@app.command(cls=_Command, epilog=PLAN_EXAMPLES)
+@app.command(cls=Command, epilog=PLAN_EXAMPLES)
 def plan(
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Plan file to write (- for stdout). Default: INPUT with .plan.json."),
@@ -237,7 +162,7 @@ def plan(
     raise typer.Exit(code)
 
 
-@app.command(cls=_RunCommand, epilog=RUN_EXAMPLES)
+@app.command(cls=RunCommand, epilog=RUN_EXAMPLES)
 def run(
     ctx: typer.Context,
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
@@ -312,6 +237,30 @@ def run(
             _drop_stdout()
         raise
     raise typer.Exit(code)
+
+
+STATUS_EXAMPLES = """
+[bold]Examples[/bold]
+
+  batchllm status answers.jsonl           [dim]# is a run writing it? how far? what would --resume do?[/dim]
+  batchllm status answers.jsonl --json    [dim]# the same as one JSON object, for a cron wrapper[/dim]
+"""
+
+
+@app.command(cls=Command, epilog=STATUS_EXAMPLES)
+def status(
+    output: str = typer.Argument(..., metavar="OUTPUT", help="The output file of a run (its job record and status file lie beside it)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object on stdout (for scripts)."),
+) -> None:
+    """Whether a run is writing OUTPUT, how many lines are answered of how many, its rates and ETA."""
+    from batchcli.status import job_status, status_lines
+
+    doc = job_status(Path(output))
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
+    else:
+        for line in status_lines(doc):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _drop_stdout() -> None:

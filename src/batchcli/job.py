@@ -43,6 +43,7 @@ from batchcli.results import Failure
 from batchcli.token_text import TokenText
 from batchcli.report import Reporter, header, outcome, plural, resume_hint, stdin_note
 from batchcli.sinks import Sinks
+from batchcli.status import StatusFile
 from batchcli.writer import OutputWriter
 
 if TYPE_CHECKING:  # imports ray
@@ -140,7 +141,9 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         for e in job.batch.errors:
             sinks.write(render_error(e, None), key=e.line)
         engines = on_cluster or _InProcess(_checkpointing(job, config, options, say) if files_beside else None)
-        stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say)
+        watch = StatusFile(Path(options.output), lambda: sinks.counts, requests=len(job.batch.requests),
+                           skipped=job.skipped) if files_beside else None
+        stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say, watch)
                            if job.batch.requests else (None, True))
         counts, codes = sinks.counts, sinks.error_codes
     if not job.batch.requests:
@@ -153,6 +156,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
                    "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped,
                    **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
+    if watch is not None:
+        watch.finish("finished" if complete else "interrupted")
     if stop.requested and not complete:
         report.tell(resume_hint(source, options.output))  # the job record holds its options
         return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
@@ -244,9 +249,11 @@ def _counts(job: PreparedJob) -> str:
 
 
 def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: Sinks, served: str,
-             stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None]) -> tuple[RunStats | None, bool]:
-    """Run the job's engines, writing results as they finish. Returns the stats (None if stopped at
-    once) and whether every request got its line (a stop that came after the work is no stop)."""
+             stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None],
+             watch: StatusFile | None) -> tuple[RunStats | None, bool]:
+    """Run the job's engines, writing results as they finish and each progress snapshot to the
+    progress view and `watch`. Returns the stats (None if stopped at once) and whether every request
+    got its line (a stop that came after the work is no stop)."""
     created = int(time.time())
     wants_logprobs = any(r.params.logprobs is not None for r in job.batch.requests)
     names = TokenText(job.tokenizer.tok) if wants_logprobs else None
@@ -267,7 +274,12 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ProgressView(console, quiet=quiet, bar=not sinks.output.on_terminal) as view:
-            stats = engines.run(job, config, emit, view.update, stop, say)
+            def progress(p: Progress) -> None:
+                view.update(p)
+                if watch is not None:
+                    watch.update(p)
+
+            stats = engines.run(job, config, emit, progress, stop, say)
         return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT

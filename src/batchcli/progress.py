@@ -25,7 +25,7 @@ class Progress:
     elapsed: float  # seconds since the engine started
 
 
-def _rates(p: Progress) -> str:
+def rates(p: Progress) -> str:
     t = max(p.elapsed, 1e-9)
     return (f"prefill {p.prefill_tokens / t:,.0f} tok/s  decode {p.decode_tokens / t:,.0f} tok/s  "
             f"KV {100 * p.kv_used / max(p.kv_total, 1):.0f}%")
@@ -62,13 +62,13 @@ class ProgressView:
         if self._quiet:
             return
         if self._bar is not None:
-            self._bar.update(self._task, completed=p.done, total=p.total, rates=_rates(p))
+            self._bar.update(self._task, completed=p.done, total=p.total, rates=rates(p))
             return
         now = time.monotonic()
         if force or now - self._last_log >= self._log_every:
             self._last_log = now
             print(f"{stamp()} batchllm: {p.done:,}/{p.total:,} requests  {p.done / max(p.elapsed, 1e-9):,.2f} req/s  "
-                  f"{_rates(p)}  {p.elapsed:.0f}s elapsed, ETA {eta(p)}", file=sys.stderr, flush=True)
+                  f"{rates(p)}  {p.elapsed:.0f}s elapsed, ETA {eta(p)}", file=sys.stderr, flush=True)
 
 
 def stamp() -> str:

@@ -92,7 +92,7 @@ class OutputWriter:
         try:
             size = path.stat().st_size if path.is_file() else 0
             if size and resume:
-                self._done, end = _scan_answered(path)
+                self._done, end = scan_answered(path)
                 if end < size:
                     with open(path, "r+b") as torn:
                         torn.truncate(end)
@@ -215,7 +215,7 @@ class OutputWriter:
             self._successes += 1
 
 
-def _scan_answered(path: Path) -> tuple[Answered, int]:
+def scan_answered(path: Path) -> tuple[Answered, int]:
     """What an earlier run's output answers, and the byte length of its complete lines."""
     ids: set[str] = set()
     lines: set[int] = set()
