@@ -4,10 +4,12 @@ that agree, messages that name the fix."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 from batchcli.cli import app
 from test_cli import ROWS, lines, model, runner, write_input  # noqa: F401 - model is a fixture
@@ -301,3 +303,25 @@ def test_status_tells_a_running_a_killed_and_a_finished_job(tmp_path, model):
         res = runner.invoke(app, ["status", str(out)])
     assert f"{out}: running (pid {os.getpid()})" in res.stdout and "ETA" in res.stdout, res.stdout
     one_line(runner.invoke(app, ["status", str(tmp_path / "none.jsonl")]), 1, "no job at")
+
+
+def test_plan_dry_run_estimates_time_and_kv_bytes_and_says_how_sure(tmp_path, model, smol_dir):
+    from batchcli.engine.weights import load_config
+    from batchcli.estimate import MEASURED_PARAMETERS, _parameters
+    from batchcli.sharding import CPU_COSTS
+
+    assert _parameters(load_config(smol_dir)) == MEASURED_PARAMETERS  # the costs' model, counted as any other
+    src = write_input(tmp_path / "in.jsonl", ROWS)
+    res = runner.invoke(app, ["plan", src, "--dry-run", "--json", "--model", model])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    est, arch = doc["estimate"], load_config(model)
+    assert est["output_tokens"] == 4 + 3 + 2 + 2 * 2  # max_tokens x n
+    assert est["prefill_tokens"] == doc["physical_prefill_tokens"]
+    scale = _parameters(arch) / MEASURED_PARAMETERS
+    assert est["seconds"] == pytest.approx(scale * (est["prefill_tokens"] * CPU_COSTS.prefill_s + 13 * CPU_COSTS.decode_s))
+    element = {"bfloat16": 2, "float32": 4}[est["kv_dtype"]]
+    assert est["kv_peak_bytes"] == doc["est_kv_peak_tokens"] * 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * element
+    assert est["basis"].startswith("rough")
+    res = runner.invoke(app, ["plan", src, "--dry-run", "--model", model])
+    assert "estimated run on this CPU: about" in res.stdout and "How sure: rough" in res.stdout

@@ -1,6 +1,6 @@
-"""Summaries of a prepared job: the plan's statistics (a rich table, or JSON for scripts), the first
-error lines with their reasons, and the top of the prefix tree, each node with a text preview and
-an example request id."""
+"""Summaries of a prepared job: the plan's statistics (a rich table, or JSON for scripts), the run's
+estimated time and KV peak, the first error lines with their reasons, and the top of the prefix tree,
+each node with a text preview and an example request id."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from batchcli.estimate import Estimate, estimate
 from batchcli.pipeline import PreparedJob
 from batchcli.plan import Plan, Segment, TreeNode, top_segments
 
@@ -97,6 +98,7 @@ def plan_summary(job: PreparedJob, console: Console) -> None:
         console = Console(file=console.file, width=WIDE, highlight=False)
     console.print(title(job.plan), highlight=False)
     console.print(stats_table(job.plan))
+    console.print(estimate_line(estimate(job)), highlight=False)
     if job.batch.errors:
         console.print(f"{len(job.batch.errors):,} error lines:", highlight=False)
         for line in error_lines(job):
@@ -104,7 +106,20 @@ def plan_summary(job: PreparedJob, console: Console) -> None:
     console.print(prefix_tree(job.plan, segment_label(job)))
 
 
+def estimate_line(e: Estimate) -> str:
+    return (f"estimated run on this CPU: about {_duration(e.seconds)} for {e.prefill_tokens:,} prompt tokens to "
+            f"compute and at most {e.output_tokens:,} output tokens; KV cache peak about "
+            f"{e.kv_peak_bytes / 2**20:,.1f} MiB ({e.kv_dtype}). How sure: {e.basis}.")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
 def stats_json(job: PreparedJob) -> bytes:
-    """The plan's statistics and the first error lines, as one JSON object."""
+    """The plan's statistics, the estimate and the first error lines, as one JSON object."""
     errors = [{"line": e.line, "id": e.id, "code": e.code, "message": e.message} for e in job.batch.errors[:ERRORS_SHOWN]]
-    return orjson.dumps({**asdict(job.plan.stats), "segments": len(job.plan.segments), "first_errors": errors})
+    return orjson.dumps({**asdict(job.plan.stats), "segments": len(job.plan.segments),
+                         "estimate": asdict(estimate(job)), "first_errors": errors})
