@@ -196,7 +196,7 @@ def run(
     device: Device = typer.Option(ENGINE.device, "--device", help="Where to run (auto: CUDA when present, else the CPU).", rich_help_panel=ENGINE_PANEL),
     dtype: DType = typer.Option(ENGINE.dtype, "--dtype", help="auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice.", rich_help_panel=ENGINE_PANEL),
     attention: str = typer.Option("auto", "--attention", help=attention_help(), rich_help_panel=ENGINE_PANEL),
-    compile: Compile = typer.Option(ENGINE.compile, "--compile", help=f"Fused CPU ops (C++, built once per machine in about a second, kept in the cache); auto: when already built or the job is big enough.", rich_help_panel=ENGINE_PANEL),
+    compile: Compile = typer.Option(ENGINE.compile, "--compile", help="Fused CPU ops (C++, built once per machine in about a second, kept in the cache); auto: when already built or the job is big enough.", rich_help_panel=ENGINE_PANEL),
     kv_budget: str = typer.Option(ENGINE.kv_budget, "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory).", rich_help_panel=ENGINE_PANEL),
     token_budget: int = typer.Option(ENGINE.token_budget, "--token-budget", help="Tokens computed per step (decodes + prefill chunks).", rich_help_panel=ENGINE_PANEL),
     sharing: Optional[Sharing] = typer.Option(None, "--sharing", help=f"The whole prefix tree, BatchLLM's one shared level, or none (default: {PLAN.sharing}; with --plan, the plan's).", rich_help_panel=ENGINE_PANEL),
