@@ -10,16 +10,17 @@ from batchcli.constraint_fields import response_format_constraint
 from batchcli.fields import SAMPLING_KEYS, BadField, as_bool, as_int, sampling_overrides, show
 from batchcli.requests import InputFormat, SamplingParams
 
+# "model" is honoured by being checked: it must name the served model (reader, --served-model-name).
 BODY_KEYS = {
-    InputFormat.OPENAI_COMPLETION: frozenset({"prompt", "response_format"}) | SAMPLING_KEYS,
-    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens", "top_logprobs", "response_format"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_COMPLETION: frozenset({"model", "prompt", "response_format"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"model", "messages", "max_completion_tokens", "top_logprobs", "response_format"}) | SAMPLING_KEYS,
 }
 # OpenAI's defaults for OpenAI lines: sampling at temperature 1, output bounded by the context only.
 OPENAI_DEFAULTS = SamplingParams(max_tokens=None, temperature=1.0)
 OPENAI_MAX_STOP = 4
 OPENAI_COMPLETION_MAX_LOGPROBS = 5
 # Body fields with no effect on the tokens we produce.
-_IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
+_IGNORED_BODY = frozenset({"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
 # Body fields we accept only at the value that leaves the output unchanged.
 _NEUTRAL_BODY: dict[str, tuple] = {
     "stream": (None, False), "echo": (None, False),
@@ -68,6 +69,7 @@ def openai_overrides(body: dict, fmt: InputFormat) -> dict:
 def openai_body_fields() -> str:
     """One line for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
     their no-op value (anything else is an error line)."""
-    honoured = sorted((BODY_KEYS[InputFormat.OPENAI_CHAT] | BODY_KEYS[InputFormat.OPENAI_COMPLETION]))
-    return (f"body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
+    honoured = sorted((BODY_KEYS[InputFormat.OPENAI_CHAT] | BODY_KEYS[InputFormat.OPENAI_COMPLETION]) - {"model"})
+    return (f"body.model, when given, must be the served model (--served-model-name, default the model "
+            f"directory's name); body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
             f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}")
