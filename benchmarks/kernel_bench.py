@@ -109,6 +109,7 @@ def run_case(case: Case, dtype: torch.dtype) -> Row:
     from triton.testing import do_bench
 
     from batchcli.engine.attention.metadata import build_metadata
+    from batchcli.engine.attention.backend import AttnShape
     from batchcli.kernels.shared_prefix_attention import TritonAttention, default_config
     from batchcli.kernels.tiles import plan_tiles
 
@@ -124,9 +125,10 @@ def run_case(case: Case, dtype: torch.dtype) -> Row:
     scale = HEAD_DIM**-0.5
 
     t0 = time.perf_counter()
-    plan_tiles(meta_s.host, KV_HEADS, default_config(HEADS // KV_HEADS, BLOCK, dev))
+    shape = AttnShape(HEADS, KV_HEADS, dtype, HEAD_DIM)
+    plan_tiles(meta_s.host, KV_HEADS, default_config(shape, BLOCK, torch.cuda.get_device_properties(dev).multi_processor_count))
     plan_ms = (time.perf_counter() - t0) * 1e3
-    backend = TritonAttention(KV_HEADS, HEADS // KV_HEADS)
+    backend = TritonAttention(shape)
     plan_s, plan_p = backend.plan(meta_s), backend.plan(meta_p)
     shared_ms = do_bench(lambda: backend.run(q, k_cache, v_cache, plan_s, scale), warmup=10, rep=50)
     private_ms = do_bench(lambda: backend.run(q, k_cache, v_cache, plan_p, scale), warmup=10, rep=50)
