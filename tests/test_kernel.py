@@ -206,6 +206,42 @@ def test_long_prefix_on_cuda(dtype: torch.dtype) -> None:
     run_case(Case((64, 64), chunks), dtype, group=8, n_kv=4, head_dim=128, block_size=16)
 
 
+# a 1k-token prefix under decodes at odd private lengths, a prefill chunk under it and one alone
+CUDA_STEP = Case((64,), tuple(Chunk((0,), h, 1) for h in range(0, 120, 5)) + (Chunk((0,), 7, 70), Chunk((), 0, 33)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", range(1, 9))
+def test_default_configs_on_cuda(dtype: torch.dtype, head_dim: int, group: int) -> None:
+    """Each configuration default_config picks for these shapes (tests/test_triton_compile.py
+    compiles the same ones) against the reference, KV ranges cut over the GPU's SMs; and no kernel
+    compiled so far spills registers as this device's own Triton and driver report it."""
+    run_case(CUDA_STEP, dtype, group=group, n_kv=2, head_dim=head_dim, block_size=16)
+    assert not _spilling_kernels()
+
+
+def _spilling_kernels() -> list[str]:
+    from batchcli.kernels.tile_kernels import _merge_kernel, _tile_kernel
+
+    bad = []
+    for kernel in (_tile_kernel, _merge_kernel):
+        for compiled in kernel.device_caches[torch.cuda.current_device()][0].values():
+            if compiled.n_spills:
+                bad.append(f"{kernel.__name__}, {compiled.metadata.num_warps} warps, constants {compiled.src.constants}: "
+                           f"{compiled.n_spills} spilled, {compiled.n_regs} registers")
+    return bad
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_block_size_32_on_cuda(group: int) -> None:
+    run_case(CUDA_STEP, torch.bfloat16, group=group, n_kv=2, head_dim=128, block_size=32)
+
+
 def _greedy(model: CausalLM, new_tokens: int) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Three requests, two under a 16-token shared segment, generated greedily step by step."""
     bs = 8
