@@ -12,7 +12,8 @@ guarded and written out as soon as it has a result:
           device) on the paper workload scaled to 2,048 requests, and on 512 against `--sharing off`
           and transformers `generate`: tokens/s, MFU against 790 TFLOP/s bf16, peak GPU memory
 Output, unbuffered, and in $OUT (default benchmarks/.work/gpu): gpu_check.json and gpu_check.md,
-rewritten after every result so that a run cut short still reports, plus each part's logs.
+rewritten after every result so that a run cut short still reports, and the CUDA tests' log and junit
+XML: four files, all a device run brings back; the e2e model, inputs and outputs go to --work-dir.
 Invariant: a part that fails or runs out of time leaves the others' results standing; the exit code
 is 0 only when every part asked for ran to its end without an error or a failed test.
 
@@ -190,7 +191,7 @@ def part_e2e(args: argparse.Namespace, part: dict, deadline: float, save: Callab
     scale = gpu_e2e.DRY if args.dry_run else gpu_e2e.GPU
     device = torch.device("cpu" if args.dry_run else "cuda")
     part["small_workload"] = gpu_e2e.benches(scale)[1].name
-    result = gpu_e2e.run(args.out / "e2e", scale, _tokenizer(args), device, args.peak_tflops, deadline,
+    result = gpu_e2e.run(args.work_dir, scale, _tokenizer(args), device, args.peak_tflops, deadline,
                          lambda r: (part.update(r), save()))
     errors = [r for r in result["runs"] if r.get("error")]
     part.update(status="failed" if errors else "ok", note="; ".join(f"{r['peer']}: {r['error'][:80]}" for r in errors))
@@ -205,6 +206,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated, in this order: {','.join(PARTS)} (default: all)")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "benchmarks" / ".work" / "gpu"),
                    help="folder for gpu_check.json, gpu_check.md and logs (default: $OUT, else benchmarks/.work/gpu)")
+    p.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / ".work" / "gpu-run",
+                   help="the e2e model (16 GB on a GPU), workloads, outputs and logs; kept out of --out, whose "
+                        "files a device run brings back (default benchmarks/.work/gpu-run)")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for all parts together (default 450)")
     p.add_argument("--tokenizer", type=Path, help="a folder with tokenizer.json and tokenizer_config.json for the "
                    "e2e model (default: benchmarks/.work/tokenizer, else the default model's)")

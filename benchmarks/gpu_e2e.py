@@ -158,12 +158,15 @@ def run(out: Path, scale: Scale, tokenizer: Path, device: torch.device, peak_tfl
                 result["runs"].append({"peer": name, "workload": built.bench.name, "error": "not run: out of time"})
                 continue
             flags = ("--sharing", "off") if variant else ()
-            hf.startup_timeout_s = left  # its model load counts against the part's time too
             job = Job(built.bench.name, built.path, out / "runs" / built.bench.name, built.max_tokens, None, variant,
                       flags, timeout_s=left)
             job.out_dir.mkdir(parents=True, exist_ok=True)
+            if peer is hf:
+                hf.startup_timeout_s = left  # its model load counts against the part's time too
             with GpuMemoryPeak(device) as memory:
                 outcome = peer.run(job)
+            if peer is hf:
+                hf.close()  # its model and cache leave the GPU before the next run is measured
             result["runs"].append(_row(replace(outcome, peer=name), built, size, peak_tflops, memory))
             print(f"e2e: {name} on {built.bench.name}: {outcome.error or f'{outcome.gen_s:.1f} s'}", flush=True)
             save(result)

@@ -20,10 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_dry_run_writes_every_part(tmp_path):
     # run as a user would, from the checkout root (benchmarks/__init__ puts the root last on sys.path)
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "TRITON_INTERPRET", "PYTHONSAFEPATH")}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(tmp_path)],
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(out), "--work-dir", str(work)],
                           cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    # a device run brings back at most 8 files of $OUT: the model, inputs and outputs stay in the work dir
+    assert sorted(p.name for p in out.iterdir()) == ["cuda_tests.log", "cuda_tests.xml", "gpu_check.json", "gpu_check.md"]
+    assert (work / "model" / "config.json").is_file()
+    report = json.loads((out / "gpu_check.json").read_text())
     parts = report["parts"]
     assert {name: p["status"] for name, p in parts.items()} == {"tests": "ok", "kernel": "ok", "e2e": "ok"}
     # no CUDA here: every cuda test is collected, and skipped
@@ -37,7 +41,7 @@ def test_dry_run_writes_every_part(tmp_path):
     for r in runs.values():
         assert r["error"] is None and r["completion_tokens"] == r["requests"] * 4 and r["tok_s"] > 0 and r["mfu"] > 0, r
     assert runs[("batchllm", "paper-4")]["computed_prompt_tokens"] < runs[("batchllm sharing-off", "paper-4")]["computed_prompt_tokens"]
-    page = (tmp_path / "gpu_check.md").read_text()
+    page = (out / "gpu_check.md").read_text()
     assert "## Bars" in page and "| batchllm sharing-off | paper-4 |" in page and "| prefill | 32 | 2 | 16 |" in page
 
 
