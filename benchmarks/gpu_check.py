@@ -1,7 +1,8 @@
 """The one GPU check, ready before a GPU is: `python -m benchmarks.gpu_check [--parts tests,kernel,e2e]`.
 
-On one CUDA GPU (sized for an H200: about 7 minutes, nothing fetched), three parts, each timed,
-guarded and written out as soon as it has a result:
+On one CUDA GPU (nothing fetched; each part capped, all within --budget, 450 s, sized by estimate
+for an H200, where it has not run yet), three parts, each timed, guarded and written out as soon as
+it has a result:
   tests   `pytest -m cuda`: the Triton kernel against the float32 reference for every configuration
           default_config picks over head_dim 64/128, GQA groups 1-8, fp16/bf16/fp32 (and no spilled
           registers as the device's own compiler sees them); the engine's greedy tokens on CUDA equal
@@ -17,8 +18,8 @@ XML: four files, all a device run brings back; the e2e model, inputs and outputs
 Invariant: a part that fails or runs out of time leaves the others' results standing; the exit code
 is 0 only when every part asked for ran to its end without an error or a failed test.
 
-`--dry-run` runs the same plumbing on the CPU in about a minute (Triton under its interpreter, tiny
-shapes, a tiny random model, the CUDA tests collected and skipped): CI's check of this script.
+`--dry-run` runs the same plumbing on the CPU, ~30 s on an idle 2-core machine (Triton under its
+interpreter, tiny shapes, a tiny random model, the CUDA tests collected and skipped): CI's check.
 
 Needs on the GPU machine beyond its image (which has torch, triton, transformers, safetensors, numpy,
 tokenizers, accelerate, typer, rich, pytest and hypothesis): the wheel of `orjson`, imported on every
