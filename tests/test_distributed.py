@@ -37,19 +37,13 @@ TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
-def ray_address(tmp_path_factory) -> str:
+def ray_address() -> str:
     """A local 2-CPU cluster; its workers import this checkout's batchcli and these tests (PYTHONPATH
-    is inherited from here by the cluster's processes). Ray puts the driver's working directory first
-    on the workers' sys.path: not the checkout root, whose kernels/ would shadow transformers' `kernels`."""
+    is inherited from here by the cluster's processes)."""
     src = Path(batchcli.__file__).resolve().parents[1]
     mp = pytest.MonkeyPatch()
     mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(src), str(TESTS), os.environ.get("PYTHONPATH")) if p))
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("ray-driver"))
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    finally:
-        os.chdir(cwd)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     mp.undo()

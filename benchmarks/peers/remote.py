@@ -64,8 +64,7 @@ class WorkerPeer:
         read_fd, write_fd = os.pipe()
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
-                self.argv, cwd=REPO, env=self.env | {REPLY_FD_ENV: str(write_fd), "PYTHONPATH": str(REPO)},
-                stdin=subprocess.PIPE,
+                self.argv, cwd=REPO, env=self.env | {REPLY_FD_ENV: str(write_fd)}, stdin=subprocess.PIPE,
                 stdout=err, stderr=err, text=True, start_new_session=True, pass_fds=(write_fd,),
             )
         os.close(write_fd)  # the worker holds the only write end: EOF means it has exited
