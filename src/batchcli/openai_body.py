@@ -29,11 +29,13 @@ _NEUTRAL_BODY: dict[str, tuple] = {
 }
 
 
-def check_body_extras(body: dict, used: frozenset[str]) -> None:
+def check_body_extras(body: dict, used: frozenset[str], ignored: frozenset[str] = _IGNORED_BODY,
+                      neutrals: dict[str, tuple] | None = None) -> None:
+    """Raise BadField for a body key that is neither used, ignored, nor at its no-op value."""
     for key in body.keys() - used:
-        if key in _IGNORED_BODY:
+        if key in ignored:
             continue
-        neutral = _NEUTRAL_BODY.get(key)
+        neutral = (_NEUTRAL_BODY if neutrals is None else neutrals).get(key)
         if neutral is None:
             raise BadField("unknown_field", f"body.{key} is not a field this tool knows")
         if body[key] not in neutral:
@@ -66,8 +68,10 @@ def openai_overrides(body: dict, fmt: InputFormat) -> dict:
 
 
 def openai_body_fields() -> str:
-    """One line for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
-    their no-op value (anything else is an error line)."""
+    """Lines for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
+    their no-op value, per endpoint family (anything else is an error line)."""
+    from batchcli import responses  # imports this module: asked only when --help is rendered
+
     honoured = sorted((BODY_KEYS[InputFormat.OPENAI_CHAT] | BODY_KEYS[InputFormat.OPENAI_COMPLETION]))
     return (f"body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
-            f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}")
+            f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}; {responses.body_fields()}")

@@ -27,6 +27,7 @@ class InputFormat(enum.Enum):
     TOKENS = "tokens"  # {"prompt_token_ids": [...]}
     OPENAI_COMPLETION = "openai-completion"  # OpenAI batch, url /v1/completions
     OPENAI_CHAT = "openai-chat"  # OpenAI batch, url /v1/chat/completions
+    OPENAI_RESPONSES = "openai-responses"  # OpenAI batch, url /v1/responses
 
 
 MAX_LOGPROBS = 20  # top alternatives per token, OpenAI's chat limit
@@ -131,6 +132,7 @@ class Request:
     prompt_token_ids: tuple[int, ...] | None = None
     custom_id: str | None = None  # OpenAI batch only
     model: str | None = field(default=None, compare=False)  # OpenAI body "model" as asked (the reader checks it)
+    echo: object | None = field(default=None, compare=False)  # /v1/responses: the ResponseEcho its answer repeats
 
     def __post_init__(self) -> None:
         forms = (self.prompt is not None) + (self.messages is not None) + (self.prompt_token_ids is not None)

@@ -1,0 +1,134 @@
+"""/v1/responses batch lines: the body's rules (input items, instructions, max_output_tokens,
+text.format, ...) and the Response object an answer is rendered as.
+
+Invariant: every body field is honoured (RESPONSES_KEYS), ignored because it cannot change the tokens
+(_IGNORED), accepted only at its no-op value (_NEUTRAL), or an error for that line; a rendered body is
+an `openai.types.responses.Response` (the suite validates it with the SDK).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batchcli.constraint_fields import text_format_constraint
+from batchcli.fields import BadField, as_int, as_text, sampling_overrides, show
+from batchcli.openai_body import check_body_extras
+from batchcli.results import Result
+
+RESPONSES_KEYS = frozenset({"input", "instructions", "max_output_tokens", "temperature", "top_p", "text"})
+# Fields with no effect on the tokens we produce: our models are not run with reasoning settings, and
+# store / metadata / user only matter to OpenAI's own bookkeeping.
+_IGNORED = frozenset({"model", "metadata", "store", "user", "reasoning", "service_tier", "safety_identifier",
+                      "prompt_cache_key"})
+_NEUTRAL: dict[str, tuple] = {
+    "stream": (None, False), "background": (None, False), "truncation": (None, "disabled"),
+    "include": (None, []), "previous_response_id": (None,), "conversation": (None,), "prompt": (None,),
+    "max_tool_calls": (None,), "top_logprobs": (None, 0),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
+}
+_ROLES = frozenset({"user", "assistant", "system", "developer"})
+_PART_TYPES = {"user": "input_text", "system": "input_text", "developer": "input_text", "assistant": "output_text"}
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEcho:
+    """The request fields a Response repeats back (OpenAI echoes them); one object per distinct set."""
+
+    instructions: str | None
+    max_output_tokens: int | None
+    metadata: dict | None
+    text: dict  # {"format": {...}} as given, {"format": {"type": "text"}} by default
+
+
+def responses_request(body: dict) -> tuple[tuple[dict, ...], dict, ResponseEcho]:
+    """The chat messages, the sampling changes and the echo of a /v1/responses body."""
+    check_body_extras(body, RESPONSES_KEYS, _IGNORED, _NEUTRAL)
+    if "input" not in body:
+        raise BadField("missing_prompt", "body.input is required for /v1/responses")
+    messages = _input_messages(body["input"])
+    instructions = body.get("instructions")
+    if instructions is not None:
+        messages = ({"role": "system", "content": as_text(instructions, "body.instructions")}, *messages)
+    changes = sampling_overrides({k: body[k] for k in ("temperature", "top_p") if k in body})
+    limit = body.get("max_output_tokens")
+    if limit is not None:
+        changes["max_tokens"] = as_int(limit, "body.max_output_tokens")
+    text = body.get("text")
+    if text is None:
+        text = {"format": {"type": "text"}}
+    if type(text) is not dict or not text.keys() <= {"format", "verbosity"} or text.get("verbosity") not in (None, "medium"):
+        raise BadField("unsupported", f"body.text must be {{\"format\": ...}}, got {show(text)}")
+    changes["constraint"] = text_format_constraint(text.get("format"))
+    metadata = body.get("metadata")
+    if metadata is not None and (type(metadata) is not dict
+                                 or not all(type(v) is str for v in metadata.values())):
+        raise BadField("invalid_type", f"body.metadata must be an object of strings, got {show(metadata)}")
+    return messages, changes, ResponseEcho(instructions, limit, metadata, text)
+
+
+def _input_messages(value: object) -> tuple[dict, ...]:
+    """body.input as chat messages: a string is one user message; a list holds message items."""
+    if type(value) is str:
+        return ({"role": "user", "content": as_text(value, "body.input")},)
+    if type(value) is not list or not value:
+        raise BadField("invalid_type", f"body.input must be a string or a non-empty list of items, got {show(value)}")
+    return tuple(_message_item(item, f"body.input[{i}]") for i, item in enumerate(value))
+
+
+def _message_item(item: object, name: str) -> dict:
+    if type(item) is not dict or item.get("type", "message") != "message":
+        raise BadField("unsupported", f"{name} must be a message item {{role, content}}, got {show(item)}")
+    if not item.keys() <= {"type", "role", "content"}:
+        raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(item.keys() - {'type', 'role', 'content'}))}")
+    role = item.get("role")
+    if role not in _ROLES:
+        raise BadField("invalid_value", f"{name}.role must be one of {', '.join(sorted(_ROLES))}, got {show(role)}")
+    content = item.get("content")
+    if type(content) is str:
+        return {"role": role, "content": content}
+    part_type = _PART_TYPES[role]
+    if type(content) is not list or not content:
+        raise BadField("invalid_type", f"{name}.content must be a string or a list of {part_type} parts, got {show(content)}")
+    texts = []
+    for j, part in enumerate(content):
+        if type(part) is not dict or part.get("type") != part_type or type(part.get("text")) is not str:
+            raise BadField("unsupported", f"{name}.content[{j}] must be {{\"type\": \"{part_type}\", \"text\": ...}}, "
+                                          f"got {show(part)}")
+        if not part.keys() <= {"type", "text", "annotations"}:
+            raise BadField("unknown_field", f"{name}.content[{j}] has unknown field(s): "
+                                            f"{', '.join(sorted(part.keys() - {'type', 'text', 'annotations'}))}")
+        texts.append(part["text"])
+    return {"role": role, "content": "\n".join(texts)}
+
+
+def body_fields() -> str:
+    """The --help line of /v1/responses bodies."""
+    return (f"except /v1/responses bodies, whose fields honoured are: {', '.join(sorted(RESPONSES_KEYS))}; ignored: "
+            f"{', '.join(sorted(_IGNORED))}; accepted at their no-op value only: {', '.join(sorted(_NEUTRAL))}")
+
+
+def response_body(result: Result, digest: str, model: str, created: int) -> dict:
+    """The Response object of a finished /v1/responses request (always one sample: no `n` here)."""
+    request, echo = result.request, result.request.echo
+    assert isinstance(echo, ResponseEcho), f"request {request.id!r} carries no ResponseEcho"
+    completion = result.completions[0]
+    truncated = completion.finish_reason == "length"
+    status = "incomplete" if truncated else "completed"
+    output = [{"type": "message", "id": f"msg_{digest}", "role": "assistant", "status": status,
+               "content": [{"type": "output_text", "text": completion.text, "annotations": []}]}]
+    return {
+        "id": f"resp_{digest}", "object": "response", "created_at": float(created), "model": model,
+        "status": status, "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
+        "error": None, "instructions": echo.instructions, "metadata": echo.metadata,
+        "max_output_tokens": echo.max_output_tokens, "temperature": request.params.temperature,
+        "top_p": request.params.top_p, "text": echo.text, "tools": [],
+        "tool_choice": "auto", "parallel_tool_calls": True, "output": output,
+        "usage": {
+            "input_tokens": result.prompt_tokens,
+            # shared prefixes live for one run only: nothing is written to a cache a later request could read
+            "input_tokens_details": {"cached_tokens": result.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": result.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},  # no reasoning models here
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+        },
+    }
