@@ -13,6 +13,7 @@ import hashlib
 from batchcli.requests import InputFormat, LineError
 from batchcli.responses import response_body
 from batchcli.results import Completion, Result
+from batchcli.tool_calls import chat_choice
 from batchcli.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
 
 _OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT, InputFormat.OPENAI_RESPONSES})
@@ -86,11 +87,11 @@ def _completions_body(result: Result, digest: str, model: str, created: int, nam
     """The ChatCompletion or Completion object of a chat or completions request."""
     if result.request.format is InputFormat.OPENAI_CHAT:
         kind, body_id = "chat.completion", f"chatcmpl-{digest}"
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-             "logprobs": None if c.logprobs is None else chat_logprobs(c.logprobs, names)}
-            for i, c in enumerate(result.completions)
-        ]
+        choices = []
+        for i, c in enumerate(result.completions):
+            message, finish_reason = chat_choice(c, result.request.tool_use, f"call_{digest}_{i}")
+            choices.append({"index": i, "message": message, "finish_reason": finish_reason,
+                            "logprobs": None if c.logprobs is None else chat_logprobs(c.logprobs, names)})
     else:
         kind, body_id = "text_completion", f"cmpl-{digest}"
         choices = [

@@ -12,19 +12,20 @@ from batchcli.requests import InputFormat, SamplingParams
 
 BODY_KEYS = {
     InputFormat.OPENAI_COMPLETION: frozenset({"prompt", "response_format"}) | SAMPLING_KEYS,
-    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens", "top_logprobs", "response_format"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
+                                        "tool_choice", "parallel_tool_calls"}) | SAMPLING_KEYS,
 }
 # OpenAI's defaults for OpenAI lines: sampling at temperature 1, output bounded by the context only.
 OPENAI_DEFAULTS = SamplingParams(max_tokens=None, temperature=1.0)
 OPENAI_MAX_STOP = 4
 OPENAI_COMPLETION_MAX_LOGPROBS = 5
 # Body fields with no effect on the tokens we produce.
-_IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
+_IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options"})
 # Body fields we accept only at the value that leaves the output unchanged.
 _NEUTRAL_BODY: dict[str, tuple] = {
     "stream": (None, False), "echo": (None, False),
     "best_of": (None, 1), "suffix": (None, ""), "prediction": (None,), "modalities": (None, ["text"]),
-    "tools": (None, []), "tool_choice": (None, "none", "auto"),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
     "functions": (None, []), "function_call": (None, "none", "auto"),
 }
 

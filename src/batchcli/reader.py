@@ -29,6 +29,7 @@ from batchcli.fields import (
 from batchcli.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 from batchcli.responses import responses_request
+from batchcli.tools import tool_use
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
 _CHUNK = 1 << 20
@@ -133,7 +134,7 @@ class _LineParser:
         self.seen: dict[str, int] = {}  # id -> line that first used it
         # Many lines repeat the same overrides; SamplingParams is frozen, so one object serves them all.
         self.params_cache: dict[tuple[bool, frozenset], SamplingParams] = {}
-        self.shared: dict[bytes, object] = {}  # equal echoes by their JSON: one object for all lines
+        self.shared: dict[bytes, object] = {}  # equal echoes / tool sets by their JSON: one object for all lines
 
     def parse(self, raw: bytes, line: int) -> Request | LineError:
         try:
@@ -202,18 +203,21 @@ class _LineParser:
             raise BadField("invalid_type", f"body must be an object, got {show(body)}")
         model = self._model(body.get("model"))
         if fmt is InputFormat.OPENAI_RESPONSES:
-            messages, changes, echo = responses_request(body)
+            messages, changes, use, echo = responses_request(body)
             params = self._params(changes, self.openai_defaults)
             echo = self._shared(orjson.dumps(echo), echo)
-            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model, echo=echo)
+            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model,
+                           tool_use=self._shared(orjson.dumps(use), use), echo=echo)
         check_body_extras(body, BODY_KEYS[fmt])
         changes = openai_overrides(body, fmt)
         if fmt is InputFormat.OPENAI_CHAT:
             if "messages" not in body:
                 raise BadField("missing_prompt", "body.messages is required for /v1/chat/completions")
             messages = as_messages(body["messages"], "body.messages")
+            use = tool_use(body, changes, nested=True)
             params = self._params(changes, self.openai_defaults)
-            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model)
+            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model,
+                           tool_use=self._shared(orjson.dumps(use), use))
         if "prompt" not in body:
             raise BadField("missing_prompt", "body.prompt is required for /v1/completions")
         prompt, params = body["prompt"], self._params(changes, self.openai_defaults)

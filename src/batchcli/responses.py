@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from batchcli.constraint_fields import text_format_constraint
 from batchcli.fields import BadField, as_int, as_text, sampling_overrides, show
 from batchcli.openai_body import check_body_extras
+from batchcli.requests import ToolUse
 from batchcli.results import Result
+from batchcli.tool_calls import calls_of
+from batchcli.tools import tool_use
 
-RESPONSES_KEYS = frozenset({"input", "instructions", "max_output_tokens", "temperature", "top_p", "text"})
+RESPONSES_KEYS = frozenset({"input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "tools",
+                            "tool_choice", "parallel_tool_calls"})
 # Fields with no effect on the tokens we produce: our models are not run with reasoning settings, and
 # store / metadata / user only matter to OpenAI's own bookkeeping.
 _IGNORED = frozenset({"model", "metadata", "store", "user", "reasoning", "service_tier", "safety_identifier",
@@ -24,7 +28,6 @@ _NEUTRAL: dict[str, tuple] = {
     "stream": (None, False), "background": (None, False), "truncation": (None, "disabled"),
     "include": (None, []), "previous_response_id": (None,), "conversation": (None,), "prompt": (None,),
     "max_tool_calls": (None,), "top_logprobs": (None, 0),
-    "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
 }
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _PART_TYPES = {"user": "input_text", "system": "input_text", "developer": "input_text", "assistant": "output_text"}
@@ -38,10 +41,13 @@ class ResponseEcho:
     max_output_tokens: int | None
     metadata: dict | None
     text: dict  # {"format": {...}} as given, {"format": {"type": "text"}} by default
+    tools: tuple[dict, ...]  # as given (flat function tools)
+    tool_choice: object  # as given, "auto" by default
+    parallel_tool_calls: bool
 
 
-def responses_request(body: dict) -> tuple[tuple[dict, ...], dict, ResponseEcho]:
-    """The chat messages, the sampling changes and the echo of a /v1/responses body."""
+def responses_request(body: dict) -> tuple[tuple[dict, ...], dict, ToolUse | None, ResponseEcho]:
+    """The chat messages, the sampling changes, the tool use and the echo of a /v1/responses body."""
     check_body_extras(body, RESPONSES_KEYS, _IGNORED, _NEUTRAL)
     if "input" not in body:
         raise BadField("missing_prompt", "body.input is required for /v1/responses")
@@ -63,7 +69,10 @@ def responses_request(body: dict) -> tuple[tuple[dict, ...], dict, ResponseEcho]
     if metadata is not None and (type(metadata) is not dict
                                  or not all(type(v) is str for v in metadata.values())):
         raise BadField("invalid_type", f"body.metadata must be an object of strings, got {show(metadata)}")
-    return messages, changes, ResponseEcho(instructions, limit, metadata, text)
+    use = tool_use(body, changes, nested=False)
+    echo = ResponseEcho(instructions, limit, metadata, text, tuple(body.get("tools") or ()),
+                        body.get("tool_choice") or "auto", body.get("parallel_tool_calls") is not False)
+    return messages, changes, use, echo
 
 
 def _input_messages(value: object) -> tuple[dict, ...]:
@@ -114,15 +123,20 @@ def response_body(result: Result, digest: str, model: str, created: int) -> dict
     completion = result.completions[0]
     truncated = completion.finish_reason == "length"
     status = "incomplete" if truncated else "completed"
-    output = [{"type": "message", "id": f"msg_{digest}", "role": "assistant", "status": status,
-               "content": [{"type": "output_text", "text": completion.text, "annotations": []}]}]
+    found = calls_of(completion.text, request.tool_use) if request.tool_use is not None else None
+    calls, content = found if found is not None else ((), completion.text)
+    output = [] if content is None else [
+        {"type": "message", "id": f"msg_{digest}", "role": "assistant", "status": status,
+         "content": [{"type": "output_text", "text": content, "annotations": []}]}]
+    output += [{"type": "function_call", "id": f"fc_{digest}_{k}", "call_id": f"call_{digest}_{k}", "name": call.name,
+                "arguments": call.arguments, "status": "completed"} for k, call in enumerate(calls)]
     return {
         "id": f"resp_{digest}", "object": "response", "created_at": float(created), "model": model,
         "status": status, "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
         "error": None, "instructions": echo.instructions, "metadata": echo.metadata,
         "max_output_tokens": echo.max_output_tokens, "temperature": request.params.temperature,
-        "top_p": request.params.top_p, "text": echo.text, "tools": [],
-        "tool_choice": "auto", "parallel_tool_calls": True, "output": output,
+        "top_p": request.params.top_p, "text": echo.text, "tools": list(echo.tools),
+        "tool_choice": echo.tool_choice, "parallel_tool_calls": echo.parallel_tool_calls, "output": output,
         "usage": {
             "input_tokens": result.prompt_tokens,
             # shared prefixes live for one run only: nothing is written to a cache a later request could read
