@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from batchcli.constraint_fields import text_format_constraint
-from batchcli.fields import BadField, as_int, as_text, sampling_overrides, show
+from batchcli.fields import BadField, as_arguments, as_int, as_text, sampling_overrides, show
 from batchcli.openai_body import check_body_extras
 from batchcli.requests import ToolUse
 from batchcli.results import Result
@@ -76,19 +76,49 @@ def responses_request(body: dict) -> tuple[tuple[dict, ...], dict, ToolUse | Non
 
 
 def _input_messages(value: object) -> tuple[dict, ...]:
-    """body.input as chat messages: a string is one user message; a list holds message items."""
+    """body.input as chat messages: a string is one user message; a list holds message items and the
+    function_call / function_call_output items of a tool transcript (consecutive calls make one
+    assistant message with tool_calls; an output a tool message, as chat templates take them)."""
     if type(value) is str:
         return ({"role": "user", "content": as_text(value, "body.input")},)
     if type(value) is not list or not value:
         raise BadField("invalid_type", f"body.input must be a string or a non-empty list of items, got {show(value)}")
-    return tuple(_message_item(item, f"body.input[{i}]") for i, item in enumerate(value))
+    messages: list[dict] = []
+    for i, item in enumerate(value):
+        name = f"body.input[{i}]"
+        kind = item.get("type") if type(item) is dict else None
+        if kind == "function_call":
+            call = _function_call(item, name)
+            if messages and messages[-1]["role"] == "assistant" and messages[-1].get("content") is None:
+                messages[-1]["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            _only(item, {"type", "call_id", "output", "id", "status"}, name)
+            messages.append({"role": "tool", "content": as_text(item.get("output"), f"{name}.output"),
+                             "tool_call_id": as_text(item.get("call_id"), f"{name}.call_id")})
+        else:
+            messages.append(_message_item(item, name))
+    return tuple(messages)
+
+
+def _function_call(item: dict, name: str) -> dict:
+    _only(item, {"type", "call_id", "name", "arguments", "id", "status"}, name)
+    return {"id": as_text(item.get("call_id"), f"{name}.call_id"), "type": "function",
+            "function": {"name": as_text(item.get("name"), f"{name}.name"),
+                         "arguments": as_arguments(item.get("arguments"), f"{name}.arguments")}}
+
+
+def _only(item: dict, keys: set[str], name: str) -> None:
+    if not item.keys() <= keys:
+        raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(item.keys() - keys))}")
 
 
 def _message_item(item: object, name: str) -> dict:
     if type(item) is not dict or item.get("type", "message") != "message":
-        raise BadField("unsupported", f"{name} must be a message item {{role, content}}, got {show(item)}")
-    if not item.keys() <= {"type", "role", "content"}:
-        raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(item.keys() - {'type', 'role', 'content'}))}")
+        raise BadField("unsupported", f"{name} must be a message, function_call or function_call_output item, "
+                                      f"got {show(item)}")
+    _only(item, {"type", "role", "content"}, name)
     role = item.get("role")
     if role not in _ROLES:
         raise BadField("invalid_value", f"{name}.role must be one of {', '.join(sorted(_ROLES))}, got {show(role)}")
@@ -103,9 +133,7 @@ def _message_item(item: object, name: str) -> dict:
         if type(part) is not dict or part.get("type") != part_type or type(part.get("text")) is not str:
             raise BadField("unsupported", f"{name}.content[{j}] must be {{\"type\": \"{part_type}\", \"text\": ...}}, "
                                           f"got {show(part)}")
-        if not part.keys() <= {"type", "text", "annotations"}:
-            raise BadField("unknown_field", f"{name}.content[{j}] has unknown field(s): "
-                                            f"{', '.join(sorted(part.keys() - {'type', 'text', 'annotations'}))}")
+        _only(part, {"type", "text", "annotations"}, f"{name}.content[{j}]")
         texts.append(part["text"])
     return {"role": role, "content": "\n".join(texts)}
 
