@@ -216,3 +216,13 @@ def test_every_forced_call_on_the_default_model_parses_and_validates(tmp_path):
         for name, arguments in calls:
             assert named == "required" or name == named.get("name", named.get("function", {}).get("name"))
             jsonschema.validate(json.loads(arguments), schemas[name])
+
+
+def test_run_help_lists_tools_as_honoured_not_as_no_ops():
+    from batchcli.openai_body import openai_body_fields
+
+    chat, responses = openai_body_fields().split("except /v1/responses")
+    honoured, rest = chat.split("ignored:")
+    no_ops = rest.split("no-op value only:")[1]
+    assert all(k in honoured and k not in no_ops for k in ("tools", "tool_choice", "parallel_tool_calls"))
+    assert "tools" in responses.split("ignored:")[0]

@@ -73,6 +73,8 @@ def openai_body_fields() -> str:
     their no-op value, per endpoint family (anything else is an error line)."""
     from batchcli import responses  # imports this module: asked only when --help is rendered
 
-    honoured = sorted((BODY_KEYS[InputFormat.OPENAI_CHAT] | BODY_KEYS[InputFormat.OPENAI_COMPLETION]))
-    return (f"body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
-            f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}; {responses.body_fields()}")
+    chat, completion = BODY_KEYS[InputFormat.OPENAI_CHAT], BODY_KEYS[InputFormat.OPENAI_COMPLETION]
+    chat_only = sorted(chat & _NEUTRAL_BODY.keys())  # honoured by chat, no-op-only on completions
+    return (f"body fields honoured: {', '.join(sorted(chat | completion))} ({', '.join(chat_only)}: chat only); "
+            f"ignored: {', '.join(sorted(_IGNORED_BODY))}; accepted at their no-op value only: "
+            f"{', '.join(sorted(_NEUTRAL_BODY.keys() - chat))}; {responses.body_fields()}")
