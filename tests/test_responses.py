@@ -70,6 +70,9 @@ def test_text_format_maps_onto_the_chat_constraints(tmp_path):
     ({"input": [{"role": "tool", "content": "x"}]}, "invalid_value", "body.input[0].role"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": SCHEMA}}}, "missing_required_parameter",
      "body.text.format.name"),
+    ({"input": "hi", "text": {"format": {"type": "json_object", "schema": SCHEMA}}}, "unknown_field",
+     "body.text.format has unknown field(s): schema"),
+    ({"input": "hi", "text": {"format": {"type": "grammar"}}}, "unsupported", "body.text.format.type"),
     ({"input": "hi", "metadata": {"k": 1}}, "invalid_type", "body.metadata"),
     ({"input": "hi", "max_output_tokens": "9"}, "invalid_type", "body.max_output_tokens"),
 ])

@@ -40,20 +40,8 @@ def plain_constraint(fields: dict) -> Constraint | None:
 def response_format_constraint(value: object) -> Constraint | None:
     """OpenAI's body.response_format: text, json_object, or json_schema {name, schema, strict, description}."""
     name = "body.response_format"
-    if value is None:
-        return None
-    if type(value) is not dict or type(value.get("type")) is not str:
-        raise BadField("invalid_type", f"{name} must be an object with a type, got {show(value)}")
-    kind = value["type"]
-    allowed = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", "json_schema"}}.get(kind)
-    if allowed is None:
-        raise BadField("unsupported", f"{name}.type must be text, json_object or json_schema, got {show(kind)}")
-    if not value.keys() <= allowed:
-        raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(value.keys() - allowed))}")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return Constraint("json_object", "")
+    if _format_kind(value, name, {"json_schema"}) != "json_schema":
+        return _plain_format(value)
     return _json_schema_constraint(value.get("json_schema"), f"{name}.json_schema")
 
 
@@ -61,23 +49,33 @@ def text_format_constraint(value: object) -> Constraint | None:
     """/v1/responses' body.text.format: text, json_object, or json_schema with {name, schema, strict,
     description} beside its type (flat, unlike chat's response_format)."""
     name = "body.text.format"
-    if value is None:
-        return None
-    if type(value) is not dict or type(value.get("type")) is not str:
-        raise BadField("invalid_type", f"{name} must be an object with a type, got {show(value)}")
-    kind = value["type"]
-    if kind not in ("text", "json_object", "json_schema"):
-        raise BadField("unsupported", f"{name}.type must be text, json_object or json_schema, got {show(kind)}")
-    if kind != "json_schema":
-        if value.keys() != {"type"}:
-            raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(value.keys() - {'type'}))}")
-        return None if kind == "text" else Constraint("json_object", "")
+    if _format_kind(value, name, _SCHEMA_KEYS) != "json_schema":
+        return _plain_format(value)
     for required in ("name", "schema"):  # OpenAI requires both, and the Response echo must carry them
         if required not in value:
             raise BadField("missing_required_parameter", f"{name}.{required} is required for type json_schema")
     if type(value["name"]) is not str:
         raise BadField("invalid_type", f"{name}.name must be a string, got {show(value['name'])}")
     return _json_schema_constraint({k: v for k, v in value.items() if k != "type"}, name)
+
+
+def _format_kind(value: object, name: str, schema_keys: set[str] | frozenset[str]) -> str | None:
+    """The checked type of an output format object (None when absent); json_schema may hold `schema_keys`."""
+    if value is None:
+        return None
+    if type(value) is not dict or type(value.get("type")) is not str:
+        raise BadField("invalid_type", f"{name} must be an object with a type, got {show(value)}")
+    kind = value["type"]
+    allowed = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", *schema_keys}}.get(kind)
+    if allowed is None:
+        raise BadField("unsupported", f"{name}.type must be text, json_object or json_schema, got {show(kind)}")
+    if not value.keys() <= allowed:
+        raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(value.keys() - allowed))}")
+    return kind
+
+
+def _plain_format(value: dict | None) -> Constraint | None:
+    return Constraint("json_object", "") if value is not None and value["type"] == "json_object" else None
 
 
 def _json_schema_constraint(spec: object, name: str) -> Constraint:
