@@ -120,9 +120,11 @@ def read_requests_of(tmp_path, *rows):
 def test_auto_tools_reach_the_prompt_and_are_planned_as_a_shared_prefix(tmp_path, tools_model):
     tools = [_chat_tool("w", WEATHER), _chat_tool("t", {"type": "object", "properties": {"tz": {"type": "string"}}})]
     rows = [_chat(f"q{i}", tools=tools, messages=[{"role": "user", "content": f"Question {i}?"}]) for i in range(8)]
-    tokenizer, batch = _tokenized(tmp_path, tools_model, *rows)
+    forced = _chat("forced", tools=tools, tool_choice="required", messages=[{"role": "user", "content": "Question 0?"}])
+    tokenizer, batch = _tokenized(tmp_path, tools_model, *rows, forced)
     assert not batch.errors
     assert '"name": "w"' in tokenizer.tok.decode(list(batch.tokens[0]))
+    assert list(batch.tokens[len(rows)]) == list(batch.tokens[0])  # a forced call's model sees the same tools
     src = tmp_path / "tools.jsonl"
     src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     res = runner.invoke(app, ["plan", str(src), "--dry-run", "--json", "--model", str(tools_model), "--block-size", "4"])
