@@ -33,9 +33,10 @@ class TileConfig:
     block_n: int  # KV tokens per inner step of the kernel; a multiple of the cache block size
     min_split_tokens: int  # never cut a tile's KV range finer than this
     target_programs: int  # programs to spread the step's KV work over (~2 per SM); 0 never cuts
+    num_warps: int = 4  # warps per program: the kernel's launch option, not read by the planning here
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "block_n"):
+        for name in ("block_m", "block_n", "num_warps"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"TileConfig.{name} must be a power of two >= 1, got {value}")

@@ -43,14 +43,14 @@ def test_config_and_help_take_their_names_from_the_registry():
 
 
 def test_make_backend_builds_each_eager_backend_for_the_shape():
-    shape = AttnShape(num_heads=6, num_kv_heads=2, dtype=torch.bfloat16)
+    shape = AttnShape(num_heads=6, num_kv_heads=2, dtype=torch.bfloat16, head_dim=64)
     torch_backend = make_backend("torch", shape)
     assert isinstance(torch_backend, TorchAttention) and torch_backend.dtype == torch.bfloat16
     assert isinstance(make_backend("gather", shape), GatherAttention)
     with pytest.raises(ValueError, match="unknown attention backend 'native'"):
         make_backend("native", shape)
     with pytest.raises(ValueError, match="not a multiple"):
-        AttnShape(num_heads=5, num_kv_heads=2, dtype=torch.float32)
+        AttnShape(num_heads=5, num_kv_heads=2, dtype=torch.float32, head_dim=64)
 
 
 def test_the_registry_and_the_config_import_no_torch():

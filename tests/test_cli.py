@@ -101,7 +101,7 @@ def test_plan_dry_run_and_plan_file(tmp_path, model):
     src = write_input(tmp_path / "in.jsonl", ROWS)
     res = runner.invoke(app, ["plan", src, "--dry-run", "--model", model, "--block-size", "4"])
     assert res.exit_code == 0, res.stderr
-    assert "saving ratio" in res.stdout and not (tmp_path / "in.plan.json").exists()
+    assert "prompt computation saved by sharing" in res.stdout and not (tmp_path / "in.plan.json").exists()
     res = runner.invoke(app, ["plan", src, "-o", "-", "--model", model])
     plan = orjson.loads(res.stdout)
     assert res.exit_code == 0 and plan["version"] == 1
@@ -110,7 +110,7 @@ def test_plan_dry_run_and_plan_file(tmp_path, model):
     assert res.exit_code == 0, res.stderr
     other = write_input(tmp_path / "other.jsonl", ROWS[:2])
     res = runner.invoke(app, ["run", other, "--plan", str(tmp_path / "p.json"), "-o", "-", "--model", model])
-    assert res.exit_code == 1 and "other data" in res.stderr
+    assert res.exit_code == 1 and "made for 4 requests, and this input has 2 to run" in res.stderr
 
 
 def test_openai_batch_lines_get_openai_output(tmp_path, model):
@@ -140,8 +140,9 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path, model):
             for i in range(40)]
     src = write_input(tmp_path / "in.jsonl", rows)
     out_path = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "batchcli.cli", "run", src, "-o", str(out_path), "--model", model,
-           "--admission", "2", "--quiet"]
+    cli = [sys.executable, "-m", "batchcli.cli"]
+    cmd = [*cli, "run", src, "-o", str(out_path), "--model", model, "--admission", "2", "--quiet",
+           "--temperature", "0.7", "--seed", "3"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out_path.exists() and out_path.read_text().count("\n") >= 1):
@@ -149,10 +150,11 @@ def test_sigterm_stops_cleanly_and_resume_finishes(tmp_path, model):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert "--resume" in err
+    hint = err.split("with: batchllm ")[1].split()  # the command the interrupted run says finishes the job
+    assert hint == ["run", src, "-o", str(out_path), "--resume"], err
     first = lines(out_path.read_text())
     assert 1 <= len(first) < 40  # stopped admitting: not everything ran
-    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([*cli, *hint], capture_output=True, text=True, timeout=300)  # the job's options come along
     assert res.returncode == 0, res.stderr
     ids = [r["id"] for r in lines(out_path.read_text())]
     assert sorted(ids) == sorted(r["id"] for r in rows)  # every id exactly once

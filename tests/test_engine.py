@@ -109,6 +109,23 @@ def test_greedy_matches_transformers_under_pressure(tiny, config, sharing):
         assert stats[0].preemptions > 0, "the KV budget was meant to force preemption"
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sharing", ["multi", "off"])
+@pytest.mark.parametrize("config", [{}, dict(token_budget=5), dict(kv_budget="48tok", token_budget=16, max_running=8)],
+                         ids=["plain", "chunked-prefill", "preemption"])
+def test_greedy_on_cuda_matches_transformers(tiny, config, sharing):
+    """The engine on the GPU, attention through the Triton kernel, against transformers on the CPU."""
+    directory, prompts, max_new, expected = tiny
+    job = make_job(prompts, [SamplingParams(max_tokens=m) for m in max_new], sharing)
+    stats: list = []
+    got = run_engine(directory, job, stats, device="cuda", attention="triton", **config)
+    assert {k: v[0] for k, v in got.items()} == expected
+    assert (stats[0].device, stats[0].attention) == ("cuda", "triton")
+    if "kv_budget" in config:
+        assert stats[0].preemptions > 0, "the KV budget was meant to force preemption"
+
+
 def test_batch_invariance_and_seeded_sampling(tiny):
     directory, prompts, max_new, _ = tiny
     params = [SamplingParams(max_tokens=6, temperature=1.0, seed=i, n=2) for i in range(len(prompts))]

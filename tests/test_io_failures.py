@@ -91,4 +91,4 @@ def test_failing_stdout_and_stderr_in_a_real_process(tmp_path, model):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # `| head -0`: the reader is gone before the first result
     err = proc.stderr.read()
-    assert proc.wait(timeout=300) == 1 and "Broken pipe" in err and "Traceback" not in err, err
+    assert proc.wait(timeout=300) == 141 and err == "", err  # quietly, as a Unix tool killed by SIGPIPE

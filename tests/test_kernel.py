@@ -22,6 +22,7 @@ if not HAS_CUDA:
         pytest.skip("no CUDA and TRITON_INTERPRET is not 1: nothing can run Triton", allow_module_level=True)
 pytest.importorskip("triton", reason="triton is not installed")
 
+from batchcli.engine.attention.backend import AttnShape  # noqa: E402
 from batchcli.engine.attention.metadata import AttnMetadata, build_metadata  # noqa: E402
 from batchcli.engine.attention.reference import reference_attention  # noqa: E402
 from batchcli.engine.model import CausalLM, allocate_kv  # noqa: E402
@@ -64,7 +65,7 @@ def run_case(case: Case, dtype: torch.dtype, group: int = 4, n_kv: int = 1, head
     k_cache = torch.randn(num_blocks, block_size, n_kv, head_dim, generator=gen).to(DEVICE, dtype)
     v_cache = torch.randn(num_blocks, block_size, n_kv, head_dim, generator=gen).to(DEVICE, dtype)
     scale = head_dim**-0.5
-    out = attend(TritonAttention(n_kv, group, config), q, k_cache, v_cache, meta, scale)
+    out = attend(TritonAttention(AttnShape(group * n_kv, n_kv, dtype, head_dim), config), q, k_cache, v_cache, meta, scale)
     assert out.dtype == dtype and out.shape == q.shape
     ref = reference_attention(q.cpu(), k_cache.cpu(), v_cache.cpu(), meta, scale)  # [T, H, d] float32
     torch.testing.assert_close(out.float().cpu(), ref, atol=TOL[dtype], rtol=TOL[dtype])
@@ -109,6 +110,9 @@ def test_split_kv_ranges_merge_exactly(dtype: torch.dtype) -> None:
     run_case(case, dtype, group=3, n_kv=2, config=TileConfig(block_m=4, block_n=16, min_split_tokens=16, target_programs=1000))
 
 
+FP32_SHAPE = AttnShape(num_heads=4, num_kv_heads=2, dtype=torch.float32, head_dim=64)
+
+
 def _step_meta(case: Case = MIXED, block_size: int = 16) -> tuple[AttnMetadata, int]:
     step, num_blocks = case_step(case, block_size)
     return build_metadata(step, block_size, DEVICE), num_blocks
@@ -148,7 +152,7 @@ def test_long_segment_under_few_rows_is_cut_to_fill_the_gpu(target: int, min_spl
 def test_one_plan_serves_every_layer() -> None:
     """The tile plan is made once per step; layers with other numbers reuse it and stay exact."""
     meta, num_blocks = _step_meta()
-    backend = TritonAttention(2, 2)
+    backend = TritonAttention(FP32_SHAPE)
     plan = backend.plan(meta)
     for layer in range(2):
         gen = torch.Generator().manual_seed(layer)
@@ -183,14 +187,14 @@ def test_launcher_rejects_bad_arguments(message: str) -> None:
     meta, num_blocks = _step_meta()
     q, k, v, scale = _bad_inputs(meta, num_blocks)[message]
     with pytest.raises(ValueError, match=message):
-        attend(TritonAttention(2, 2), q, k, v, meta, scale)
+        attend(TritonAttention(FP32_SHAPE), q, k, v, meta, scale)
 
 
 def test_launcher_rejects_bad_metadata() -> None:
     meta, num_blocks = _step_meta()
     meta = replace(meta, host=replace(meta.host, seg_q_rows=meta.host.seg_q_rows + meta.num_tokens))
     with pytest.raises(ValueError, match="seg_q_rows"):
-        TritonAttention(2, 2).plan(meta)
+        TritonAttention(FP32_SHAPE).plan(meta)
 
 
 @pytest.mark.cuda
@@ -200,6 +204,42 @@ def test_long_prefix_on_cuda(dtype: torch.dtype) -> None:
     # 2k-token prefix under 40 decodes and two prefill chunks; the default config cuts KV ranges
     chunks = tuple(Chunk((0, 1), h, 1) for h in range(0, 200, 5)) + (Chunk((0,), 33, 300), Chunk((), 0, 257))
     run_case(Case((64, 64), chunks), dtype, group=8, n_kv=4, head_dim=128, block_size=16)
+
+
+# a 1k-token prefix under decodes at odd private lengths, a prefill chunk under it and one alone
+CUDA_STEP = Case((64,), tuple(Chunk((0,), h, 1) for h in range(0, 120, 5)) + (Chunk((0,), 7, 70), Chunk((), 0, 33)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", range(1, 9))
+def test_default_configs_on_cuda(dtype: torch.dtype, head_dim: int, group: int) -> None:
+    """Each configuration default_config picks for these shapes (tests/test_triton_compile.py
+    compiles the same ones) against the reference, KV ranges cut over the GPU's SMs; and no kernel
+    compiled so far spills registers as this device's own Triton and driver report it."""
+    run_case(CUDA_STEP, dtype, group=group, n_kv=2, head_dim=head_dim, block_size=16)
+    assert not _spilling_kernels()
+
+
+def _spilling_kernels() -> list[str]:
+    from batchcli.kernels.tile_kernels import _merge_kernel, _tile_kernel
+
+    bad = []
+    for kernel in (_tile_kernel, _merge_kernel):
+        for compiled in kernel.device_caches[torch.cuda.current_device()][0].values():
+            if compiled.n_spills:
+                bad.append(f"{kernel.__name__}, {compiled.metadata.num_warps} warps, constants {compiled.src.constants}: "
+                           f"{compiled.n_spills} spilled, {compiled.n_regs} registers")
+    return bad
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("group", [1, 3, 8])
+def test_block_size_32_on_cuda(group: int) -> None:
+    run_case(CUDA_STEP, torch.bfloat16, group=group, n_kv=2, head_dim=128, block_size=32)
 
 
 def _greedy(model: CausalLM, new_tokens: int) -> tuple[list[list[int]], list[torch.Tensor]]:

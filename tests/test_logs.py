@@ -29,9 +29,9 @@ def test_log_lines_are_whole_and_errors_are_broken_down_by_code(tmp_path, model)
     src = write_input(tmp_path / "in.jsonl", rows)
     res = runner.invoke(app, ["run", src, "-o", str(tmp_path / "out.jsonl"), "--model", model])
     assert res.exit_code == 3, res.stderr
-    (pool,) = [line for line in res.stderr.splitlines() if line.startswith("batchllm: KV pool ")]
+    (pool,) = [line for line in res.stderr.splitlines() if "batchllm: KV pool " in line]
     assert len(pool) > 80 and pool.endswith("tokens per step, attention torch"), res.stderr  # one line, not wrapped at 80
-    assert "batchllm: 3 error lines: 2 invalid_value, 1 invalid_json" in res.stderr.splitlines()
+    assert "batchllm: 3 error lines: 2 invalid_value, 1 invalid_json; first: " in res.stderr
 
 
 def test_a_resume_with_nothing_left_still_writes_metrics(tmp_path, model):

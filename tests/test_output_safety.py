@@ -46,11 +46,41 @@ def test_resume_into_another_inputs_output_is_refused(tmp_path, model):
     other = write_input(tmp_path / "b.jsonl", [{**r, "max_tokens": 1} for r in ROWS])
     before = out.read_bytes()
     res = run(other, "-o", str(out), "--model", model, "--resume")
-    assert res.exit_code == 1 and "another input" in res.stderr and "--overwrite" in res.stderr
+    assert res.exit_code == 1 and "for other input lines" in res.stderr and "--overwrite" in res.stderr
     assert out.read_bytes() == before and len(res.stderr.strip().splitlines()) == 1
     (tmp_path / "out.jsonl.job.json").unlink()  # records, but nothing says which job wrote them
     res = run(src, "-o", str(out), "--model", model, "--resume")
     assert res.exit_code == 1 and "no job record" in res.stderr
+
+
+def test_resume_alone_takes_the_jobs_options_and_a_different_one_is_refused_by_name(tmp_path, model):
+    src, out = write_input(tmp_path / "in.jsonl", [{**r, "max_tokens": None} for r in ROWS[:3]]), tmp_path / "out.jsonl"
+    flags = ["--model", model, "--max-tokens", "3", "--temperature", "0.7", "--seed", "3", "--stop", "x"]
+    assert run(src, "-o", str(tmp_path / "whole.jsonl"), *flags).exit_code == 0
+    assert run(src, "-o", str(out), *flags, "--admission", "2").exit_code == 0
+    record = orjson.loads((tmp_path / "out.jsonl.job.json").read_bytes())
+    assert record["options"] == {"--model": model, "--max-tokens": 3, "--temperature": 0.7, "--seed": 3,
+                                 "--stop": ["x"], "--admission": "2"}  # readable, as the flags were given
+    keep_only(out, lambda r: r["id"] == "a")
+    res = run(src, "-o", str(out), "--resume", "--temperature", "0.9")
+    assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--temperature 0.9" in res.stderr and "--temperature 0.7" in res.stderr and "leave --temperature out" in res.stderr
+    res = run(src, "-o", str(out), "--resume", "--seed", "3", "--admission", "1")  # the same seed; another admission
+    assert res.exit_code == 0, res.stderr
+    by_id = {r["id"]: r for r in lines(out.read_text())}
+    assert by_id == {r["id"]: r for r in lines((tmp_path / "whole.jsonl").read_text())}  # as the first run would
+
+
+def test_a_resume_under_another_model_names_both(tmp_path, model):
+    src, out = write_input(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl"
+    os.symlink(model, tmp_path / "other-model")  # the same files under another name: another model to the job
+    res = runner.invoke(app, ["run", src, "-o", str(out), "--quiet"], env={"BATCHLLM_MODEL": model})
+    assert res.exit_code == 0, res.stderr
+    keep_only(out, lambda r: r["id"] == "a")
+    res = runner.invoke(app, ["run", src, "-o", str(out), "--quiet", "--resume"],
+                        env={"BATCHLLM_MODEL": str(tmp_path / "other-model")})
+    name = os.path.basename(model)
+    assert res.exit_code == 1 and f"with model {name!r}, this run uses 'other-model'" in res.stderr, res.stderr
 
 
 def test_output_that_is_the_input_is_refused(tmp_path, model):

@@ -34,7 +34,7 @@ def test_a_plan_made_with_another_block_size_runs_without_repeating_the_flag(tmp
 def test_a_flag_that_contradicts_the_plan_is_refused_and_one_that_agrees_is_not(tmp_path, model):
     src, plan = _plan(tmp_path, model, "--block-size", "32")
     res = runner.invoke(app, ["run", src, "--plan", str(plan), "-o", "-", "--model", model, "--block-size", "16"])
-    assert res.exit_code == 1 and "other settings" in res.stderr, res.stderr
+    assert res.exit_code == 1 and "with --block-size 32, and this run asks for --block-size 16" in res.stderr, res.stderr
     res = runner.invoke(app, ["run", src, "--plan", str(plan), "-o", "-", "--model", model, "--quiet",
                               "--block-size", "32"])
     assert res.exit_code == 0, res.stderr

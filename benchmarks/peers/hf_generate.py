@@ -1,8 +1,8 @@
 """Peer: Hugging Face transformers `generate` with padded batches, as a plain user would run it.
 
-Run as a worker: `python -m benchmarks.peers.hf_generate --model DIR --dtype bfloat16` (protocol in
-worker.py). Batches are consecutive prompts in input order, left-padded, greedy; EOS is ignored by
-min_new_tokens = max_new_tokens, and a batch decodes to its largest max_tokens (each output is then
+Run as a worker: `python -m benchmarks.peers.hf_generate --model DIR --dtype bfloat16 [--device cuda]`
+(protocol in worker.py). Batches are consecutive prompts in input order, left-padded, greedy; EOS is
+ignored by min_new_tokens = max_new_tokens, and a batch decodes to its largest max_tokens (each output is then
 cut to its own max_tokens, as `generate` cannot stop rows early). Option "batch_size": an int, or
 "auto" to time one batch at each of 8/16/32 first (reported as calibrate_s, outside gen_s).
 Invariant: no prefix reuse across requests (cached_tokens is always 0); only the model's own KV
@@ -23,8 +23,9 @@ BATCH_SIZES = (8, 16, 32)
 
 
 class HFEngine:
-    def __init__(self, model_dir: str, dtype: str) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+    def __init__(self, model_dir: str, dtype: str, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), device_map=device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
 
@@ -38,7 +39,7 @@ class HFEngine:
         new = max(max_tokens)
         with torch.inference_mode():
             out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=new, min_new_tokens=new,
                 do_sample=False, pad_token_id=self.pad_id,
             )  # [B, width + new]
         return [out[row, width : width + m].tolist() for row, m in enumerate(max_tokens)]
@@ -77,8 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), required=True)
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
-    serve(lambda: HFEngine(args.model, args.dtype))
+    serve(lambda: HFEngine(args.model, args.dtype, args.device))
 
 
 if __name__ == "__main__":

@@ -140,8 +140,8 @@ class WorkerPeer:
         self._reap()
 
 
-def hf_peer(model: Path, dtype: str, log_dir: Path, batch_size: int | str) -> WorkerPeer:
-    argv = [sys.executable, "-m", "benchmarks.peers.hf_generate", "--model", str(model), "--dtype", dtype]
+def hf_peer(model: Path, dtype: str, log_dir: Path, batch_size: int | str, device: str = "cpu") -> WorkerPeer:
+    argv = [sys.executable, "-m", "benchmarks.peers.hf_generate", "--model", str(model), "--dtype", dtype, "--device", device]
     return WorkerPeer("transformers", argv, dict(os.environ), log_dir / "transformers.log", options={"batch_size": batch_size})
 
 

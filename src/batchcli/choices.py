@@ -18,6 +18,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Schedule = Literal["plan", "input"]  # decode-heavy groups first, as the plan says | input order (ablation)
 Compile = Literal["auto", "on", "off"]  # the fused C++ CPU ops
 Order = Literal["completion", "input"]  # write each record as it finishes | buffer to input order
+InputKind = Literal["jsonl", "text"]  # one JSON object per line | one prompt per line
 
 
 def values(choice: object) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """The `batchllm` command line: parse options, build configs, call the library, render.
 
 Data goes to stdout (results with `-o -`, the plan with `plan -o -`, the dry-run summary); progress,
-logs and errors go to stderr. One handler around every command (`_Commands.invoke`) turns the errors
+logs and errors go to stderr. One handler around every command (`commands.Commands.invoke`) turns the errors
 of errors.TABLE into one line on stderr and their exit code; anything else is a bug and keeps its
 traceback. Choices and defaults come from batchcli.choices and the config dataclasses.
 """
@@ -13,42 +13,30 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import orjson
 import typer
-import typer.core
 from rich.console import Console
-from rich.markup import escape
 
-from batchcli.choices import Compile, Device, DType, Order, Schedule, Sharing, parse_admission, spelled
+from batchcli.choices import Compile, Device, DType, InputKind, Order, Schedule, Sharing, parse_admission
 from batchcli.engine.attention import attention_help
 from batchcli.engine.config import EngineConfig
-from batchcli.errors import UsageError, row_for
+from batchcli.commands import Command, Commands, RunCommand, err, job_options
+from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from batchcli.openai_body import openai_body_fields
 from batchcli.plan import PlanSettings
 from batchcli.requests import SamplingParams
 from batchcli.streams import install_lenient_stderr
 
 ENGINE, PLAN = EngineConfig(), PlanSettings()  # the defaults the help shows and unset options fall back to
-err = Console(stderr=True, soft_wrap=True)  # a log line is one line, whatever the width (cron, log files)
 out = Console()
 
 
-class _Commands(typer.core.TyperGroup):
-    """The one error handler around every command: errors.TABLE gives the message prefix and exit code."""
-
-    def invoke(self, ctx):  # noqa: ANN001, ANN201 - click's signature
-        try:
-            return super().invoke(ctx)
-        except (Exception, KeyboardInterrupt) as exc:
-            row = row_for(exc)
-            if row is None:
-                raise
-            message = row.message if row.message is not None else str(exc)
-            err.print(f"[red]{row.prefix}:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(row.exit_code) from None
+IO, MODEL, SAMPLING = "Input and output", "Model", "Sampling defaults (a line's own fields win)"
+ENGINE_PANEL, CLUSTER = "Engine and plan", "Many workers (Ray)"
 
 
 app = typer.Typer(
-    cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+    cls=Commands, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
     help="Offline, throughput-first batch inference: JSONL prompts in, JSONL completions out.\n\n"
     "Shared prompt prefixes are found across the whole file first, computed once, and kept exactly as long as needed.",
 )
@@ -64,10 +52,14 @@ RUN_EXAMPLES = """
 
 Input lines: {"id", "prompt" | "messages" | "prompt_token_ids", "max_tokens", "temperature", ...}
 or OpenAI batch lines ({OPENAI_FIELDS}). Exit codes: 0 all succeeded, 3 some lines got error records, 1 fatal, 2 usage,
-130/143 interrupted (rerun with --resume).
+130/143 interrupted (rerun with --resume), 141 stdout's reader went away.
 """
 
 RUN_EXAMPLES = RUN_EXAMPLES.replace("{OPENAI_FIELDS}", openai_body_fields())
+
+INPUT_FORMAT_HELP = ("One JSON object per line, or plain text, one prompt per line (a user message through the "
+                     "chat template, named line-N).")
+SYSTEM_HELP = "A system message before every prompt of a text input (--input-format text)."
 
 PLAN_EXAMPLES = """
 [bold]Examples[/bold]
@@ -75,6 +67,8 @@ PLAN_EXAMPLES = """
   batchllm plan prompts.jsonl --dry-run          [dim]# show sharing statistics, write nothing[/dim]
   batchllm plan prompts.jsonl -o prompts.plan.json
   batchllm run prompts.jsonl --plan prompts.plan.json -o answers.jsonl
+
+Exit codes as for run: 0 every line is valid, 3 some lines would get error records, 1 fatal, 2 usage.
 """
 
 
@@ -110,7 +104,7 @@ def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
         raise UsageError(str(e)) from None
 
 
-@app.command(epilog=PLAN_EXAMPLES)
+@app.command(cls=Command, epilog=PLAN_EXAMPLES)
 def plan(
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Plan file to write (- for stdout). Default: INPUT with .plan.json."),
@@ -118,18 +112,23 @@ def plan(
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the statistics as one JSON object on stdout (for scripts) instead of the summary."),
     model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
     block_size: int = typer.Option(PLAN.block_size, "--block-size", help="KV block size in tokens; shared segments are whole blocks."),
-    sharing: str = typer.Option(PLAN.sharing, "--sharing", help=f"{spelled(Sharing)}: the whole prefix tree, one shared level (BatchLLM) or none."),
+    sharing: Sharing = typer.Option(PLAN.sharing, "--sharing", help="The whole prefix tree, one shared level (BatchLLM) or none."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (orders decode-heavy groups first); plain lines 256, OpenAI lines the context."),
     n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for (default: the model directory's name); as for run."),
+    input_format: InputKind = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP),
+    system: Optional[str] = typer.Option(None, "--system", help=SYSTEM_HELP),
 ) -> None:
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
     from batchcli.model_store import pending_conversion, resolve_model
-    from batchcli.pipeline import prepare
+    from batchcli.pipeline import not_jsonl_hint, prepare
     from batchcli.plan import plan_to_json
+    from batchcli.reader import InputOptions
     from batchcli.render import plan_summary, stats_json
+    from batchcli.report import stdin_note
     from batchcli.side_files import check_writable, write_file
 
+    reading = InputOptions(input_format, system)
     target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
     if (note := pending_conversion(model)) is not None:
         err.print(note, highlight=False)
@@ -137,14 +136,19 @@ def plan(
         check_writable(Path(target), "plan file")
     plain, openai = _defaults(max_tokens=max_tokens, n=n)
     model_dir = resolve_model(model)
+    if (note := stdin_note(input)) is not None:
+        err.print(note, highlight=False)
     job = prepare(input, plain, PlanSettings(block_size=block_size, sharing=sharing), model_dir, openai_defaults=openai,
-                  served_model=served_model_name or model_dir.name)
+                  served_model=served_model_name or model_dir.name, input_options=reading)
+    if job.not_jsonl():
+        err.print(not_jsonl_hint(input), highlight=False)
     if as_json:
         sys.stdout.buffer.write(stats_json(job) + b"\n")
     elif dry_run:
         plan_summary(job, out)
+    code = EXIT_SOME_FAILED if job.batch.errors else EXIT_OK  # as `run` would end, so CI can check a file
     if dry_run:
-        return
+        raise typer.Exit(code)
     data = plan_to_json(job.plan)
     if target == "-" and as_json:
         raise UsageError("--json prints the statistics on stdout; write the plan to a file with -o FILE")
@@ -155,55 +159,62 @@ def plan(
         if not as_json:
             plan_summary(job, err)
         err.print(f"plan written to {target}", highlight=False)
+    raise typer.Exit(code)
 
 
-@app.command(epilog=RUN_EXAMPLES)
+@app.command(cls=RunCommand, epilog=RUN_EXAMPLES)
 def run(
+    ctx: typer.Context,
     input: str = typer.Argument(..., metavar="INPUT", help="Input JSONL file, or - for stdin."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input."),
-    order: Optional[str] = typer.Option(None, "--order", help=f"{spelled(Order)}: write each line as it finishes (the default), or buffer to input order."),
-    resume: bool = typer.Option(False, "--resume", metavar="", help="Append to an existing output, skipping ids already answered."),
-    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file."),
-    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan`, with its block size and sharing (refused if made for other data or other settings)."),
-    model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct)."),
-    device: str = typer.Option(ENGINE.device, "--device", help=f"{spelled(Device)}."),
-    dtype: str = typer.Option(ENGINE.dtype, "--dtype", help=f"{spelled(DType)} (auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice)."),
-    attention: str = typer.Option("auto", "--attention", help=attention_help()),
-    compile: str = typer.Option(ENGINE.compile, "--compile", help=f"Fused CPU ops (C++, built once per machine in about a second, kept in the cache): {spelled(Compile)} (auto: when already built or the job is big enough)."),
-    kv_budget: str = typer.Option(ENGINE.kv_budget, "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory)."),
-    token_budget: int = typer.Option(ENGINE.token_budget, "--token-budget", help="Tokens computed per step (decodes + prefill chunks)."),
-    sharing: Optional[str] = typer.Option(None, "--sharing", help=f"{spelled(Sharing)} (default: {PLAN.sharing}; with --plan, the plan's)."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help=f"KV block size in tokens (default: {PLAN.block_size}; with --plan, the plan's)."),
-    schedule: str = typer.Option(ENGINE.schedule, "--schedule", help=f"{spelled(Schedule)}: decode-heavy groups first, or input order (ablation)."),
-    admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation)."),
-    checkpoint_every: float = typer.Option(ENGINE.checkpoint_every, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off."),
-    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr."),
-    errors: Optional[str] = typer.Option(None, "--errors", help="Write error lines to this file instead of the output (as OpenAI's error file)."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for and answers carry (default: the model directory's name)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (plain lines 256, OpenAI lines the rest of the context)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default temperature, 0-2 (plain lines 0 = greedy, OpenAI lines 1)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default nucleus cut (1 = off)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default top-k cut (0 = off)."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Default min-p cut (0 = off)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed: the same --seed gives the same samples, also across --resume (unseeded requests draw fresh randomness each run)."),
-    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable)."),
-    stop_token_ids: Optional[list[int]] = typer.Option(None, "--stop-token-id", help="Default stop token id (repeatable)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt."),
-    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Default minimum output tokens before EOS or a stop."),
-    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", help="Default presence penalty, -2 to 2 (OpenAI's)."),
-    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", help="Default frequency penalty, -2 to 2 (OpenAI's)."),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Default repetition penalty (transformers'; 1 = off)."),
-    logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Return log-probabilities with this many alternatives per token (0-20)."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Run N engine workers on Ray (pip install 'batchllm[ray]'): a local cluster, each worker with its share of the CPU threads or one GPU; this process writes the output. In-flight checkpoints are single-process only: --resume redoes unfinished requests."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a running Ray cluster (auto or HOST:PORT): one worker per GPU, or --workers N; the model directory must be readable at the same path on every node."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output JSONL (- for stdout). Default: INPUT with .out.jsonl; stdout for stdin input; needed for a pipe input such as <(...).", rich_help_panel=IO),
+    order: Optional[Order] = typer.Option(None, "--order", help="Write each line as it finishes (the default), or buffer to input order.", rich_help_panel=IO),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Finish the job of an existing output: skip the lines it answers, and run with the options its job record (OUT.job.json) keeps, unless given again.", rich_help_panel=IO),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace an existing output file.", rich_help_panel=IO),
+    model: Optional[str] = typer.Option(None, "--model", help="HF directory, .gguf file or cached hub id (default: $BATCHLLM_MODEL, else SmolLM2-135M-Instruct).", rich_help_panel=MODEL),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="The model name OpenAI lines must ask for and answers carry (default: the model directory's name).", rich_help_panel=MODEL),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Write run metrics (JSON) to this file.", rich_help_panel=IO),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress or summary on stderr: only errors, and what needs acting on (how to resume an interrupted job).", rich_help_panel=IO),
+    errors: Optional[str] = typer.Option(None, "--errors", help="Write error lines to this file instead of the output (as OpenAI's error file).", rich_help_panel=IO),
+    input_format: InputKind = typer.Option("jsonl", "--input-format", help=INPUT_FORMAT_HELP, rich_help_panel=IO),
+    system: Optional[str] = typer.Option(None, "--system", help=SYSTEM_HELP, rich_help_panel=IO),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Default max_tokens (plain lines 256, OpenAI lines the rest of the context).", rich_help_panel=SAMPLING),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Default temperature, 0-2 (plain lines 0 = greedy, OpenAI lines 1).", rich_help_panel=SAMPLING),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default nucleus cut (1 = off).", rich_help_panel=SAMPLING),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default top-k cut (0 = off).", rich_help_panel=SAMPLING),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Default min-p cut (0 = off).", rich_help_panel=SAMPLING),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default per-request seed: the same --seed gives the same samples, also across --resume (unseeded requests draw fresh randomness each run).", rich_help_panel=SAMPLING),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Default stop string (repeatable).", rich_help_panel=SAMPLING),
+    stop_token_ids: Optional[list[int]] = typer.Option(None, "--stop-token-id", help="Default stop token id (repeatable).", rich_help_panel=SAMPLING),
+    n: Optional[int] = typer.Option(None, "--n", help="Default samples per prompt.", rich_help_panel=SAMPLING),
+    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Default minimum output tokens before EOS or a stop.", rich_help_panel=SAMPLING),
+    presence_penalty: Optional[float] = typer.Option(None, "--presence-penalty", help="Default presence penalty, -2 to 2 (OpenAI's).", rich_help_panel=SAMPLING),
+    frequency_penalty: Optional[float] = typer.Option(None, "--frequency-penalty", help="Default frequency penalty, -2 to 2 (OpenAI's).", rich_help_panel=SAMPLING),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Default repetition penalty (transformers'; 1 = off).", rich_help_panel=SAMPLING),
+    logprobs: Optional[int] = typer.Option(None, "--logprobs", help="Return log-probabilities with this many alternatives per token (0-20).", rich_help_panel=SAMPLING),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", metavar="", help="Keep generating past EOS up to max_tokens (benchmarks).", rich_help_panel=SAMPLING),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Use a plan made by `batchllm plan`, with its block size and sharing (refused if made for other data or other settings).", rich_help_panel=ENGINE_PANEL),
+    device: Device = typer.Option(ENGINE.device, "--device", help="Where to run (auto: CUDA when present, else the CPU).", rich_help_panel=ENGINE_PANEL),
+    dtype: DType = typer.Option(ENGINE.dtype, "--dtype", help="auto: bfloat16 on GPU and on CPUs with native bf16, else float32; float32 is the reproducible choice.", rich_help_panel=ENGINE_PANEL),
+    attention: str = typer.Option("auto", "--attention", help=attention_help(), rich_help_panel=ENGINE_PANEL),
+    compile: Compile = typer.Option(ENGINE.compile, "--compile", help="Fused CPU ops (C++, built once per machine in about a second, kept in the cache); auto: when already built or the job is big enough.", rich_help_panel=ENGINE_PANEL),
+    kv_budget: str = typer.Option(ENGINE.kv_budget, "--kv-budget", help="KV cache size: e.g. 2GiB, 500MB, 50000tok, or auto (a share of free memory).", rich_help_panel=ENGINE_PANEL),
+    token_budget: int = typer.Option(ENGINE.token_budget, "--token-budget", help="Tokens computed per step (decodes + prefill chunks).", rich_help_panel=ENGINE_PANEL),
+    sharing: Optional[Sharing] = typer.Option(None, "--sharing", help=f"The whole prefix tree, BatchLLM's one shared level, or none (default: {PLAN.sharing}; with --plan, the plan's).", rich_help_panel=ENGINE_PANEL),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help=f"KV block size in tokens (default: {PLAN.block_size}; with --plan, the plan's).", rich_help_panel=ENGINE_PANEL),
+    schedule: Schedule = typer.Option(ENGINE.schedule, "--schedule", help="Decode-heavy groups first, or input order (ablation).", rich_help_panel=ENGINE_PANEL),
+    admission: str = typer.Option("memory", "--admission", help="memory (admit while KV fits) or a fixed cap of running requests (ablation).", rich_help_panel=ENGINE_PANEL),
+    checkpoint_every: float = typer.Option(ENGINE.checkpoint_every, "--checkpoint-every", help="Seconds between checkpoints of in-flight sequences beside the output (OUT.ckpt.json); --resume continues them. 0: off.", rich_help_panel=ENGINE_PANEL),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Run N engine workers on Ray (pip install 'batchllm\\[ray]'): a local cluster, each worker with its share of the CPU threads or one GPU; this process writes the output. In-flight checkpoints are single-process only: --resume redoes unfinished requests.", rich_help_panel=CLUSTER),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a running Ray cluster (auto or HOST:PORT): one worker per GPU, or --workers N; the model directory must be readable at the same path on every node.", rich_help_panel=CLUSTER),
 ) -> None:
     """Run every request of INPUT and write one JSON line per request."""
     from batchcli.distributed import ClusterOptions
     from batchcli.errors import OutputWriteError
     from batchcli.job import RunOptions, run_job
+    from batchcli.output_meta import default_output
+    from batchcli.reader import InputOptions
 
+    reading = InputOptions(input_format, system)
     defaults, openai_defaults = _defaults(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, stop=stop,
         stop_token_ids=stop_token_ids, n=n, min_tokens=min_tokens, presence_penalty=presence_penalty,
@@ -215,9 +226,9 @@ def run(
                           token_budget=token_budget, schedule=schedule, max_running=parse_admission(admission),
                           compile=compile, checkpoint_every=checkpoint_every)
     cluster = ClusterOptions(workers=workers, address=ray_address)
-    options = RunOptions(output=output or ("-" if input == "-" else str(Path(input).with_suffix(".out.jsonl"))),
-                         **({} if order is None else {"order": order}), resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics,
-                         errors=errors, served_model_name=served_model_name)
+    options = RunOptions(output=output or default_output(input), **({} if order is None else {"order": order}),
+                         resume=resume, overwrite=overwrite, plan_file=plan_file, metrics=metrics, errors=errors,
+                         served_model_name=served_model_name, job_options=job_options(ctx), input=reading)
     try:
         code = run_job(input, model, defaults, settings, config, options, console=err, quiet=quiet,
                        openai_defaults=openai_defaults, cluster=cluster)
@@ -226,6 +237,30 @@ def run(
             _drop_stdout()
         raise
     raise typer.Exit(code)
+
+
+STATUS_EXAMPLES = """
+[bold]Examples[/bold]
+
+  batchllm status answers.jsonl           [dim]# is a run writing it? how far? what would --resume do?[/dim]
+  batchllm status answers.jsonl --json    [dim]# the same as one JSON object, for a cron wrapper[/dim]
+"""
+
+
+@app.command(cls=Command, epilog=STATUS_EXAMPLES)
+def status(
+    output: str = typer.Argument(..., metavar="OUTPUT", help="The output file of a run (its job record and status file lie beside it)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print one JSON object on stdout (for scripts)."),
+) -> None:
+    """Whether a run is writing OUTPUT, how many lines are answered of how many, its rates and ETA."""
+    from batchcli.status import job_status, status_lines
+
+    doc = job_status(Path(output))
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
+    else:
+        for line in status_lines(doc):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _drop_stdout() -> None:

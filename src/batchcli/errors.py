@@ -15,6 +15,7 @@ EXIT_FATAL = 1
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3
 EXIT_SIGINT = 130
+EXIT_SIGPIPE = 141  # what a shell reports for a writer whose reader went away (`| head -3`)
 EXIT_SIGTERM = 143
 
 
@@ -107,6 +108,10 @@ class OutputWriteError(WriterError):
     """Writing a record failed (disk full, stdout closed); the records before it are in the output."""
 
 
+class ReaderGoneError(OutputWriteError):
+    """Stdout is a pipe whose reader has gone (`| head -3`): it wants no more, as for any Unix tool."""
+
+
 class CorruptOutputError(WriterError):
     """Resume found a complete line in the output that is not a record this tool writes."""
 
@@ -117,11 +122,13 @@ class ErrorRow:
     prefix: str  # printed before the message: "error: output 'x' exists ..."
     exit_code: int
     message: str | None = None  # replaces the exception's own text (an interrupt has none)
+    silent: bool = False  # exit with the code and say nothing
 
 
 # First match wins, so a subclass comes before its base.
 TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(UsageError, "error", EXIT_USAGE),
+    ErrorRow(ReaderGoneError, "error", EXIT_SIGPIPE, silent=True),
     ErrorRow(ConflictingOptionsError, "error", EXIT_USAGE),
     ErrorRow(BatchError, "error", EXIT_FATAL),
     # before the engine's own handler (which finishes the batch and says how to resume) is installed

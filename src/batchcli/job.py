@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -30,9 +30,10 @@ from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED
 from batchcli.formats import render_error, render_result
 from batchcli.lock import OutputLock
 from batchcli.model_store import pending_conversion, resolve_model
-from batchcli.output_meta import bind_output, refuse_output_is_input
+from batchcli.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
-from batchcli.pipeline import PreparedJob, check_input, prepare
+from batchcli.pipeline import PreparedJob, check_input, not_jsonl_hint, prepare
+from batchcli.reader import InputOptions
 from batchcli.side_files import check_writable, write_file
 from batchcli.plan import PlanSettings
 from batchcli.progress import Progress, ProgressView
@@ -40,7 +41,10 @@ from batchcli.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure
 from batchcli.token_text import TokenText
-from batchcli.writer import Answered, OutputWriter, WriteCounts
+from batchcli.report import Reporter, header, outcome, plural, resume_hint, stdin_note
+from batchcli.sinks import Sinks
+from batchcli.status import StatusFile
+from batchcli.writer import OutputWriter
 
 if TYPE_CHECKING:  # imports ray
     from batchcli.distributed.driver import DistributedRun
@@ -56,6 +60,8 @@ class RunOptions:
     metrics: Path | None = None
     errors: str | None = None  # a separate file for error lines (OpenAI's error file); None: the output
     served_model_name: str | None = None  # the name OpenAI lines must ask for; None: the model directory's
+    job_options: dict[str, object] = field(default_factory=dict)  # kept in the job record (job_options.py)
+    input: InputOptions = InputOptions()  # JSONL or plain text
 
     def __post_init__(self) -> None:
         check("--order", self.order, Order)
@@ -79,39 +85,6 @@ class StopFlag:
         return self.signal is not None
 
 
-class _Sinks:
-    """Where records go: error lines to the errors writer when there is one, everything else to the output."""
-
-    def __init__(self, output: OutputWriter, errors: OutputWriter | None) -> None:
-        self.output, self.errors = output, errors
-
-    def write(self, record: dict, key: int) -> None:
-        if self.errors is not None and record.get("error") is not None:
-            self.errors.write(record)
-        else:
-            self.output.write(record, key=key)
-
-    @property
-    def counts(self) -> WriteCounts:
-        a, b = self.output.counts, (self.errors.counts if self.errors is not None else WriteCounts(0, 0))
-        return WriteCounts(a.successes + b.successes, a.errors + b.errors)
-
-    @property
-    def error_codes(self) -> dict[str, int]:
-        codes = dict(self.output.error_codes)
-        for code, n in (self.errors.error_codes.items() if self.errors is not None else ()):
-            codes[code] = codes.get(code, 0) + n
-        return dict(sorted(codes.items(), key=lambda item: (-item[1], item[0])))
-
-    def answered(self) -> Answered:
-        """What the output and the errors file already answer (--resume)."""
-        a = self.output.answered()
-        if self.errors is None:
-            return a
-        b = self.errors.answered()
-        return Answered(a.ids | b.ids, a.lines | b.lines)
-
-
 def run_job(source: str, model: str | None, defaults: SamplingParams, settings: PlanSettings | None,
             config: EngineConfig, options: RunOptions, *, console: Console, quiet: bool,
             openai_defaults: SamplingParams = OPENAI_DEFAULTS, cluster: ClusterOptions = ClusterOptions()) -> int:
@@ -122,13 +95,21 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     workers (batchcli.distributed) and this process writes."""
     if options.resume and options.output == "-":
         raise UsageError("--resume needs an output file (-o FILE), not stdout")
+    files_beside = has_side_files(options.output)  # lock, job record, checkpoint: not beside /dev/null or a pipe
+    if options.resume and not files_beside:
+        raise UsageError(f"--resume needs a regular output file; {options.output} is a device or a pipe")
     started = time.perf_counter()
-    say = (lambda line: None) if quiet else (lambda line: console.print(line, highlight=False))
+    report = Reporter(console, quiet=quiet)
+    say = report.say
     if (note := pending_conversion(model)) is not None:
         say(note)
     check_input(source)
     on_cluster = _OnCluster(cluster) if cluster.wanted else None  # before any work: is Ray installed?
     pick_device(config.device)
+    if files_beside:
+        check_writable(Path(options.output), "output")
+    if options.errors is not None and has_side_files(options.errors):
+        check_writable(Path(options.errors), "--errors")
     if options.metrics is not None:
         check_writable(options.metrics, "--metrics")
     if options.plan_file is not None and not Path(options.plan_file).is_file():
@@ -138,52 +119,58 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     stop = StopFlag()
     served = options.served_model_name or model_dir.name
     with ExitStack() as stack:
-        if options.output != "-":
+        if files_beside:
             stack.enter_context(OutputLock(options.output))
         writer = stack.enter_context(OutputWriter(options.output, order=options.order, resume=options.resume,
                                                   overwrite=options.overwrite))
         errors = None if options.errors is None else stack.enter_context(
             OutputWriter(options.errors, order="completion", resume=options.resume, overwrite=options.overwrite))
-        sinks = _Sinks(writer, errors)
+        sinks = Sinks(writer, errors)
         answered = sinks.answered()
+        if (note := stdin_note(source)) is not None:
+            say(note)
         job = prepare(source, defaults, settings, model_dir, plan_file=options.plan_file, answered=answered,
-                      openai_defaults=openai_defaults, served_model=served)
-        if options.output != "-":
-            bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source)
+                      openai_defaults=openai_defaults, served_model=served, input_options=options.input)
+        if files_beside:
+            bind_output(Path(options.output), job.identity, resumed=bool(answered), source=source, model=model_dir.name,
+                        options=options.job_options)
+        say(header(source, options.output, options.errors))
         if options.order == "input":
             in_output = [] if errors is not None else [e.line for e in job.batch.errors]
             writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
         for e in job.batch.errors:
             sinks.write(render_error(e, None), key=e.line)
-        engines = on_cluster or _InProcess(_checkpointing(job, config, options, say))
-        stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say)
+        engines = on_cluster or _InProcess(_checkpointing(job, config, options, say) if files_beside else None)
+        watch = StatusFile(Path(options.output), lambda: sinks.counts, requests=len(job.batch.requests),
+                           skipped=job.skipped) if files_beside else None
+        stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say, watch)
                            if job.batch.requests else (None, True))
         counts, codes = sinks.counts, sinks.error_codes
     if not job.batch.requests:
-        say(f"batchllm: nothing to run ({len(job.batch.errors):,} error lines, {job.skipped:,} already answered)")
+        say(f"batchllm: nothing to run ({plural(len(job.batch.errors), 'error line')}, {job.skipped:,} already answered)")
+    if job.not_jsonl():
+        report.tell(not_jsonl_hint(source))  # the one fix for every error line
     wall = time.perf_counter() - started
     if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
         metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
                    "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped,
                    **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
+    if watch is not None:
+        watch.finish("finished" if complete else "interrupted")
     if stop.requested and not complete:
-        # how to resume is worth a line even with --quiet
-        console.print(f"batchllm: interrupted; finished results are in {options.output}. Finish the job with: "
-                      f"batchllm run {source} -o {options.output} --resume", highlight=False)
+        report.tell(resume_hint(source, options.output))  # the job record holds its options
         return EXIT_SIGTERM if stop.signal == signal.SIGTERM else EXIT_SIGINT
     if stats is not None:
         say(stats.summary(wall))
-    if codes:
-        say(f"batchllm: {counts.errors:,} error lines: " + ", ".join(f"{n:,} {code}" for code, n in codes.items()))
+    for line in outcome(sinks, options.output, options.errors):
+        say(line)
     return EXIT_SOME_FAILED if counts.errors else EXIT_OK
 
 
 def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
                    say: Callable[[str], None]) -> Checkpointing | None:
     """Checkpoints beside a file output (a resume first takes over what the last one left in flight)."""
-    if options.output == "-":
-        return None
     path = checkpoint_path(Path(options.output))
     restored = {}
     if options.resume:
@@ -257,14 +244,16 @@ class _OnCluster:
 
 
 def _counts(job: PreparedJob) -> str:
-    return (f"{len(job.batch.requests):,} requests, {len(job.batch.errors):,} error lines, "
+    return (f"{plural(len(job.batch.requests), 'request')}, {plural(len(job.batch.errors), 'error line')}, "
             f"{job.skipped:,} already answered")
 
 
-def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: _Sinks, served: str,
-             stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None]) -> tuple[RunStats | None, bool]:
-    """Run the job's engines, writing results as they finish. Returns the stats (None if stopped at
-    once) and whether every request got its line (a stop that came after the work is no stop)."""
+def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: Sinks, served: str,
+             stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None],
+             watch: StatusFile | None) -> tuple[RunStats | None, bool]:
+    """Run the job's engines, writing results as they finish and each progress snapshot to the
+    progress view and `watch`. Returns the stats (None if stopped at once) and whether every request
+    got its line (a stop that came after the work is no stop)."""
     created = int(time.time())
     wants_logprobs = any(r.params.logprobs is not None for r in job.batch.requests)
     names = TokenText(job.tokenizer.tok) if wants_logprobs else None
@@ -284,8 +273,13 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with ProgressView(console, quiet=quiet) as view:
-            stats = engines.run(job, config, emit, view.update, stop, say)
+        with ProgressView(console, quiet=quiet, bar=not sinks.output.on_terminal) as view:
+            def progress(p: Progress) -> None:
+                view.update(p)
+                if watch is not None:
+                    watch.update(p)
+
+            stats = engines.run(job, config, emit, progress, stop, say)
         return stats, answered == len(job.batch.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT

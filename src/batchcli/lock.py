@@ -67,6 +67,39 @@ class OutputLock:
         self._fd = None
 
 
+def holder(output: str | Path) -> int | None:
+    """The pid of the live run holding `output`'s lock (0 if it has not written it yet), else None.
+
+    Only looks: a lock taken here, even for an instant, could make a run starting then refuse the
+    output, so the kernel's table of locks (/proc/locks) is read instead; without /proc, a live pid
+    in the lock file counts as holding it."""
+    path = lock_path(Path(output))
+    try:
+        st = path.stat()
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no run holds the output
+    pid = _read_pid(fd)
+    os.close(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as table:
+            held = any(fields[1:2] == ["FLOCK"] and fields[5:6] == [key] for fields in map(str.split, table))
+    except OSError:
+        held = pid is not None and pid_alive(pid)
+    return (pid or 0) if held else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
 def _read_pid(fd: int) -> int | None:
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return int(text) if text.isdigit() else None

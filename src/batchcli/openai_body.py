@@ -10,17 +10,18 @@ from batchcli.constraint_fields import response_format_constraint
 from batchcli.fields import SAMPLING_KEYS, BadField, as_bool, as_int, sampling_overrides, show
 from batchcli.requests import InputFormat, SamplingParams
 
+# "model" is honoured by being checked: it must name the served model (reader, --served-model-name).
 BODY_KEYS = {
-    InputFormat.OPENAI_COMPLETION: frozenset({"prompt", "response_format"}) | SAMPLING_KEYS,
-    InputFormat.OPENAI_CHAT: frozenset({"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
-                                        "tool_choice", "parallel_tool_calls"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_COMPLETION: frozenset({"model", "prompt", "response_format"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"model", "messages", "max_completion_tokens", "top_logprobs", "response_format",
+                                        "tools", "tool_choice", "parallel_tool_calls"}) | SAMPLING_KEYS,
 }
 # OpenAI's defaults for OpenAI lines: sampling at temperature 1, output bounded by the context only.
 OPENAI_DEFAULTS = SamplingParams(max_tokens=None, temperature=1.0)
 OPENAI_MAX_STOP = 4
 OPENAI_COMPLETION_MAX_LOGPROBS = 5
 # Body fields with no effect on the tokens we produce.
-_IGNORED_BODY = frozenset({"model", "user", "metadata", "store", "service_tier", "stream_options"})
+_IGNORED_BODY = frozenset({"user", "metadata", "store", "service_tier", "stream_options"})
 # Body fields we accept only at the value that leaves the output unchanged.
 _NEUTRAL_BODY: dict[str, tuple] = {
     "stream": (None, False), "echo": (None, False),
@@ -75,6 +76,7 @@ def openai_body_fields() -> str:
 
     chat, completion = BODY_KEYS[InputFormat.OPENAI_CHAT], BODY_KEYS[InputFormat.OPENAI_COMPLETION]
     chat_only = sorted(chat & _NEUTRAL_BODY.keys())  # honoured by chat, no-op-only on completions
-    return (f"body fields honoured: {', '.join(sorted(chat | completion))} ({', '.join(chat_only)}: chat only); "
-            f"ignored: {', '.join(sorted(_IGNORED_BODY))}; accepted at their no-op value only: "
-            f"{', '.join(sorted(_NEUTRAL_BODY.keys() - chat))}; {responses.body_fields()}")
+    return (f"body.model, when given, must be the served model (--served-model-name, default the model "
+            f"directory's name); body fields honoured: {', '.join(sorted((chat | completion) - {'model'}))} "
+            f"({', '.join(chat_only)}: chat only); ignored: {', '.join(sorted(_IGNORED_BODY))}; accepted at their "
+            f"no-op value only: {', '.join(sorted(_NEUTRAL_BODY.keys() - chat))}; {responses.body_fields()}")

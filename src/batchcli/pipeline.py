@@ -12,17 +12,18 @@ line (or an earlier error line) holds is renamed `line-N`.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 
 from batchcli.engine.shard import Shard, plan_requests
-from batchcli.errors import InputError, PlanFileError
+from batchcli.errors import InputError, PlanFileError, UsageError
 from batchcli.grammars import Grammars, compile_constraints
 from batchcli.plan import Plan, PlanMismatchError, PlanSettings, check_fingerprint, plan_from_json
 from batchcli.openai_body import OPENAI_DEFAULTS
-from batchcli.reader import read_requests
+from batchcli.reader import InputOptions, read_requests
 from batchcli.requests import LineError, Request, SamplingParams
 from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
 from batchcli.token_arrays import TokenArrays
@@ -38,6 +39,11 @@ class PreparedJob:
     skipped: int  # requests and error lines already answered in the output (--resume)
     identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
     grammars: Grammars | None = None  # compiled output constraints, None when no request has one
+
+    def not_jsonl(self) -> bool:
+        """Whether the input is clearly no JSONL: it has lines, and not one of them is JSON."""
+        errors = self.batch.errors
+        return not self.batch.requests and not self.skipped and bool(errors) and all(e.code == "invalid_json" for e in errors)
 
     def shard(self) -> Shard:
         """The whole job as the engine's input (request i of the shard = request i of the batch)."""
@@ -94,8 +100,11 @@ def _without(batch: TokenizedRequests, done: Answered) -> tuple[TokenizedRequest
 
 
 def check_input(source: str) -> None:
-    """Refuse a missing input or a directory; any other file (a FIFO, /dev/stdin, `<(...)`) is read."""
+    """Refuse a missing input or a directory, or "-" when the process has no stdin (started with it
+    closed: `<&-`); any other file (a FIFO, /dev/stdin, `<(...)`) is read."""
     if source == "-":
+        if sys.stdin is None:
+            raise InputError("input is - but stdin is closed; give an input file")
         return
     path = Path(source)
     if path.is_dir():
@@ -104,11 +113,18 @@ def check_input(source: str) -> None:
         raise InputError(f"input file {source} does not exist")
 
 
+def not_jsonl_hint(source: str) -> str:
+    return (f"batchllm: {source} is not JSONL (no line is a JSON object). For one prompt per line use "
+            "--input-format text (with --system TEXT for a shared system prompt), or convert it: "
+            "jq -cR '{prompt: .}'")
+
+
 def _read(source: str, defaults: SamplingParams, openai_defaults: SamplingParams,
-          served_model: str | None) -> Iterable[Request | LineError]:
+          served_model: str | None, options: InputOptions) -> Iterable[Request | LineError]:
     check_input(source)
     try:
-        yield from read_requests(source, defaults, openai_defaults=openai_defaults, served_model=served_model)
+        yield from read_requests(source, defaults, openai_defaults=openai_defaults, served_model=served_model,
+                                 options=options)
     except OSError as e:
         raise InputError(f"cannot read input {source}: {e.strerror or e}") from None
 
@@ -123,18 +139,24 @@ def prepare(
     source: str, defaults: SamplingParams, settings: PlanSettings | None, model_dir: Path, *,
     plan_file: Path | None = None, answered: Answered | None = None,
     openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
+    input_options: InputOptions = InputOptions(),
 ) -> PreparedJob:
     """Read, tokenize and plan `source` (a path or "-"); skip what `answered` holds (--resume).
 
     `settings` None: the plan file's settings, else the defaults; settings given with a plan file must
     be the plan's (else it is refused as made for other settings). OpenAI lines start from
-    `openai_defaults` and must name `served_model` (when given) as body.model.
+    `openai_defaults` and must name `served_model` (when given) as body.model; `input_options` say
+    whether the lines are JSONL or plain text.
     """
     loaded = None if plan_file is None else read_plan(plan_file)
     if settings is None:
         settings = PlanSettings() if loaded is None else loaded.settings
     tokenizer = PromptTokenizer(model_dir)
-    batch = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model), tokenizer))
+    # OpenAI's own default is the context; a value here came from --max-tokens, for every line without its own
+    if openai_defaults.max_tokens is not None and openai_defaults.max_tokens >= tokenizer.max_context:
+        raise UsageError(f"--max-tokens {openai_defaults.max_tokens} leaves no room for a prompt in the model's "
+                         f"context of {tokenizer.max_context} tokens")
+    batch = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model, input_options), tokenizer))
     batch, grammars = compile_constraints(batch, tokenizer, lambda: _eos_ids(model_dir))
     fp = fingerprint(batch, tokenizer.identity(), settings)
     identity = job_identity(batch, model_dir.name)
@@ -171,9 +193,23 @@ def check_plan(plan: Plan, expected: Plan, path: Path) -> None:
     try:
         check_fingerprint(plan, expected.fingerprint)
     except PlanMismatchError:
-        raise PlanFileError(f"plan file {path} was made for other data, another tokenizer or other settings; "
+        raise PlanFileError(f"plan file {path} was made {_made_for_other(plan, expected)}; "
                             "make a new one with `batchllm plan`") from None
     for name in ("segments", "order", "leaf", "stats"):
         if getattr(plan, name) != getattr(expected, name):
             raise PlanFileError(f"plan file {path} does not match the plan of this input (its {name} differ: edited?); "
                                 "make a new one with `batchllm plan`")
+
+
+def _made_for_other(plan: Plan, expected: Plan) -> str:
+    """What differs between a plan file and this job's plan, as far as the plan tells."""
+    for flag, name in (("--block-size", "block_size"), ("--sharing", "sharing")):
+        theirs, ours = getattr(plan.settings, name), getattr(expected.settings, name)
+        if theirs != ours:
+            return f"with {flag} {theirs}, and this run asks for {flag} {ours} (leave {flag} out to use the plan's)"
+    if plan.model != expected.model:
+        return f"for model {plan.model!r}, and this run uses {expected.model!r}"
+    if plan.stats.requests != expected.stats.requests:
+        return f"for {plan.stats.requests:,} requests, and this input has {expected.stats.requests:,} to run"
+    return ("for other data: the prompts, ids, max_tokens or n of this input differ from the plan's, or the "
+            "tokenizer does")

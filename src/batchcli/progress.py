@@ -25,16 +25,18 @@ class Progress:
     elapsed: float  # seconds since the engine started
 
 
-def _rates(p: Progress) -> str:
+def rates(p: Progress) -> str:
     t = max(p.elapsed, 1e-9)
     return (f"prefill {p.prefill_tokens / t:,.0f} tok/s  decode {p.decode_tokens / t:,.0f} tok/s  "
             f"KV {100 * p.kv_used / max(p.kv_total, 1):.0f}%")
 
 
 class ProgressView:
-    """Context manager; call `update(p)` as often as you like."""
+    """Context manager; call `update(p)` as often as you like. `bar=False` keeps to plain lines even on a
+    terminal: when results stream to the same terminal, a live bar would have them written onto its line."""
 
-    def __init__(self, console: Console, *, quiet: bool, log_every: float = 10.0) -> None:
+    def __init__(self, console: Console, *, quiet: bool, log_every: float = 10.0, bar: bool = True) -> None:
+        self._want_bar = bar
         self._console = console
         self._quiet = quiet
         self._log_every = log_every
@@ -43,7 +45,7 @@ class ProgressView:
         self._task = None
 
     def __enter__(self) -> ProgressView:
-        if not self._quiet and self._console.is_terminal:
+        if not self._quiet and self._want_bar and self._console.is_terminal:
             self._bar = RichProgress(
                 TextColumn("[bold]requests"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rates]}"),
                 TimeRemainingColumn(), console=self._console, transient=False,
@@ -60,14 +62,18 @@ class ProgressView:
         if self._quiet:
             return
         if self._bar is not None:
-            self._bar.update(self._task, completed=p.done, total=p.total, rates=_rates(p))
+            self._bar.update(self._task, completed=p.done, total=p.total, rates=rates(p))
             return
         now = time.monotonic()
         if force or now - self._last_log >= self._log_every:
             self._last_log = now
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{stamp} batchllm: {p.done:,}/{p.total:,} requests  {p.done / max(p.elapsed, 1e-9):,.2f} req/s  "
-                  f"{_rates(p)}  {p.elapsed:.0f}s elapsed, ETA {eta(p)}", file=sys.stderr, flush=True)
+            print(f"{stamp()} batchllm: {p.done:,}/{p.total:,} requests  {p.done / max(p.elapsed, 1e-9):,.2f} req/s  "
+                  f"{rates(p)}  {p.elapsed:.0f}s elapsed, ETA {eta(p)}", file=sys.stderr, flush=True)
+
+
+def stamp() -> str:
+    """The local time that starts every log line written where no terminal shows when it came."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def eta(p: Progress) -> str:

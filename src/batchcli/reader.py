@@ -4,6 +4,9 @@ Invariant: every non-blank physical line yields exactly one item, in input order
 physical line number (blank lines are skipped but counted); a bad line never stops the reading, and
 no line is ever held whole in memory if it is longer than `max_line_bytes`.
 
+Plain text (`InputOptions(kind="text")`): each non-blank line is one prompt, a user message (after
+the shared system message, if one is given), named `line-<N>`.
+
 Ids: a simple, chat or pre-tokenized line is named by its `id`, an OpenAI batch line by its
 `custom_id`; either must be a string or an integer (turned into its decimal string). A line without
 one is named `line-<N>`, N its line number. A line whose id an earlier line already used gets a
@@ -16,13 +19,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import orjson
 
+from batchcli.choices import InputKind, check
 from batchcli.constraint_fields import PLAIN_KEYS, plain_constraint
-from batchcli.errors import InputUnreadableError
+from batchcli.errors import InputUnreadableError, UsageError
 from batchcli.fields import (
     SAMPLING_KEYS, BadField, as_messages, as_text, as_token_ids, sampling_overrides, show,
 )
@@ -42,9 +47,23 @@ _OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/comp
                 "/v1/responses": InputFormat.OPENAI_RESPONSES}
 
 
+@dataclass(frozen=True, slots=True)
+class InputOptions:
+    """How the input's lines are read: JSONL, or plain text with an optional shared system prompt."""
+
+    kind: InputKind = "jsonl"
+    system: str | None = None  # text input only: JSONL lines carry their own messages
+
+    def __post_init__(self) -> None:
+        check("--input-format", self.kind, InputKind)
+        if self.system is not None and self.kind != "text":
+            raise UsageError("--system needs --input-format text (JSONL lines carry their own messages)")
+
+
 def read_requests(
     source: str | Path, defaults: SamplingParams, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
+    options: InputOptions = InputOptions(),
 ) -> Iterator[Request | LineError]:
     """Yield one `Request` or `LineError` per non-blank line of `source` ("-" is stdin).
 
@@ -54,7 +73,8 @@ def read_requests(
     """
     if max_line_bytes < 1:
         raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
-    parser = _LineParser(defaults, openai_defaults, served_model)
+    parser = (_TextParser(defaults, options.system) if options.kind == "text"
+              else _LineParser(defaults, openai_defaults, served_model))
     if str(source) == "-":
         return _parse_stream(sys.stdin.buffer, parser, max_line_bytes, owned=False)
     try:
@@ -65,7 +85,7 @@ def read_requests(
 
 
 def _parse_stream(
-    stream: IO[bytes], parser: _LineParser, max_line_bytes: int, *, owned: bool
+    stream: IO[bytes], parser: _LineParser | _TextParser, max_line_bytes: int, *, owned: bool
 ) -> Iterator[Request | LineError]:
     try:
         for number, raw in enumerate(_physical_lines(stream, max_line_bytes), start=1):
@@ -124,6 +144,22 @@ def _fits(line: bytes, max_bytes: int) -> bool:
     return len(line) <= max_bytes or (len(line) == max_bytes + 1 and line.endswith(b"\r"))
 
 
+class _TextParser:
+    """Turns one line of plain text into a chat request: the shared system message, then the line."""
+
+    def __init__(self, defaults: SamplingParams, system: str | None) -> None:
+        self.defaults = defaults
+        self.head = () if system is None else ({"role": "system", "content": system},)
+
+    def parse(self, raw: bytes, line: int) -> Request | LineError:
+        rid = f"line-{line}"
+        try:
+            text = raw.removesuffix(b"\r").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return LineError(rid, line, "invalid_encoding", f"not valid UTF-8 at byte {exc.start}")
+        return Request(rid, line, InputFormat.CHAT, self.defaults, messages=(*self.head, {"role": "user", "content": text}))
+
+
 class _LineParser:
     """Turns one line's bytes into a Request or LineError; remembers ids seen and params built."""
 
@@ -147,7 +183,8 @@ class _LineParser:
             except UnicodeDecodeError as bad:
                 message = f"not valid UTF-8 at byte {bad.start}"
                 return LineError(f"line-{line}", line, "invalid_encoding", message, openai=openai_like)
-            return LineError(f"line-{line}", line, "invalid_json", f"not valid JSON: {exc}", openai=openai_like)
+            message = f"not valid JSON (the input is JSONL, one JSON object per line): {exc}"
+            return LineError(f"line-{line}", line, "invalid_json", message, openai=openai_like)
         if type(obj) is not dict:
             return LineError(f"line-{line}", line, "not_an_object", f"expected a JSON object, got {show(obj)}")
         openai = not _OPENAI_KEYS.isdisjoint(obj)
@@ -233,7 +270,8 @@ class _LineParser:
             raise BadField("invalid_type", f"body.model must be a string, got {show(model)}")
         if model is not None and self.served_model is not None and model != self.served_model:
             # never answer under another model's name (OpenAI and vLLM refuse the same way)
-            raise BadField("model_not_found", f"body.model {model!r} is not served here; this run serves {self.served_model!r}")
+            raise BadField("model_not_found", f"body.model {model!r} is not served here; this run serves "
+                             f"{self.served_model!r} (choose the name with --served-model-name)")
         return model
 
     def _shared(self, key: bytes, value: object) -> object:

@@ -1,6 +1,6 @@
-"""Summaries of a prepared job: the plan's statistics (a rich table, or JSON for scripts), the first
-error lines with their reasons, and the top of the prefix tree, each node with a text preview and
-an example request id."""
+"""Summaries of a prepared job: the plan's statistics (a rich table, or JSON for scripts), the run's
+estimated time and KV peak, the first error lines with their reasons, and the top of the prefix tree,
+each node with a text preview and an example request id."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from batchcli.estimate import Estimate, estimate
 from batchcli.pipeline import PreparedJob
 from batchcli.plan import Plan, Segment, TreeNode, top_segments
 
@@ -21,20 +22,28 @@ TREE_DEPTH = 3
 ERRORS_SHOWN = 5
 PREVIEW_TOKENS = 16
 PREVIEW_CHARS = 40
+WIDE = 400  # columns for a summary read outside a terminal: past any tree line's length, so none is cropped
+
+
+def title(plan: Plan) -> str:
+    return f"plan for {plan.model} (sharing {plan.settings.sharing}, KV blocks of {plan.settings.block_size} tokens)"
 
 
 def stats_table(plan: Plan) -> Table:
+    """The statistics in words a user knows (the --json keys keep the plan file's names)."""
     s = plan.stats
-    table = Table(title=f"plan for {plan.model} (sharing {plan.settings.sharing}, block {plan.settings.block_size})")
+    table = Table()
     table.add_column("statistic")
     table.add_column("value", justify="right")
     rows = [
-        ("requests", f"{s.requests:,}"), ("sequences", f"{s.sequences:,}"), ("error lines", f"{s.errors:,}"),
-        ("logical prefill tokens", f"{s.logical_prefill_tokens:,}"),
-        ("physical prefill tokens", f"{s.physical_prefill_tokens:,}"),
-        ("saving ratio", f"{100 * s.saving_ratio:.1f}%"), ("groups", f"{s.groups:,}"),
-        ("shared segments", f"{len(plan.segments):,}"), ("mean sharing degree", f"{s.mean_sharing_degree:.1f}"),
-        ("tree depth", str(s.max_depth)), ("estimated KV peak (tokens)", f"{s.est_kv_peak_tokens:,}"),
+        ("requests", f"{s.requests:,}"), ("sequences (a request's n samples each)", f"{s.sequences:,}"),
+        ("error lines", f"{s.errors:,}"),
+        ("prompt tokens, all sequences", f"{s.logical_prefill_tokens:,}"),
+        ("prompt tokens to compute (shared prefixes once)", f"{s.physical_prefill_tokens:,}"),
+        ("prompt computation saved by sharing", f"{100 * s.saving_ratio:.1f}%"),
+        ("groups of requests run together", f"{s.groups:,}"), ("shared prefixes", f"{len(plan.segments):,}"),
+        ("sequences per shared prefix (mean)", f"{s.mean_sharing_degree:.1f}"),
+        ("levels of shared prefixes", str(s.max_depth)), ("KV cache peak, estimated (tokens)", f"{s.est_kv_peak_tokens:,}"),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -61,7 +70,8 @@ def prefix_tree(plan: Plan, label: Callable[[Segment], str] = lambda seg: "") ->
     def add(branch: Tree, node: TreeNode) -> None:
         seg = node.segment
         text = escape(label(seg))
-        sub = branch.add(f"{seg.length:,} tokens at {seg.start:,} shared by {seg.sequences:,} sequences"
+        where = "from the start" if seg.start == 0 else f"after the first {seg.start:,}"
+        sub = branch.add(f"{seg.length:,} prompt tokens {where}, shared by {seg.sequences:,} sequences"
                          + (f": {text}" if text else ""))
         for child in node.children:
             add(sub, child)
@@ -83,7 +93,12 @@ def error_lines(job: PreparedJob) -> list[str]:
 
 
 def plan_summary(job: PreparedJob, console: Console) -> None:
+    """The summary; uncropped where no terminal sets a width (a log, a pipe: rich would assume 80)."""
+    if not console.is_terminal:
+        console = Console(file=console.file, width=WIDE, highlight=False)
+    console.print(title(job.plan), highlight=False)
     console.print(stats_table(job.plan))
+    console.print(estimate_line(estimate(job)), highlight=False)
     if job.batch.errors:
         console.print(f"{len(job.batch.errors):,} error lines:", highlight=False)
         for line in error_lines(job):
@@ -91,7 +106,20 @@ def plan_summary(job: PreparedJob, console: Console) -> None:
     console.print(prefix_tree(job.plan, segment_label(job)))
 
 
+def estimate_line(e: Estimate) -> str:
+    return (f"estimated run on this CPU: about {_duration(e.seconds)} for {e.prefill_tokens:,} prompt tokens to "
+            f"compute and at most {e.output_tokens:,} output tokens; KV cache peak about "
+            f"{e.kv_peak_bytes / 2**20:,.1f} MiB ({e.kv_dtype}). How sure: {e.basis}.")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
 def stats_json(job: PreparedJob) -> bytes:
-    """The plan's statistics and the first error lines, as one JSON object."""
+    """The plan's statistics, the estimate and the first error lines, as one JSON object."""
     errors = [{"line": e.line, "id": e.id, "code": e.code, "message": e.message} for e in job.batch.errors[:ERRORS_SHOWN]]
-    return orjson.dumps({**asdict(job.plan.stats), "segments": len(job.plan.segments), "first_errors": errors})
+    return orjson.dumps({**asdict(job.plan.stats), "segments": len(job.plan.segments),
+                         "estimate": asdict(estimate(job)), "first_errors": errors})

@@ -18,11 +18,12 @@ from batchcli.results import Result
 from batchcli.tool_calls import calls_of
 from batchcli.tools import tool_use
 
-RESPONSES_KEYS = frozenset({"input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "tools",
+# "model" is honoured by being checked against the served model (reader), as on the other endpoints.
+RESPONSES_KEYS = frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "tools",
                             "tool_choice", "parallel_tool_calls"})
 # Fields with no effect on the tokens we produce: our models are not run with reasoning settings, and
 # store / metadata / user only matter to OpenAI's own bookkeeping.
-_IGNORED = frozenset({"model", "metadata", "store", "user", "reasoning", "service_tier", "safety_identifier",
+_IGNORED = frozenset({"metadata", "store", "user", "reasoning", "service_tier", "safety_identifier",
                       "prompt_cache_key"})
 _NEUTRAL: dict[str, tuple] = {
     "stream": (None, False), "background": (None, False), "truncation": (None, "disabled"),
@@ -140,7 +141,7 @@ def _message_item(item: object, name: str) -> dict:
 
 def body_fields() -> str:
     """The --help line of /v1/responses bodies."""
-    return (f"except /v1/responses bodies, whose fields honoured are: {', '.join(sorted(RESPONSES_KEYS))}; ignored: "
+    return (f"except /v1/responses bodies, whose fields honoured are: {', '.join(sorted(RESPONSES_KEYS - {'model'}))}; ignored: "
             f"{', '.join(sorted(_IGNORED))}; accepted at their no-op value only: {', '.join(sorted(_NEUTRAL))}")
 
 

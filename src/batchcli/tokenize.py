@@ -54,6 +54,15 @@ def _load_tokenizer(model_dir: Path):  # noqa: ANN202 - a transformers tokenizer
     return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
 
+def _why(model_dir: Path, exc: Exception) -> str:
+    """transformers' reason on one line (its messages run over several), led by the likely cause."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    reason = reason if len(reason) <= 400 else reason[:397] + "..."
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        return f"it has no tokenizer.json, tokenizer.model or vocab.json ({reason})"
+    return reason
+
+
 class PromptTokenizer:
     """A transformers tokenizer loaded from a local model directory, plus the model's context length
     and vocabulary size, read through the engine's own config reader so the two never disagree."""
@@ -66,8 +75,7 @@ class PromptTokenizer:
         try:
             self.tok = _load_tokenizer(self.model_dir)
         except Exception as e:  # transformers raises many kinds (OSError, ValueError, JSON errors) for bad files
-            raise ModelNotFoundError(f"cannot load the tokenizer of {self.model_dir}: "
-                                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise ModelNotFoundError(f"cannot load the tokenizer of {self.model_dir}: {_why(self.model_dir, e)}") from None
         self.max_context = max_context or arch.max_position_embeddings
         self.vocab_size = min(len(self.tok), arch.vocab_size)  # an id past either has no embedding or no text
         # x2: a normalizer may fold characters (e.g. strip accents) before the vocabulary is matched
@@ -134,6 +142,9 @@ class PromptTokenizer:
         budget = req.params.max_tokens or 0  # None (OpenAI lines): the rest of the context, so the prompt alone
         if at_least + budget <= self.max_context:
             return None
+        if budget >= self.max_context:  # the prompt's length does not matter
+            return LineError(req.id, req.line, "context_length_exceeded", f"max_tokens {budget} leaves no room for "
+                             f"a prompt in the model's context of {self.max_context} tokens", req.custom_id)
         return LineError(req.id, req.line, "context_length_exceeded",
                          f"prompt of {len(text):,} characters is at least {at_least:,} tokens; + max_tokens "
                          f"{budget} exceeds the model's context of {self.max_context}", req.custom_id)

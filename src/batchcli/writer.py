@@ -3,7 +3,8 @@
 Invariant: a record's line reaches the output whole, or (if the process dies mid-write) as an
 unterminated tail that the next `resume=True` open cuts off; so a killed run loses at most the records
 in flight. An existing non-empty output is never overwritten unless `overwrite=True`. A write that
-fails (a full disk, a closed pipe) raises `OutputWriteError` naming the output and the reason; an
+fails (a full disk, a closed pipe) raises `OutputWriteError` naming the output and the reason (on
+stdout whose reader has gone, `ReaderGoneError`, which the CLI ends quietly as Unix tools do); an
 output file this writer created is removed again if it is left because of an error before any record.
 
 Order: "completion" writes each record as it comes; "input" holds a record back until every key
@@ -25,6 +26,7 @@ import orjson
 from batchcli.choices import Order, spelled, values
 from batchcli.errors import (
     ConflictingOptionsError, CorruptOutputError, OutputExistsError, OutputUnwritableError, OutputWriteError,
+    ReaderGoneError,
 )
 
 
@@ -90,12 +92,13 @@ class OutputWriter:
         try:
             size = path.stat().st_size if path.is_file() else 0
             if size and resume:
-                self._done, end = _scan_answered(path)
+                self._done, end = scan_answered(path)
                 if end < size:
                     with open(path, "r+b") as torn:
                         torn.truncate(end)
             elif size and not overwrite:
-                raise OutputExistsError(f"output {str(path)!r} exists and is not empty; resume it or overwrite it")
+                raise OutputExistsError(f"output {str(path)!r} exists and is not empty; finish its job with --resume "
+                                       "or replace it with --overwrite")
             return open(path, "wb" if overwrite else "ab")
         except OSError as exc:
             raise OutputUnwritableError(f"cannot write output {str(path)!r}: {exc.strerror}") from None
@@ -153,11 +156,24 @@ class OutputWriter:
         try:
             emit()
             self._file.flush()
+        except BrokenPipeError:
+            self._broken = True
+            if self._path is not None:
+                raise OutputWriteError(f"cannot write output {str(self._path)!r}: its reader has gone") from None
+            raise ReaderGoneError("stdout's reader has gone") from None
         except OSError as exc:
             self._broken = True
             where = "stdout" if self._path is None else repr(str(self._path))
             hint = "" if self._path is None else "; the records before it are kept: finish with --resume once fixed"
             raise OutputWriteError(f"cannot write output {where}: {exc.strerror or exc}{hint}") from None
+
+    @property
+    def on_terminal(self) -> bool:
+        """Whether records go to a terminal (`-o -` at a shell prompt)."""
+        try:
+            return self._file.isatty()
+        except (OSError, ValueError):  # a closed or detached stream
+            return False
 
     @property
     def counts(self) -> WriteCounts:
@@ -199,7 +215,7 @@ class OutputWriter:
             self._successes += 1
 
 
-def _scan_answered(path: Path) -> tuple[Answered, int]:
+def scan_answered(path: Path) -> tuple[Answered, int]:
     """What an earlier run's output answers, and the byte length of its complete lines."""
     ids: set[str] = set()
     lines: set[int] = set()

@@ -22,6 +22,7 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.decoding import Decoder
 from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.fused import choose_fused, wants_fused
+from batchcli.engine.host_memory import keep_freed_memory
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import CausalLM, allocate_kv, kv_bytes_per_token
 from batchcli.engine.resume import Checkpointing, restore, snapshot
@@ -67,10 +68,11 @@ class RunStats:
     native_build_s: float  # seconds spent loading (or building, on first use) the fused CPU ops
 
     def summary(self, wall: float) -> str:
-        total = self.prompt_tokens + self.completion_tokens
-        return (f"batchllm: {self.requests:,} requests in {wall:.1f}s (model load {self.model_load_s:.1f}s): "
-                f"{total / max(wall, 1e-9):,.0f} tok/s total, {self.completion_tokens / max(self.run_s, 1e-9):,.0f} "
-                f"output tok/s; prefix sharing saved {100 * self.saving_ratio:.1f}% of prefill; "
+        """One line; both rates over the generation time (one clock: the output rate never exceeds the total)."""
+        total, run = self.prompt_tokens + self.completion_tokens, max(self.run_s, 1e-9)
+        return (f"batchllm: {self.requests:,} {'request' if self.requests == 1 else 'requests'} in {wall:.1f}s "
+                f"(model load {self.model_load_s:.1f}s, generation {self.run_s:.1f}s): {total / run:,.0f} tok/s "
+                f"(prompt + output), {self.completion_tokens / run:,.0f} output tok/s over the generation; prefix sharing saved {100 * self.saving_ratio:.1f}% of prefill; "
                 f"{self.steps:,} steps, {self.preemptions} preemptions, peak KV {self.peak_kv_bytes / 2**20:,.0f} MiB")
 
 
@@ -82,6 +84,8 @@ class Engine:
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.try_fused = wants_fused(config.compile, config.attention, self.device)
         try:
             self.attention = resolve_backend("auto" if config.attention == "native" else config.attention, self.device.type)

@@ -12,9 +12,14 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from batchcli.errors import CheckpointError
+
 # transformers' defaults for fields a config.json may leave out, per family
 _COMMON = {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "hidden_act": "silu", "rope_theta": 10000.0,
            "sliding_window": None}
+# The sizes of the network: transformers would fill in a 7B model's, which no checkpoint that lacks
+# them holds, so a config without them is refused by name instead.
+_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 _FAMILY = {
     "llama": {"max_position_embeddings": 2048},
     "mistral": {"max_position_embeddings": 131072, "sliding_window": 4096},
@@ -26,6 +31,9 @@ _FAMILY = {
 def read_hf_config(directory: Path, model_type: str) -> SimpleNamespace:
     """config.json of `directory` (whose `model_type` is supported) as transformers would present it."""
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    missing = [k for k in _REQUIRED if raw.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{directory / 'config.json'} lacks {', '.join(missing)}: not a complete model config")
     fields = {**_COMMON, **_FAMILY[model_type], **{k: v for k, v in raw.items() if v is not None or k == "sliding_window"}}
     if model_type in ("qwen2", "qwen3") and not raw.get("use_sliding_window", False):
         fields["sliding_window"] = None  # Qwen configs carry a window size that is off unless enabled

@@ -208,7 +208,7 @@ def load_model(
     if unexpected:
         raise CheckpointError(f"checkpoint has {len(unexpected)} tensors the model does not use: {unexpected[:5]}")
     weights = ModelWeights(embed=embed, layers=layers, norm=norm, lm_head=lm_head)
-    return CausalLM(arch, weights, make_backend(attention, AttnShape(arch.num_heads, arch.num_kv_heads, dtype)))
+    return CausalLM(arch, weights, make_backend(attention, AttnShape(arch.num_heads, arch.num_kv_heads, dtype, arch.head_dim)))
 
 
 def eos_token_ids(path: str | Path) -> tuple[int, ...]:

@@ -41,7 +41,7 @@ def _torch(shape: AttnShape) -> AttentionBackend:
 def _triton(shape: AttnShape) -> AttentionBackend:
     from batchcli.kernels.shared_prefix_attention import TritonAttention
 
-    return TritonAttention(shape.num_kv_heads, shape.group)
+    return TritonAttention(shape)
 
 
 def _gather(shape: AttnShape) -> AttentionBackend:

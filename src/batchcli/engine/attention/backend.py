@@ -22,11 +22,12 @@ PlanT = TypeVar("PlanT")
 
 @dataclass(frozen=True, slots=True)
 class AttnShape:
-    """What a backend knows of the model before any step: its heads and dtype."""
+    """What a backend knows of the model before any step: its heads, their size and the dtype."""
 
     num_heads: int
     num_kv_heads: int
     dtype: torch.dtype
+    head_dim: int
 
     def __post_init__(self) -> None:
         if self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads:
