@@ -10,6 +10,7 @@ def validate_openai_line(line: dict) -> None:
     """Raise if `line` (an OpenAI batch output record of ours) would not parse as OpenAI's."""
     from openai.types import Completion
     from openai.types.chat import ChatCompletion
+    from openai.types.responses import Response
 
     assert isinstance(line["id"], str) and line["id"].startswith("batch_req_"), line
     assert line["custom_id"] is None or isinstance(line["custom_id"], str), line
@@ -24,5 +25,7 @@ def validate_openai_line(line: dict) -> None:
     body = response["body"]
     if body["object"] == "chat.completion":
         ChatCompletion.model_validate(body, strict=True)
+    elif body["object"] == "response":
+        Response.model_validate(body, strict=True)
     else:
         Completion.model_validate(body, strict=True)

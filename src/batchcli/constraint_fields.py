@@ -1,5 +1,5 @@
 """Checks of the structured-output fields of a line: plain `json_schema` / `regex` / `choice`, and
-OpenAI's `response_format`, each turned into one `Constraint` (or None for free text).
+OpenAI's `response_format` (chat, completions) and `text.format` (responses), each turned into one `Constraint` (or None for free text).
 
 Invariant: equal constraints get equal specs (the schema serialised compactly, keys in the user's order:
 properties are generated in that order, so two orders are two grammars), so the grammar of each distinct
@@ -40,30 +40,54 @@ def plain_constraint(fields: dict) -> Constraint | None:
 def response_format_constraint(value: object) -> Constraint | None:
     """OpenAI's body.response_format: text, json_object, or json_schema {name, schema, strict, description}."""
     name = "body.response_format"
+    if _format_kind(value, name, {"json_schema"}) != "json_schema":
+        return _plain_format(value)
+    return _json_schema_constraint(value.get("json_schema"), f"{name}.json_schema")
+
+
+def text_format_constraint(value: object) -> Constraint | None:
+    """/v1/responses' body.text.format: text, json_object, or json_schema with {name, schema, strict,
+    description} beside its type (flat, unlike chat's response_format)."""
+    name = "body.text.format"
+    if _format_kind(value, name, _SCHEMA_KEYS) != "json_schema":
+        return _plain_format(value)
+    for required in ("name", "schema"):  # OpenAI requires both, and the Response echo must carry them
+        if required not in value:
+            raise BadField("missing_required_parameter", f"{name}.{required} is required for type json_schema")
+    if type(value["name"]) is not str:
+        raise BadField("invalid_type", f"{name}.name must be a string, got {show(value['name'])}")
+    return _json_schema_constraint({k: v for k, v in value.items() if k != "type"}, name)
+
+
+def _format_kind(value: object, name: str, schema_keys: set[str] | frozenset[str]) -> str | None:
+    """The checked type of an output format object (None when absent); json_schema may hold `schema_keys`."""
     if value is None:
         return None
     if type(value) is not dict or type(value.get("type")) is not str:
         raise BadField("invalid_type", f"{name} must be an object with a type, got {show(value)}")
     kind = value["type"]
-    allowed = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", "json_schema"}}.get(kind)
+    allowed = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", *schema_keys}}.get(kind)
     if allowed is None:
         raise BadField("unsupported", f"{name}.type must be text, json_object or json_schema, got {show(kind)}")
     if not value.keys() <= allowed:
         raise BadField("unknown_field", f"{name} has unknown field(s): {', '.join(sorted(value.keys() - allowed))}")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return Constraint("json_object", "")
-    spec = value.get("json_schema")
+    return kind
+
+
+def _plain_format(value: dict | None) -> Constraint | None:
+    return Constraint("json_object", "") if value is not None and value["type"] == "json_object" else None
+
+
+def _json_schema_constraint(spec: object, name: str) -> Constraint:
     if type(spec) is not dict:
-        raise BadField("invalid_type", f"{name}.json_schema must be an object, got {show(spec)}")
+        raise BadField("invalid_type", f"{name} must be an object, got {show(spec)}")
     if not spec.keys() <= _SCHEMA_KEYS:
         unknown = ", ".join(sorted(spec.keys() - _SCHEMA_KEYS))
-        raise BadField("unknown_field", f"{name}.json_schema has unknown field(s): {unknown}")
+        raise BadField("unknown_field", f"{name} has unknown field(s): {unknown}")
     if "strict" in spec and type(spec["strict"]) is not bool:
-        raise BadField("invalid_type", f"{name}.json_schema.strict must be true or false, got {show(spec['strict'])}")
+        raise BadField("invalid_type", f"{name}.strict must be true or false, got {show(spec['strict'])}")
     # strict or not, the schema is enforced token by token: decoding never leaves it
-    return Constraint("json_schema", _schema_text(spec.get("schema", {}), f"{name}.json_schema.schema"))
+    return Constraint("json_schema", _schema_text(spec.get("schema", {}), f"{name}.schema"))
 
 
 def _schema_text(schema: object, name: str) -> str:

@@ -98,12 +98,14 @@ def as_text(value: object, name: str) -> str:
     return value
 
 
-_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+_MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
 
 def as_messages(value: object, name: str) -> tuple[dict, ...]:
-    """Chat messages as {role, content[, name]} with string content; OpenAI's list of text parts is
-    joined with newlines (as vLLM does), any other part type is refused."""
+    """Chat messages as {role, content[, name][, tool_calls][, tool_call_id]} with string content;
+    OpenAI's list of text parts is joined with newlines (as vLLM does), any other part type is refused.
+    An assistant message's tool_calls (content may then be null) and a tool message's tool_call_id are
+    kept for the chat template, each call's arguments parsed from their JSON text as templates expect."""
     if type(value) is not list:
         raise BadField("invalid_type", f"{name} must be a list of {{role, content}} objects, got {show(value)}")
     if not value:
@@ -114,15 +116,55 @@ def as_messages(value: object, name: str) -> tuple[dict, ...]:
             raise BadField("invalid_type", f"{name}[{i}] must be an object, got {show(message)}")
         if not message.keys() <= _MESSAGE_KEYS:
             unknown = ", ".join(sorted(message.keys() - _MESSAGE_KEYS))
-            raise BadField("unknown_field", f"{name}[{i}] has unknown field(s): {unknown}; known: content, name, role")
+            raise BadField("unknown_field", f"{name}[{i}] has unknown field(s): {unknown}; known: {', '.join(sorted(_MESSAGE_KEYS))}")
         role = message.get("role")
         if type(role) is not str:
             raise BadField("invalid_type", f"{name}[{i}].role must be a string, got {show(role)}")
-        rendered = {"role": role, "content": _content(message.get("content"), f"{name}[{i}].content")}
+        calls = message.get("tool_calls")
+        if calls is not None and role != "assistant":
+            raise BadField("invalid_value", f"{name}[{i}].tool_calls belongs to an assistant message, not {role!r}")
+        content = message.get("content")
+        bare_call = calls is not None and content is None  # OpenAI writes null content beside tool calls
+        rendered = {"role": role, "content": None if bare_call else _content(content, f"{name}[{i}].content")}
         if "name" in message:
             rendered["name"] = as_text(message["name"], f"{name}[{i}].name")
+        if calls is not None:
+            rendered["tool_calls"] = as_tool_calls(calls, f"{name}[{i}].tool_calls")
+        if role == "tool":
+            rendered["tool_call_id"] = as_text(message.get("tool_call_id"), f"{name}[{i}].tool_call_id")
+        elif "tool_call_id" in message:
+            raise BadField("invalid_value", f"{name}[{i}].tool_call_id belongs to a tool message, not {role!r}")
         out.append(rendered)
     return tuple(out)
+
+
+def as_tool_calls(value: object, name: str) -> list[dict]:
+    """Chat tool calls [{id, type: function, function: {name, arguments}}], arguments parsed into an
+    object (templates write them with `tojson`; a JSON string there would come out quoted twice)."""
+    if type(value) is not list or not value:
+        raise BadField("invalid_type", f"{name} must be a non-empty list of tool calls, got {show(value)}")
+    calls = []
+    for k, call in enumerate(value):
+        function = call.get("function") if type(call) is dict else None
+        if (type(call) is not dict or not call.keys() <= {"id", "type", "function"} or call.get("type") != "function"
+                or type(function) is not dict or function.keys() != {"name", "arguments"}):
+            raise BadField("invalid_value", f"{name}[{k}] must be {{\"id\", \"type\": \"function\", \"function\": "
+                                            f"{{\"name\", \"arguments\"}}}}, got {show(call)}")
+        calls.append({"id": as_text(call.get("id"), f"{name}[{k}].id"), "type": "function",
+                      "function": {"name": as_text(function["name"], f"{name}[{k}].function.name"),
+                                   "arguments": as_arguments(function["arguments"], f"{name}[{k}].function.arguments")}})
+    return calls
+
+
+def as_arguments(value: object, name: str) -> dict:
+    """A tool call's arguments, given as OpenAI writes them (a JSON object as text), as an object."""
+    try:
+        arguments = orjson.loads(as_text(value, name))
+    except orjson.JSONDecodeError:
+        arguments = None
+    if type(arguments) is not dict:
+        raise BadField("invalid_value", f"{name} must be a JSON object as a string, got {show(value)}")
+    return arguments
 
 
 def _content(value: object, name: str) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 
 from batchcli.requests import InputFormat, LineError
+from batchcli.responses import response_body
 from batchcli.results import Completion, Result
+from batchcli.tool_calls import chat_choice
 from batchcli.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
 
-_OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT})
+_OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT, InputFormat.OPENAI_RESPONSES})
 
 
 def render_result(result: Result, *, model: str = "", created: int = 0, names: TokenText | None = None) -> dict:
@@ -69,13 +71,27 @@ def _openai_result(result: Result, model: str, created: int, names: TokenText | 
     request = result.request
     custom_id = request.custom_id if request.custom_id is not None else request.id
     digest = _digest(request.line, custom_id)
-    if request.format is InputFormat.OPENAI_CHAT:
+    if request.format is InputFormat.OPENAI_RESPONSES:
+        body = response_body(result, digest, model, created)
+    else:
+        body = _completions_body(result, digest, model, created, names)
+    return {
+        "id": f"batch_req_{digest}",
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body},
+        "error": None,
+    }
+
+
+def _completions_body(result: Result, digest: str, model: str, created: int, names: TokenText | None) -> dict:
+    """The ChatCompletion or Completion object of a chat or completions request."""
+    if result.request.format is InputFormat.OPENAI_CHAT:
         kind, body_id = "chat.completion", f"chatcmpl-{digest}"
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-             "logprobs": None if c.logprobs is None else chat_logprobs(c.logprobs, names)}
-            for i, c in enumerate(result.completions)
-        ]
+        choices = []
+        for i, c in enumerate(result.completions):
+            message, finish_reason = chat_choice(c, result.request.tool_use, f"call_{digest}_{i}")
+            choices.append({"index": i, "message": message, "finish_reason": finish_reason,
+                            "logprobs": None if c.logprobs is None else chat_logprobs(c.logprobs, names)})
     else:
         kind, body_id = "text_completion", f"cmpl-{digest}"
         choices = [
@@ -89,13 +105,7 @@ def _openai_result(result: Result, model: str, created: int, names: TokenText | 
         "total_tokens": result.prompt_tokens + result.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
     }
-    body = {"id": body_id, "object": kind, "created": created, "model": model, "choices": choices, "usage": usage}
-    return {
-        "id": f"batch_req_{digest}",
-        "custom_id": custom_id,
-        "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body},
-        "error": None,
-    }
+    return {"id": body_id, "object": kind, "created": created, "model": model, "choices": choices, "usage": usage}
 
 
 def _digest(line: int, custom_id: str) -> str:

@@ -13,28 +13,31 @@ from batchcli.requests import InputFormat, SamplingParams
 # "model" is honoured by being checked: it must name the served model (reader, --served-model-name).
 BODY_KEYS = {
     InputFormat.OPENAI_COMPLETION: frozenset({"model", "prompt", "response_format"}) | SAMPLING_KEYS,
-    InputFormat.OPENAI_CHAT: frozenset({"model", "messages", "max_completion_tokens", "top_logprobs", "response_format"}) | SAMPLING_KEYS,
+    InputFormat.OPENAI_CHAT: frozenset({"model", "messages", "max_completion_tokens", "top_logprobs", "response_format",
+                                        "tools", "tool_choice", "parallel_tool_calls"}) | SAMPLING_KEYS,
 }
 # OpenAI's defaults for OpenAI lines: sampling at temperature 1, output bounded by the context only.
 OPENAI_DEFAULTS = SamplingParams(max_tokens=None, temperature=1.0)
 OPENAI_MAX_STOP = 4
 OPENAI_COMPLETION_MAX_LOGPROBS = 5
 # Body fields with no effect on the tokens we produce.
-_IGNORED_BODY = frozenset({"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"})
+_IGNORED_BODY = frozenset({"user", "metadata", "store", "service_tier", "stream_options"})
 # Body fields we accept only at the value that leaves the output unchanged.
 _NEUTRAL_BODY: dict[str, tuple] = {
     "stream": (None, False), "echo": (None, False),
     "best_of": (None, 1), "suffix": (None, ""), "prediction": (None,), "modalities": (None, ["text"]),
-    "tools": (None, []), "tool_choice": (None, "none", "auto"),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
     "functions": (None, []), "function_call": (None, "none", "auto"),
 }
 
 
-def check_body_extras(body: dict, used: frozenset[str]) -> None:
+def check_body_extras(body: dict, used: frozenset[str], ignored: frozenset[str] = _IGNORED_BODY,
+                      neutrals: dict[str, tuple] | None = None) -> None:
+    """Raise BadField for a body key that is neither used, ignored, nor at its no-op value."""
     for key in body.keys() - used:
-        if key in _IGNORED_BODY:
+        if key in ignored:
             continue
-        neutral = _NEUTRAL_BODY.get(key)
+        neutral = (_NEUTRAL_BODY if neutrals is None else neutrals).get(key)
         if neutral is None:
             raise BadField("unknown_field", f"body.{key} is not a field this tool knows")
         if body[key] not in neutral:
@@ -67,9 +70,13 @@ def openai_overrides(body: dict, fmt: InputFormat) -> dict:
 
 
 def openai_body_fields() -> str:
-    """One line for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
-    their no-op value (anything else is an error line)."""
-    honoured = sorted((BODY_KEYS[InputFormat.OPENAI_CHAT] | BODY_KEYS[InputFormat.OPENAI_COMPLETION]) - {"model"})
+    """Lines for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
+    their no-op value, per endpoint family (anything else is an error line)."""
+    from batchcli import responses  # imports this module: asked only when --help is rendered
+
+    chat, completion = BODY_KEYS[InputFormat.OPENAI_CHAT], BODY_KEYS[InputFormat.OPENAI_COMPLETION]
+    chat_only = sorted(chat & _NEUTRAL_BODY.keys())  # honoured by chat, no-op-only on completions
     return (f"body.model, when given, must be the served model (--served-model-name, default the model "
-            f"directory's name); body fields honoured: {', '.join(honoured)}; ignored: {', '.join(sorted(_IGNORED_BODY))}; "
-            f"accepted at their no-op value only: {', '.join(sorted(_NEUTRAL_BODY))}")
+            f"directory's name); body fields honoured: {', '.join(sorted((chat | completion) - {'model'}))} "
+            f"({', '.join(chat_only)}: chat only); ignored: {', '.join(sorted(_IGNORED_BODY))}; accepted at their "
+            f"no-op value only: {', '.join(sorted(_NEUTRAL_BODY.keys() - chat))}; {responses.body_fields()}")

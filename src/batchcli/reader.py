@@ -33,6 +33,8 @@ from batchcli.fields import (
 )
 from batchcli.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
+from batchcli.responses import responses_request
+from batchcli.tools import tool_use
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
 _CHUNK = 1 << 20
@@ -41,7 +43,8 @@ _BOM = b"\xef\xbb\xbf"
 _PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 _LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | SAMPLING_KEYS | PLAIN_KEYS
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
-_OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT}
+_OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT,
+                "/v1/responses": InputFormat.OPENAI_RESPONSES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,7 @@ class _LineParser:
         self.seen: dict[str, int] = {}  # id -> line that first used it
         # Many lines repeat the same overrides; SamplingParams is frozen, so one object serves them all.
         self.params_cache: dict[tuple[bool, frozenset], SamplingParams] = {}
+        self.shared: dict[bytes, object] = {}  # equal echoes / tool sets by their JSON: one object for all lines
 
     def parse(self, raw: bytes, line: int) -> Request | LineError:
         try:
@@ -227,21 +231,30 @@ class _LineParser:
         url = obj.get("url")
         fmt = _OPENAI_URLS.get(url) if type(url) is str else None
         if fmt is None:
-            raise BadField("unsupported", f"url must be \"/v1/completions\" or \"/v1/chat/completions\", got {show(url)}")
+            urls = ", ".join(f'"{u}"' for u in _OPENAI_URLS)
+            raise BadField("unsupported", f"url must be one of {urls}, got {show(url)}")
         if obj.get("method") != "POST":
             raise BadField("unsupported", f"method must be \"POST\", got {show(obj.get('method'))}")
         body = obj.get("body")
         if type(body) is not dict:
             raise BadField("invalid_type", f"body must be an object, got {show(body)}")
-        check_body_extras(body, BODY_KEYS[fmt])
         model = self._model(body.get("model"))
+        if fmt is InputFormat.OPENAI_RESPONSES:
+            messages, changes, use, echo = responses_request(body)
+            params = self._params(changes, self.openai_defaults)
+            echo = self._shared(orjson.dumps(echo), echo)
+            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model,
+                           tool_use=self._shared(orjson.dumps(use), use), echo=echo)
+        check_body_extras(body, BODY_KEYS[fmt])
         changes = openai_overrides(body, fmt)
         if fmt is InputFormat.OPENAI_CHAT:
             if "messages" not in body:
                 raise BadField("missing_prompt", "body.messages is required for /v1/chat/completions")
             messages = as_messages(body["messages"], "body.messages")
+            use = tool_use(body, changes, nested=True)
             params = self._params(changes, self.openai_defaults)
-            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model)
+            return Request(rid, line, fmt, params, messages=messages, custom_id=rid, model=model,
+                           tool_use=self._shared(orjson.dumps(use), use))
         if "prompt" not in body:
             raise BadField("missing_prompt", "body.prompt is required for /v1/completions")
         prompt, params = body["prompt"], self._params(changes, self.openai_defaults)
@@ -260,6 +273,13 @@ class _LineParser:
             raise BadField("model_not_found", f"body.model {model!r} is not served here; this run serves "
                              f"{self.served_model!r} (choose the name with --served-model-name)")
         return model
+
+    def _shared(self, key: bytes, value: object) -> object:
+        """The first object seen with this JSON form: a million lines with the same instructions or
+        tools hold one copy of them, not a million."""
+        if len(self.shared) >= _PARAMS_CACHE_SIZE:
+            self.shared.clear()
+        return self.shared.setdefault(key, value)
 
     def _params(self, changes: dict, defaults: SamplingParams) -> SamplingParams:
         changes = {k: v for k, v in changes.items() if v is not None}

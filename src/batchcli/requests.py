@@ -27,6 +27,7 @@ class InputFormat(enum.Enum):
     TOKENS = "tokens"  # {"prompt_token_ids": [...]}
     OPENAI_COMPLETION = "openai-completion"  # OpenAI batch, url /v1/completions
     OPENAI_CHAT = "openai-chat"  # OpenAI batch, url /v1/chat/completions
+    OPENAI_RESPONSES = "openai-responses"  # OpenAI batch, url /v1/responses
 
 
 MAX_LOGPROBS = 20  # top alternatives per token, OpenAI's chat limit
@@ -119,6 +120,23 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolUse:
+    """How a line's answer may call its tools (tools.py builds it; one object per distinct set of tools).
+
+    `forced` (tool_choice required or a named function): the output is constrained to calls, written
+    as tools.py's wire format; `auto`: the model decides, its calls are parsed from its text.
+    """
+
+    mode: str  # "forced" | "auto"
+    tools: tuple[dict, ...]  # chat-shape definitions {"type": "function", "function": {...}} for the template
+    parallel: bool  # more than one call per answer allowed
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("forced", "auto"):
+            raise ValueError(f"tool use mode must be forced or auto, got {self.mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """One valid input line. Exactly one of prompt, messages, prompt_token_ids is set."""
 
@@ -131,6 +149,8 @@ class Request:
     prompt_token_ids: tuple[int, ...] | None = None
     custom_id: str | None = None  # OpenAI batch only
     model: str | None = field(default=None, compare=False)  # OpenAI body "model" as asked (the reader checks it)
+    tool_use: ToolUse | None = None  # the line offers tools the answer may call
+    echo: object | None = field(default=None, compare=False)  # /v1/responses: the ResponseEcho its answer repeats
 
     def __post_init__(self) -> None:
         forms = (self.prompt is not None) + (self.messages is not None) + (self.prompt_token_ids is not None)

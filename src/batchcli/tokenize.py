@@ -21,8 +21,10 @@ from typing import Iterable
 import numpy as np
 
 from batchcli.errors import ModelNotFoundError
+from batchcli.fields import BadField
 from batchcli.requests import InputFormat, LineError, Request
 from batchcli.token_arrays import TokenArrays
+from batchcli.tools import template_tools
 
 CHUNK = 2048  # requests encoded per batched tokenizer call
 
@@ -98,9 +100,11 @@ class PromptTokenizer:
 
     def _render_chat(self, req: Request) -> str:
         messages = list(req.messages)
-        if "developer" not in (self.tok.chat_template or ""):  # OpenAI's newer name for the system role
+        template = self.tok.chat_template or ""
+        if "developer" not in template:  # OpenAI's newer name for the system role
             messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
-        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        tools = template_tools(req.tool_use, req.messages, template)
+        return self.tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
 
     def encode_chunk(self, chunk: list[Request]) -> list[list[int] | np.ndarray | LineError]:
         """Token ids (or a LineError) for each request of the chunk, in order."""
@@ -112,6 +116,9 @@ class PromptTokenizer:
             if r.messages is not None:
                 try:
                     text = self._render_chat(r)
+                except BadField as bad:  # the line asks what this template cannot render
+                    out[i] = LineError(r.id, r.line, bad.code, bad.message, r.custom_id)
+                    continue
                 except Exception as e:  # a template raising on bad roles is a per-line failure
                     out[i] = LineError(r.id, r.line, "chat_template_error", f"chat template failed: {e}", r.custom_id)
                     continue
