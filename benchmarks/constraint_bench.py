@@ -16,11 +16,11 @@ import orjson
 import torch
 
 from batchcli.engine.constraints import Guides
-from batchcli.grammars import compile_constraints
+from batchcli.planning.grammars import compile_constraints
 from batchcli.model_store import default_model_dir
 from batchcli.requests import Constraint, InputFormat, Request, SamplingParams
-from batchcli.tokenize import PromptTokenizer, TokenizedRequests
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.tokenize import PromptTokenizer, TokenizedRequests
+from batchcli.planning.token_arrays import TokenArrays
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
                                            "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}},

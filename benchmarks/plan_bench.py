@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from batchcli.plan import PlanSettings, build_plan
-from batchcli.reader import read_requests
+from batchcli.planning.plan import PlanSettings, build_plan
+from batchcli.io.reader import read_requests
 from batchcli.requests import SamplingParams
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 from benchmarks import synth
 
 BLOCK_SIZE = 16

@@ -21,7 +21,7 @@ from batchcli.engine.engine import Engine
 from batchcli.engine.native.ops import NativeOps
 from batchcli.model_store import resolve_model
 from batchcli.pipeline import prepare
-from batchcli.plan import PlanSettings
+from batchcli.planning.plan import PlanSettings
 from batchcli.requests import SamplingParams
 
 # First match wins: an op name containing one of the words goes to that category.

@@ -1,6 +1,6 @@
 """Simulated split of the 20,000-request paper file over many workers: `python -m benchmarks.shard_sim`.
 
-No model runs: costs are the sharder's estimates (batchcli.sharding.CPU_COSTS). For each worker count,
+No model runs: costs are the sharder's estimates (batchcli.planning.sharding.CPU_COSTS). For each worker count,
 the prefix-aware sharder against a prefix-blind round-robin split (request i to worker i mod N, what
 Ray Data's row-wise spreading amounts to), each worker's prefill being its own plan's (every shared
 segment computed once per worker that holds a member). Skew = max / mean - 1 of the workers' estimated
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from batchcli.engine.shard import Shard, plan_requests
-from batchcli.plan import PlanSettings
+from batchcli.planning.shard import Shard, plan_requests
+from batchcli.planning.plan import PlanSettings
 from batchcli.requests import SamplingParams
-from batchcli.sharding import CPU_COSTS, make_shards, pull_loads, skew
+from batchcli.planning.sharding import CPU_COSTS, make_shards, pull_loads, skew
 from benchmarks import synth
 
 

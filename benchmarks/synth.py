@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 
 VOCAB = 49152  # SmolLM2's vocabulary, the default model's
 LOW = 256  # ids below this are left alone (special and byte tokens)

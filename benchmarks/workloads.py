@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 from benchmarks import synth
 from benchmarks.flops import attention_pairs
 

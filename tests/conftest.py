@@ -20,7 +20,7 @@ def smol_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smol_tokenizer(smol_dir):
-    from batchcli.tokenize import PromptTokenizer
+    from batchcli.planning.tokenize import PromptTokenizer
 
     return PromptTokenizer(smol_dir)
 
@@ -30,7 +30,8 @@ def _openai_lines_validate():
     """Wrap the renderers so that any test producing an OpenAI line that OpenAI's SDK rejects fails.
 
     Output written by subprocesses is checked by those tests themselves (validate_openai_line)."""
-    from batchcli import formats, job
+    from batchcli import job
+    from batchcli.formats import output as formats
 
     real_result, real_error = formats._openai_result, formats.render_error
 

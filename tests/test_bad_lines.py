@@ -13,10 +13,10 @@ from batchcli.engine import engine as engine_module
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.engine.sampler import Sampler
-from batchcli.reader import read_requests
+from batchcli.io.reader import read_requests
 from batchcli.requests import MAX_N, SamplingParams
 from batchcli.results import Failure, Result
-from batchcli.tokenize import PromptTokenizer, tokenize_requests
+from batchcli.planning.tokenize import PromptTokenizer, tokenize_requests
 from helpers_models import save_tiny_checkpoint
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
 from test_engine import EOS, make_job, run_records

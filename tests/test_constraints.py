@@ -11,11 +11,11 @@ import jsonschema
 import orjson
 import pytest
 
-from batchcli import grammars
+from batchcli.planning import grammars
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.pipeline import prepare
-from batchcli.plan import PlanSettings
+from batchcli.planning.plan import PlanSettings
 from batchcli.requests import SamplingParams
 from test_engine import run_records
 
@@ -107,8 +107,8 @@ def test_masks_cover_padded_vocabularies_and_rows_in_any_order(smol_tokenizer):
 
     from batchcli.engine.constraints import Guides
     from batchcli.requests import Constraint, InputFormat, Request
-    from batchcli.tokenize import TokenizedRequests
-    from batchcli.token_arrays import TokenArrays
+    from batchcli.planning.tokenize import TokenizedRequests
+    from batchcli.planning.token_arrays import TokenArrays
 
     choice = Constraint("choice", '["yes","no"]')
     params = SamplingParams(constraint=choice)

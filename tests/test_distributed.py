@@ -156,7 +156,7 @@ class _NoStop:
 def _whole(model: Path, rows, tmp_path: Path):
     """The job of `rows` as one shard, and its requests (what events name)."""
     from batchcli.pipeline import prepare
-    from batchcli.plan import PlanSettings
+    from batchcli.planning.plan import PlanSettings
     from batchcli.requests import SamplingParams
 
     job = prepare(write_rows(tmp_path / "job.jsonl", rows), SamplingParams(), PlanSettings(), model)

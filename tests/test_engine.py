@@ -13,12 +13,12 @@ import torch
 
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
-from batchcli.engine.shard import resolve
+from batchcli.planning.shard import resolve
 from batchcli.pipeline import PreparedJob, plan_for
-from batchcli.plan import PlanSettings
+from batchcli.planning.plan import PlanSettings
 from batchcli.requests import InputFormat, Request, SamplingParams
-from batchcli.tokenize import TokenizedRequests
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.tokenize import TokenizedRequests
+from batchcli.planning.token_arrays import TokenArrays
 from helpers_models import save_tiny_checkpoint
 
 EOS = 2
@@ -139,7 +139,7 @@ def test_batch_invariance_and_seeded_sampling(tiny):
 def test_default_model_matches_transformers(smol_dir, smol_tokenizer):
     from transformers import LlamaForCausalLM
 
-    from batchcli.tokenize import tokenize_requests
+    from batchcli.planning.tokenize import tokenize_requests
 
     system = "You are a helpful assistant who answers questions about the solar system in one sentence. "
     greedy = SamplingParams(max_tokens=10)

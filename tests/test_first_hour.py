@@ -281,7 +281,7 @@ def test_stdin_on_a_terminal_says_it_is_read(tmp_path, model):
 
 
 def test_status_tells_a_running_a_killed_and_a_finished_job(tmp_path, model):
-    from batchcli.lock import OutputLock
+    from batchcli.io.lock import OutputLock
 
     src, out = write_input(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl"
     res = runner.invoke(app, ["run", src, "-o", str(out), "--model", model, "--quiet", "--max-tokens", "3"])
@@ -308,7 +308,7 @@ def test_status_tells_a_running_a_killed_and_a_finished_job(tmp_path, model):
 def test_plan_dry_run_estimates_time_and_kv_bytes_and_says_how_sure(tmp_path, model, smol_dir):
     from batchcli.engine.weights import load_config
     from batchcli.estimate import MEASURED_PARAMETERS, _parameters
-    from batchcli.sharding import CPU_COSTS
+    from batchcli.planning.sharding import CPU_COSTS
 
     assert _parameters(load_config(smol_dir)) == MEASURED_PARAMETERS  # the costs' model, counted as any other
     src = write_input(tmp_path / "in.jsonl", ROWS)

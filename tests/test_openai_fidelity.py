@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from batchcli.cli import app
 from batchcli.requests import InputFormat, Request, SamplingParams
-from batchcli.tokenize import tokenize_requests
+from batchcli.planning.tokenize import tokenize_requests
 from helpers_openai import validate_openai_line
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import sys
 import orjson
 
 from batchcli.cli import app
-from batchcli.lock import OutputLock
+from batchcli.io.lock import OutputLock
 from test_cli import ROWS, lines, model, runner, write_input  # noqa: F401 - model is a fixture
 
 
@@ -103,7 +103,7 @@ def test_a_second_run_on_a_locked_output_exits_1_naming_the_holder(tmp_path, mod
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path, model):
     src, out = write_input(tmp_path / "in.jsonl", ROWS), tmp_path / "out.jsonl"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from batchcli.lock import OutputLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from batchcli.io.lock import OutputLock; "
                                "OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(out)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"

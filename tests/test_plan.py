@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchcli.plan import (
+from batchcli.planning.plan import (
     Plan, PlanMismatchError, PlanSettings, PlanStats, build_plan, check_fingerprint, plan_from_json, plan_to_json,
     top_segments,
 )
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 
 
 def make_plan(prompts, max_tokens, n, block_size=4, sharing="multi") -> Plan:

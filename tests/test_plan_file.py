@@ -7,9 +7,9 @@ from pathlib import Path
 
 from batchcli.cli import app
 from batchcli.pipeline import plan_for, prepare, read_plan
-from batchcli.plan import PlanSettings
+from batchcli.planning.plan import PlanSettings
 from batchcli.requests import SamplingParams
-from batchcli.writer import Answered
+from batchcli.io.writer import Answered
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
 
 SHARED = "You are a careful assistant. Answer in one short sentence, and say nothing else at all. " * 3

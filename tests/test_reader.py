@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchcli.openai_body import OPENAI_DEFAULTS
-from batchcli.reader import InputUnreadableError, read_requests
+from batchcli.formats.openai_body import OPENAI_DEFAULTS
+from batchcli.io.reader import InputUnreadableError, read_requests
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 
 DEFAULTS = SamplingParams(max_tokens=32, temperature=0.5, stop=("###",))

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from batchcli.cli import app
-from batchcli.formats import render_result
-from batchcli.reader import read_requests
+from batchcli.formats.output import render_result
+from batchcli.io.reader import read_requests
 from batchcli.requests import Constraint, InputFormat, SamplingParams
 from batchcli.results import Completion, Result
 from helpers_models import save_tiny_with_tokenizer
@@ -134,7 +134,7 @@ def test_greedy_text_equals_the_equivalent_chat_lines(tmp_path, tiny):
 
 
 def test_run_help_lists_the_responses_fields():
-    from batchcli.openai_body import openai_body_fields
+    from batchcli.formats.openai_body import openai_body_fields
 
     listed = openai_body_fields().split("/v1/responses")[1]
     assert "max_output_tokens" in listed and "instructions" in listed and "reasoning" in listed

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchcli.pipeline import prepare
-from batchcli.plan import PlanSettings
+from batchcli.planning.plan import PlanSettings
 from batchcli.requests import SamplingParams
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "questions.jsonl"

@@ -21,9 +21,9 @@ from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.sequence import SeqStatus
 from batchcli.engine.step import SegOwner, SeqOwner, StepBatch
 from batchcli.errors import KVBudgetError
-from batchcli.plan import Plan, PlanSettings, PlanStats, Segment, build_plan
+from batchcli.planning.plan import Plan, PlanSettings, PlanStats, Segment, build_plan
 from batchcli.requests import SamplingParams
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 
 BS = 4
 

@@ -8,8 +8,8 @@ import pytest
 
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
-from batchcli.engine.shard import Answer, Refusal, resolve
-from batchcli.plan import build_plan
+from batchcli.planning.shard import Answer, Refusal, resolve
+from batchcli.planning.plan import build_plan
 from batchcli.requests import SamplingParams
 from batchcli.results import Failure, Result
 from helpers_models import save_tiny_checkpoint

@@ -6,11 +6,11 @@ import heapq
 
 from hypothesis import assume, given, settings, strategies as st
 
-from batchcli.engine.shard import Shard, plan_requests
-from batchcli.plan import PlanSettings, build_plan
+from batchcli.planning.shard import Shard, plan_requests
+from batchcli.planning.plan import PlanSettings, build_plan
 from batchcli.requests import SamplingParams
-from batchcli.sharding import TokenCosts, make_shards, pull_loads, skew
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.sharding import TokenCosts, make_shards, pull_loads, skew
+from batchcli.planning.token_arrays import TokenArrays
 
 COSTS = TokenCosts(prefill_s=1.0, decode_s=8.0)
 

@@ -6,7 +6,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
-from batchcli.tokenize import tokenize_requests
+from batchcli.planning.tokenize import tokenize_requests
 
 P = SamplingParams(max_tokens=8)
 

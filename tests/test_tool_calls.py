@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from batchcli.cli import app
-from batchcli.formats import render_result
-from batchcli.reader import read_requests
+from batchcli.formats.output import render_result
+from batchcli.io.reader import read_requests
 from batchcli.requests import SamplingParams, ToolUse
 from batchcli.results import Completion, Result
-from batchcli.tool_calls import calls_of
+from batchcli.formats.tool_calls import calls_of
 from helpers_openai import validate_openai_line
 from test_constraints import SCHEMAS
 
@@ -219,7 +219,7 @@ def test_every_forced_call_on_the_default_model_parses_and_validates(tmp_path):
 
 
 def test_run_help_lists_tools_as_honoured_not_as_no_ops():
-    from batchcli.openai_body import openai_body_fields
+    from batchcli.formats.openai_body import openai_body_fields
 
     chat, responses = openai_body_fields().split("except /v1/responses")
     honoured, rest = chat.split("ignored:")

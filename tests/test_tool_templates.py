@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from batchcli.cli import app
-from batchcli.reader import read_requests
+from batchcli.io.reader import read_requests
 from batchcli.requests import SamplingParams, ToolUse
-from batchcli.tokenize import PromptTokenizer, tokenize_requests
-from batchcli.tool_calls import calls_of
+from batchcli.planning.tokenize import PromptTokenizer, tokenize_requests
+from batchcli.formats.tool_calls import calls_of
 from helpers_models import save_tiny_with_tokenizer
 from test_tool_calls import WEATHER, _chat, _chat_tool, _flat_tool, _resp
 

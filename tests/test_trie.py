@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchcli import trie
-from batchcli.token_arrays import TokenArrays
-from batchcli.trie import build_tree
+from batchcli.planning import trie
+from batchcli.planning.token_arrays import TokenArrays
+from batchcli.planning.trie import build_tree
 
 
 @st.composite

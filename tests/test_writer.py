@@ -7,10 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchcli.formats import render_error, render_result
+from batchcli.formats.output import render_error, render_result
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
 from batchcli.results import Completion, Result
-from batchcli.writer import (
+from batchcli.io.writer import (
     Answered,
     ConflictingOptionsError,
     CorruptOutputError,

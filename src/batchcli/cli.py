@@ -22,10 +22,10 @@ from batchcli.engine.attention import attention_help
 from batchcli.engine.config import EngineConfig
 from batchcli.commands import Command, Commands, RunCommand, err, job_options
 from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
-from batchcli.openai_body import openai_body_fields
-from batchcli.plan import PlanSettings
+from batchcli.formats.openai_body import openai_body_fields
+from batchcli.planning.plan import PlanSettings
 from batchcli.requests import SamplingParams
-from batchcli.streams import install_lenient_stderr
+from batchcli.io.streams import install_lenient_stderr
 
 ENGINE, PLAN = EngineConfig(), PlanSettings()  # the defaults the help shows and unset options fall back to
 out = Console()
@@ -94,7 +94,7 @@ def _defaults(**flags: object) -> tuple[SamplingParams, SamplingParams]:
     """
     from dataclasses import replace
 
-    from batchcli.openai_body import OPENAI_DEFAULTS
+    from batchcli.formats.openai_body import OPENAI_DEFAULTS
 
     given = {k: (tuple(v) if type(v) is list else v) for k, v in flags.items()
              if v is not None and v is not False and v != []}  # `is`: 0 and 0.0 are real values
@@ -122,11 +122,11 @@ def plan(
     """Find the shared prefixes of INPUT and write the execution plan (or just show it)."""
     from batchcli.model_store import pending_conversion, resolve_model
     from batchcli.pipeline import not_jsonl_hint, prepare
-    from batchcli.plan import plan_to_json
-    from batchcli.reader import InputOptions
-    from batchcli.render import plan_summary, stats_json
+    from batchcli.planning.plan import plan_to_json
+    from batchcli.io.reader import InputOptions
+    from batchcli.plan_view import plan_summary, stats_json
     from batchcli.report import stdin_note
-    from batchcli.side_files import check_writable, write_file
+    from batchcli.io.side_files import check_writable, write_file
 
     reading = InputOptions(input_format, system)
     target = output or ("-" if input == "-" else str(Path(input).with_suffix(".plan.json")))
@@ -211,8 +211,8 @@ def run(
     from batchcli.distributed import ClusterOptions
     from batchcli.errors import OutputWriteError
     from batchcli.job import RunOptions, run_job
-    from batchcli.output_meta import default_output
-    from batchcli.reader import InputOptions
+    from batchcli.io.output_meta import default_output
+    from batchcli.io.reader import InputOptions
 
     reading = InputOptions(input_format, system)
     defaults, openai_defaults = _defaults(

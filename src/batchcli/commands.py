@@ -79,7 +79,7 @@ class RunCommand(Command):
     def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's signature
         if ctx.params.get("resume"):
             from batchcli.job_options import resume_options
-            from batchcli.output_meta import default_output, job_record_path, read_job_options
+            from batchcli.io.output_meta import default_output, job_record_path, read_job_options
 
             output = Path(ctx.params["output"] or default_output(ctx.params["input"]))
             recorded = read_job_options(output)

@@ -16,7 +16,7 @@ import torch
 from batchcli.engine.devices import pick_dtype
 from batchcli.engine.model import ArchConfig
 from batchcli.pipeline import PreparedJob
-from batchcli.sharding import CPU_COSTS
+from batchcli.planning.sharding import CPU_COSTS
 
 # SmolLM2-135M-Instruct's parameters, which CPU_COSTS were measured with (_parameters of its config:
 # hidden 576, intermediate 1536, 30 layers, 9 heads and 3 KV heads of 64, vocabulary 49,152).

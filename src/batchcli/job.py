@@ -18,33 +18,33 @@ from typing import TYPE_CHECKING, Callable
 import orjson
 from rich.console import Console
 
-from batchcli.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from batchcli.io.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from batchcli.choices import Order, check
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
 from batchcli.distributed import ClusterOptions
-from batchcli.sharding import ShardSet, make_shards, pull_loads, skew
-from batchcli.engine.shard import Event, Shard, resolve
+from batchcli.planning.sharding import ShardSet, make_shards, pull_loads, skew
+from batchcli.planning.shard import Event, Shard, resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
-from batchcli.formats import render_error, render_result
-from batchcli.lock import OutputLock
+from batchcli.formats.output import render_error, render_result
+from batchcli.io.lock import OutputLock
 from batchcli.model_store import pending_conversion, resolve_model
-from batchcli.output_meta import bind_output, has_side_files, refuse_output_is_input
+from batchcli.io.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
 from batchcli.pipeline import PreparedJob, check_input, not_jsonl_hint, prepare
-from batchcli.reader import InputOptions
-from batchcli.side_files import check_writable, write_file
-from batchcli.plan import PlanSettings
+from batchcli.io.reader import InputOptions
+from batchcli.io.side_files import check_writable, write_file
+from batchcli.planning.plan import PlanSettings
 from batchcli.progress import Progress, ProgressView
-from batchcli.openai_body import OPENAI_DEFAULTS
+from batchcli.formats.openai_body import OPENAI_DEFAULTS
 from batchcli.requests import LineError, SamplingParams
 from batchcli.results import Failure
-from batchcli.token_text import TokenText
+from batchcli.formats.token_text import TokenText
 from batchcli.report import Reporter, header, outcome, plural, resume_hint, stdin_note
-from batchcli.sinks import Sinks
+from batchcli.io.sinks import Sinks
 from batchcli.status import StatusFile
-from batchcli.writer import OutputWriter
+from batchcli.io.writer import OutputWriter
 
 if TYPE_CHECKING:  # imports ray
     from batchcli.distributed.driver import DistributedRun

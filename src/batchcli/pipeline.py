@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Iterable
 
 
-from batchcli.engine.shard import Shard, plan_requests
+from batchcli.planning.shard import Shard, plan_requests
 from batchcli.errors import InputError, PlanFileError, UsageError
-from batchcli.grammars import Grammars, compile_constraints
-from batchcli.plan import Plan, PlanMismatchError, PlanSettings, check_fingerprint, plan_from_json
-from batchcli.openai_body import OPENAI_DEFAULTS
-from batchcli.reader import InputOptions, read_requests
+from batchcli.planning.grammars import Grammars, compile_constraints
+from batchcli.planning.plan import Plan, PlanMismatchError, PlanSettings, check_fingerprint, plan_from_json
+from batchcli.formats.openai_body import OPENAI_DEFAULTS
+from batchcli.io.reader import InputOptions, read_requests
 from batchcli.requests import LineError, Request, SamplingParams
-from batchcli.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
-from batchcli.token_arrays import TokenArrays
-from batchcli.writer import Answered
+from batchcli.planning.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
+from batchcli.planning.token_arrays import TokenArrays
+from batchcli.io.writer import Answered
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from batchcli.progress import stamp
-from batchcli.sinks import Sinks
+from batchcli.io.sinks import Sinks
 
 
 def plural(n: int, word: str) -> str:

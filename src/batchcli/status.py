@@ -20,10 +20,10 @@ from typing import Callable
 import orjson
 
 from batchcli.errors import OutputError
-from batchcli.lock import holder
-from batchcli.output_meta import job_record_path
+from batchcli.io.lock import holder
+from batchcli.io.output_meta import job_record_path
 from batchcli.progress import Progress, eta, rates, stamp
-from batchcli.writer import WriteCounts, scan_answered
+from batchcli.io.writer import WriteCounts, scan_answered
 
 REFRESH_S = 2.0
 

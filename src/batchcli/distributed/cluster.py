@@ -22,7 +22,7 @@ from batchcli.distributed.driver import DistributedRun, Worker, run_shards
 from batchcli.distributed.worker import ShardWorker
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import StopRequest
-from batchcli.engine.shard import Event, Shard
+from batchcli.planning.shard import Event, Shard
 from batchcli.progress import Progress
 from batchcli.errors import BatchError, UsageError, WorkerError
 

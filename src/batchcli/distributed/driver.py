@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from batchcli.distributed.stats import Tally, WorkerStats, combine
 from batchcli.distributed.worker import Batch, WorkerInfo
 from batchcli.engine.engine import RunStats, StopRequest
-from batchcli.engine.shard import Event, Shard
+from batchcli.planning.shard import Event, Shard
 from batchcli.errors import BatchError, WorkerError
 from batchcli.progress import Progress
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from batchcli.distributed.worker import WorkerInfo
 from batchcli.engine.engine import RunStats
-from batchcli.engine.shard import Answer, Event, Shard
+from batchcli.planning.shard import Answer, Event, Shard
 from batchcli.progress import Progress
 
 

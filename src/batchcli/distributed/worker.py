@@ -21,12 +21,12 @@ import torch
 
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
-from batchcli.engine.shard import Event, Shard
+from batchcli.planning.shard import Event, Shard
 from batchcli.engine.weights import eos_token_ids
 from batchcli.errors import BatchError, WorkerError
-from batchcli.grammars import compile_grammars
+from batchcli.planning.grammars import compile_grammars
 from batchcli.progress import Progress
-from batchcli.tokenize import PromptTokenizer
+from batchcli.planning.tokenize import PromptTokenizer
 
 BATCH_S = 0.2  # how long finished events wait in a worker before they are sent (a batch per yield)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from batchcli.grammars import Grammars
+from batchcli.planning.grammars import Grammars
 from batchcli.requests import SamplingParams
 
 

@@ -18,7 +18,7 @@ from batchcli.engine.constraints import Guides
 from batchcli.engine.logits_processors import Row, process_, scale_by_temperature
 from batchcli.engine.logprobs import token_logprobs
 from batchcli.engine.sampler import Sampler
-from batchcli.grammars import Grammars
+from batchcli.planning.grammars import Grammars
 from batchcli.requests import SamplingParams
 from batchcli.results import Completion, TokenLogprob
 

@@ -33,9 +33,9 @@ from batchcli.engine.policies import SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
 from batchcli.engine.weights import eos_token_ids, load_model
-from batchcli.engine.shard import Answer, Event, Refusal, Shard
+from batchcli.planning.shard import Answer, Event, Refusal, Shard
 from batchcli.errors import KVBudgetError, UsageError
-from batchcli.grammars import Grammars
+from batchcli.planning.grammars import Grammars
 from batchcli.model_store import cache_dir
 from batchcli.progress import Progress
 from batchcli.requests import SamplingParams

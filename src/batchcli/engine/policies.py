@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 from batchcli.choices import Schedule, check
 from batchcli.engine.config import TOKEN_BUDGET
-from batchcli.plan import Plan
+from batchcli.planning.plan import Plan
 
 
 def plan_order(plan: Plan) -> list[int]:

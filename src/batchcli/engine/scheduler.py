@@ -26,9 +26,9 @@ from batchcli.engine.policies import ORDERS, Candidate, OutputEstimator, PoolVie
 from batchcli.engine.sequence import SegmentJob, SegStatus, Sequence, SeqStatus, build_jobs, shared_blocks, too_small
 from batchcli.engine.step import SegmentView, StepBatch
 from batchcli.errors import KVBudgetError
-from batchcli.plan import Plan
+from batchcli.planning.plan import Plan
 from batchcli.requests import SamplingParams
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 
 
 class Scheduler:

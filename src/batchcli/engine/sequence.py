@@ -25,9 +25,9 @@ import numpy as np
 
 from batchcli.engine.step import SegOwner, SeqChunk, SeqOwner
 from batchcli.errors import KVBudgetError
-from batchcli.plan import Plan
+from batchcli.planning.plan import Plan
 from batchcli.requests import SamplingParams
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 
 
 class SeqStatus(enum.Enum):

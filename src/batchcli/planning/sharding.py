@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from batchcli.engine.shard import Shard
-from batchcli.plan import Plan
+from batchcli.planning.shard import Shard
+from batchcli.planning.plan import Plan
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import re
 
 import orjson
 
-from batchcli.fields import BadField, show
+from batchcli.formats.fields import BadField, show
 from batchcli.requests import Constraint, ToolUse
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names

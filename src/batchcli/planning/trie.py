@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from batchcli.choices import Sharing, check
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 
 _HASH_SEED = 0x5EED_B10C
 

@@ -6,8 +6,8 @@ Invariant: every body field is honoured (BODY_KEYS), ignored because it cannot c
 
 from __future__ import annotations
 
-from batchcli.constraint_fields import response_format_constraint
-from batchcli.fields import SAMPLING_KEYS, BadField, as_bool, as_int, sampling_overrides, show
+from batchcli.formats.constraint_fields import response_format_constraint
+from batchcli.formats.fields import SAMPLING_KEYS, BadField, as_bool, as_int, sampling_overrides, show
 from batchcli.requests import InputFormat, SamplingParams
 
 # "model" is honoured by being checked: it must name the served model (reader, --served-model-name).
@@ -72,7 +72,7 @@ def openai_overrides(body: dict, fmt: InputFormat) -> dict:
 def openai_body_fields() -> str:
     """Lines for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
     their no-op value, per endpoint family (anything else is an error line)."""
-    from batchcli import responses  # imports this module: asked only when --help is rendered
+    from batchcli.formats import responses  # imports this module: asked only when --help is rendered
 
     chat, completion = BODY_KEYS[InputFormat.OPENAI_CHAT], BODY_KEYS[InputFormat.OPENAI_COMPLETION]
     chat_only = sorted(chat & _NEUTRAL_BODY.keys())  # honoured by chat, no-op-only on completions

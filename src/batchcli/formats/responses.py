@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batchcli.constraint_fields import text_format_constraint
-from batchcli.fields import BadField, as_arguments, as_int, as_text, sampling_overrides, show
-from batchcli.openai_body import check_body_extras
+from batchcli.formats.constraint_fields import text_format_constraint
+from batchcli.formats.fields import BadField, as_arguments, as_int, as_text, sampling_overrides, show
+from batchcli.formats.openai_body import check_body_extras
 from batchcli.requests import ToolUse
 from batchcli.results import Result
-from batchcli.tool_calls import calls_of
-from batchcli.tools import tool_use
+from batchcli.formats.tool_calls import calls_of
+from batchcli.formats.tools import tool_use
 
 # "model" is honoured by being checked against the served model (reader), as on the other endpoints.
 RESPONSES_KEYS = frozenset({"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "text", "tools",

@@ -15,7 +15,7 @@ from rich.tree import Tree
 
 from batchcli.estimate import Estimate, estimate
 from batchcli.pipeline import PreparedJob
-from batchcli.plan import Plan, Segment, TreeNode, top_segments
+from batchcli.planning.plan import Plan, Segment, TreeNode, top_segments
 
 TREE_CHILDREN = 5  # children shown per node
 TREE_DEPTH = 3

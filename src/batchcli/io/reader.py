@@ -26,15 +26,15 @@ from typing import IO
 import orjson
 
 from batchcli.choices import InputKind, check
-from batchcli.constraint_fields import PLAIN_KEYS, plain_constraint
+from batchcli.formats.constraint_fields import PLAIN_KEYS, plain_constraint
 from batchcli.errors import InputUnreadableError, UsageError
-from batchcli.fields import (
+from batchcli.formats.fields import (
     SAMPLING_KEYS, BadField, as_messages, as_text, as_token_ids, sampling_overrides, show,
 )
-from batchcli.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
+from batchcli.formats.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
 from batchcli.requests import InputFormat, LineError, Request, SamplingParams
-from batchcli.responses import responses_request
-from batchcli.tools import tool_use
+from batchcli.formats.responses import responses_request
+from batchcli.formats.tools import tool_use
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
 _CHUNK = 1 << 20

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from batchcli.requests import Constraint, LineError
-from batchcli.tokenize import PromptTokenizer, TokenizedRequests
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.tokenize import PromptTokenizer, TokenizedRequests
+from batchcli.planning.token_arrays import TokenArrays
 
 _ANY_OBJECT = '{"type": "object"}'
 # Fixed separators, no free whitespace: a small model given free whitespace can emit newlines until

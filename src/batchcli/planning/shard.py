@@ -16,10 +16,10 @@ from typing import Sequence, TypeAlias
 
 import numpy as np
 
-from batchcli.plan import Plan, PlanSettings, build_plan
+from batchcli.planning.plan import Plan, PlanSettings, build_plan
 from batchcli.requests import Request, SamplingParams
 from batchcli.results import Completion, Failure, Result
-from batchcli.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays
 
 
 @dataclass(frozen=True, slots=True)

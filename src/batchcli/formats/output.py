@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 
 from batchcli.requests import InputFormat, LineError
-from batchcli.responses import response_body
+from batchcli.formats.responses import response_body
 from batchcli.results import Completion, Result
-from batchcli.tool_calls import chat_choice
-from batchcli.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
+from batchcli.formats.tool_calls import chat_choice
+from batchcli.formats.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
 
 _OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT, InputFormat.OPENAI_RESPONSES})
 

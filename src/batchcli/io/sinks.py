@@ -6,7 +6,7 @@ requests cover both, so the end-of-run summary speaks for the whole job's record
 
 from __future__ import annotations
 
-from batchcli.writer import Answered, OutputWriter, WriteCounts
+from batchcli.io.writer import Answered, OutputWriter, WriteCounts
 
 FIRST_FAILED = 5  # failed requests the summary names
 

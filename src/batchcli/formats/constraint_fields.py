@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from batchcli.fields import BadField, show
+from batchcli.formats.fields import BadField, show
 from batchcli.requests import Constraint
 
 PLAIN_KEYS = frozenset({"json_schema", "regex", "choice"})

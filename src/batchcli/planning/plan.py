@@ -19,8 +19,8 @@ import orjson
 
 from batchcli.choices import Sharing, check
 from batchcli.errors import UsageError
-from batchcli.token_arrays import TokenArrays
-from batchcli.trie import PrefixTree, build_tree
+from batchcli.planning.token_arrays import TokenArrays
+from batchcli.planning.trie import PrefixTree, build_tree
 
 PLAN_VERSION = 1
 

@@ -21,10 +21,10 @@ from typing import Iterable
 import numpy as np
 
 from batchcli.errors import ModelNotFoundError
-from batchcli.fields import BadField
+from batchcli.formats.fields import BadField
 from batchcli.requests import InputFormat, LineError, Request
-from batchcli.token_arrays import TokenArrays
-from batchcli.tools import template_tools
+from batchcli.planning.token_arrays import TokenArrays
+from batchcli.formats.tools import template_tools
 
 CHUNK = 2048  # requests encoded per batched tokenizer call
 
