@@ -48,7 +48,9 @@ class PreparedJob:
     def shard(self) -> Shard:
         """The whole job as the engine's input (request i of the shard = request i of the batch)."""
         params = tuple(r.params for r in self.batch.requests)
-        return Shard(tuple(range(len(params))), self.batch.tokens, params, self.plan)
+        pooling = tuple(r.pooling for r in self.batch.requests)
+        pooling = pooling if any(t is not None for t in pooling) else ()
+        return Shard(tuple(range(len(params))), self.batch.tokens, params, self.plan, pooling)
 
 
 def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:

@@ -1,9 +1,11 @@
 """What the engine hands back for one request: its completions, their log-probabilities and token
-usage, or why it failed."""
+usage, its pooled values, or why it failed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from batchcli.requests import Request
 
@@ -40,6 +42,16 @@ class Result:
     @property
     def completion_tokens(self) -> int:
         return sum(len(c.token_ids) for c in self.completions)
+
+
+@dataclass(frozen=True, slots=True)
+class PooledResult:
+    """A finished pooled request (one part of its line, see batchcli.parts): its pooled values."""
+
+    request: Request
+    values: np.ndarray  # float32 [k]: the vector, or the logits of the pooling's token ids
+    prompt_tokens: int
+    cached_tokens: int
 
 
 @dataclass(frozen=True, slots=True)

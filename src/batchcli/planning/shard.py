@@ -1,8 +1,9 @@
 """The engine's input and output at any process boundary: a Shard in, plain events out.
 
 A shard is a set of requests with everything the engine needs to run them and nothing of the front
-half (no tokenizer, no Request objects, no writer): the prompt tokens, the sampling parameters and the
-plan over exactly these requests. Events name a request by its index in the whole job (`Shard.index`),
+half (no tokenizer, no Request objects, no writer): the prompt tokens, the sampling parameters, the
+pooling task of each prefill-only request (batchcli.pooling_params) and the plan over exactly these
+requests. Events name a request by its index in the whole job (`Shard.index`),
 so the front half maps them back to its requests however the job was split. Everything here pickles.
 
 Invariant: a shard's plan is the plan of its own prompts (request i of the plan = position i of the
@@ -17,8 +18,9 @@ from typing import Sequence, TypeAlias
 import numpy as np
 
 from batchcli.planning.plan import Plan, PlanSettings, build_plan
+from batchcli.pooling_params import PoolingParams
 from batchcli.requests import Request, SamplingParams
-from batchcli.results import Completion, Failure, Result
+from batchcli.results import Completion, Failure, PooledResult, Result
 from batchcli.planning.token_arrays import TokenArrays
 
 
@@ -28,11 +30,22 @@ class Shard:
     tokens: TokenArrays  # prompt tokens, one entry per request
     params: tuple[SamplingParams, ...]
     plan: Plan  # over these requests (plan request i = shard position i)
+    # per request, its pooling task (None: it generates); empty when no request of the shard pools
+    pooling: tuple[PoolingParams | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not len(self.index) == len(self.tokens) == len(self.params) == self.plan.stats.requests:
             raise ValueError(f"a shard needs one index, prompt and parameter set per planned request; got "
                              f"{len(self.index)}, {len(self.tokens)}, {len(self.params)} for {self.plan.stats.requests}")
+        if self.pooling and len(self.pooling) != len(self.index):
+            raise ValueError(f"a shard's pooling tasks must be none or one per request; got {len(self.pooling)} "
+                             f"for {len(self.index)}")
+        if any(t is not None and (p.max_tokens, p.n) != (1, 1) for t, p in zip(self.pooling, self.params)):
+            raise ValueError("a pooled request is planned as one output position: max_tokens 1, n 1")
+
+    def tasks(self) -> tuple[PoolingParams | None, ...]:
+        """Per request, its pooling task (None: it generates)."""
+        return self.pooling or (None,) * len(self.index)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -49,7 +62,8 @@ class Shard:
         like = self.plan
         plan = plan_requests(tokens, params, like.settings, model=like.model, fingerprint=like.fingerprint,
                              errors=like.stats.errors)
-        return Shard(tuple(self.index[i] for i in keep), tokens, params, plan)
+        pooling = tuple(self.pooling[i] for i in keep) if self.pooling else ()
+        return Shard(tuple(self.index[i] for i in keep), tokens, params, plan, pooling)
 
 
 def plan_requests(tokens: TokenArrays, params: Sequence[SamplingParams], settings: PlanSettings, *,
@@ -83,12 +97,24 @@ class Refusal:
     message: str
 
 
-Event: TypeAlias = Answer | Refusal
+@dataclass(frozen=True, slots=True)
+class Pooled:
+    """A pooled request finished: its values (batchcli.pooling_params says what they are)."""
+
+    request: int  # index among the job's requests
+    values: np.ndarray  # float32 [k]: the pooled vector, or the logits of the task's token ids
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens served from shared KV instead of being computed for this request
 
 
-def resolve(event: Event, requests: Sequence[Request]) -> Result | Failure:
+Event: TypeAlias = Answer | Pooled | Refusal
+
+
+def resolve(event: Event, requests: Sequence[Request]) -> Result | PooledResult | Failure:
     """The front half's record of `event`, `requests` being the job's requests (what indices name)."""
     request = requests[event.request]
     if isinstance(event, Refusal):
         return Failure(request, event.code, event.message)
+    if isinstance(event, Pooled):
+        return PooledResult(request, event.values, event.prompt_tokens, event.cached_tokens)
     return Result(request, event.completions, event.prompt_tokens, event.cached_tokens)
