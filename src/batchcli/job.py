@@ -27,11 +27,12 @@ from batchcli.distributed import ClusterOptions
 from batchcli.planning.sharding import ShardSet, make_shards, pull_loads, skew
 from batchcli.planning.shard import Event, Shard, resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
-from batchcli.formats.output import render_error, render_result
+from batchcli.formats.output import render_error, render_pooled, render_result
 from batchcli.io.lock import OutputLock
 from batchcli.model_store import pending_conversion, resolve_model
 from batchcli.io.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
+from batchcli.parts import LineJoiner
 from batchcli.pipeline import PreparedJob, check_input, not_jsonl_hint, prepare
 from batchcli.io.reader import InputOptions
 from batchcli.io.side_files import check_writable, write_file
@@ -137,7 +138,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         say(header(source, options.output, options.errors))
         if options.order == "input":
             in_output = [] if errors is not None else [e.line for e in job.batch.errors]
-            writer.expect(sorted([r.line for r in job.batch.requests] + in_output))
+            writer.expect(sorted({r.line for r in job.batch.requests}.union(in_output)))  # a line's parts: one key
         for e in job.batch.errors:
             sinks.write(render_error(e, None), key=e.line)
         engines = on_cluster or _InProcess(_checkpointing(job, config, options, say) if files_beside else None)
@@ -259,13 +260,17 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
     names = TokenText(job.tokenizer.tok) if wants_logprobs else None
 
     answered = 0
+    pooled = LineJoiner(lambda parts: render_pooled(parts, model=served, created=created), render_error)
 
     def emit(event: Event) -> None:
         nonlocal answered
         answered += 1
         record = resolve(event, job.batch.requests)
         request = record.request
-        if isinstance(record, Failure):
+        if request.pooling is not None:  # one part of its line: the line is written when it is whole
+            if (line := pooled.add(record)) is not None:
+                sinks.write(line, key=request.line)
+        elif isinstance(record, Failure):
             error = LineError(request.id, request.line, record.code, record.message, request.custom_id)
             sinks.write(render_error(error, request.format), key=request.line)
         else:
