@@ -148,3 +148,18 @@ def test_pooled_event_carries_float32_values(tiny):
     engine.run(job.shard(), events.append, lambda p: None, type("Never", (), {"requested": False})())
     (event,) = events
     assert isinstance(event, Pooled) and event.values.shape == (2,) and event.values.dtype == np.float32
+
+
+def test_a_base_model_saved_alone_embeds(tmp_path):
+    """Embedding checkpoints are often the bare decoder (no LM head, names without "model."), head tied."""
+    full = save_tiny_checkpoint(tmp_path / "full", "qwen3", seed=8, tie_word_embeddings=True)
+    full.model.save_pretrained(tmp_path / "base", safe_serialization=True)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "base" / "model.safetensors"), "pt") as f:
+        assert "embed_tokens.weight" in f.keys() and not any(k.startswith("model.") for k in f.keys())
+    prompts = instruction_prompts(3)
+    task = PoolingParams("last", normalize=True)
+    pooled, _, _ = run_pooled(tmp_path / "base", make_pooled_job(prompts, [task] * len(prompts), "multi"))
+    for i, prompt in enumerate(prompts):
+        assert_close(pooled[f"r{i}"].values, hf_pool(full, prompt, task), f"r{i}")
