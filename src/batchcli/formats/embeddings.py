@@ -63,6 +63,12 @@ def check_embeddings_body(body: dict) -> None:
     check_body_extras(body, EMBEDDINGS_KEYS, _IGNORED, {})
 
 
+def body_fields() -> str:
+    """The --help words of embeddings lines."""
+    return (f"/v1/embeddings bodies (and plain {{\"id\", \"input\"}} lines): {', '.join(sorted(EMBEDDINGS_KEYS - {'model'}))}"
+            f" (ignored: {', '.join(sorted(_IGNORED))})")
+
+
 def _inputs(value: object, name: str) -> tuple[list[str | tuple[int, ...]], bool]:
     if type(value) is str:
         return [as_text(value, name)], True

@@ -97,6 +97,12 @@ def rerank_request(body: dict, tasks: ModelTasks | None) -> tuple[list[str], Poo
     return pairs, _judge(tasks), RerankEcho(tuple(documents), top_n)
 
 
+def body_fields() -> str:
+    """The --help words of score and rerank lines."""
+    return (f"/v1/score bodies: {', '.join(sorted(SCORE_KEYS - {'model'}))}; /v1/rerank bodies: "
+            f"{', '.join(sorted(RERANK_KEYS - {'model'}))} (ignored: {', '.join(sorted(_IGNORED))})")
+
+
 def _texts(value: object, name: str) -> list[str]:
     if type(value) is str:
         return [as_text(value, name)]
