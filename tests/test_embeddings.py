@@ -231,3 +231,18 @@ def test_embeddings_equal_transformers_with_and_without_sharing(tmp_path, tiny_e
         assert float(g @ w) / (np.linalg.norm(g) * np.linalg.norm(w)) >= 0.99999
     assert e1["response"]["body"]["usage"]["prompt_tokens"] == sum(map(len, ids))
     assert p1["usage"]["cached_tokens"] == (16 if sharing == "multi" else 0)  # 2 shared blocks of 4, per input
+
+
+def test_resume_redoes_only_the_lines_not_written(tmp_path, tiny_embedder):
+    rows = [_line(f"e{k}", {"input": [f"text {k} a", f"text {k} b"]}) for k in range(3)] + [{"id": "p", "input": "x"}]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    args = ["run", str(src), "-o", str(out), "--model", str(tiny_embedder), "--quiet", "--dtype", "float32", "--order", "input"]
+    assert runner.invoke(app, args).exit_code == 0
+    whole = out.read_bytes().splitlines()
+    out.write_bytes(whole[0] + b"\n" + whole[1][: len(whole[1]) // 2])  # a run killed while writing line 2
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.stderr
+    again = out.read_bytes().splitlines()
+    assert [orjson.loads(x).get("custom_id") or orjson.loads(x)["id"] for x in again] == ["e0", "e1", "e2", "p"]
+    assert sorted(again) == sorted(whole)  # the same records, each once
