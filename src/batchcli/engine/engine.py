@@ -233,8 +233,8 @@ class Engine:
         for i, s in enumerate(seqs):
             if tasks[i] is not None:
                 sched.finish(s.seq_id)
-                results.pooled(s.request, pooler.finish(s, hidden.sampled[i], None if logits is None or i not in row
-                                                        else logits[row[i]]), s.private_start)
+                values = pooler.finish(s, hidden.sampled[i], logits[row[i]] if i in row else None)
+                results.pooled(s.request, values, s.private_start)
                 continue
             p, d = draws[i]
             results.started.add(s.request)
