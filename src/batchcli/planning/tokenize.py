@@ -3,8 +3,8 @@
 Plain prompts (embedding inputs too) get the tokenizer's own special tokens (`add_special_tokens=True`);
 chat messages are rendered by the tokenizer's chat template with `add_generation_prompt=True` and
 encoded without adding special tokens again (the template writes them); a score or rerank pair is
-framed as the model's judgement prompt (planning/judgement.py). Work is batched; a line whose tokens cannot run
-(out-of-vocabulary ids, too long for the context) becomes a LineError, and the rest goes on. A text
+framed as the model's judgement prompt (planning/judgement.py). Work is batched; a line whose tokens
+cannot run (out-of-vocabulary ids, too long for the context) becomes a LineError, and the rest goes on. A text
 too long to fit whatever it encodes to is refused before encoding (a token never covers more than
 the longest vocabulary entry's characters), so a huge line costs its bytes, not a tokenizer's
 working memory.
