@@ -12,7 +12,8 @@ import hashlib
 
 from batchcli.requests import InputFormat, LineError
 from batchcli.formats.responses import response_body
-from batchcli.results import Completion, Result
+from batchcli.engine.events import Completion
+from batchcli.results import Result
 from batchcli.formats.tool_calls import chat_choice
 from batchcli.formats.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
 

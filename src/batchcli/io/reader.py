@@ -32,7 +32,8 @@ from batchcli.formats.fields import (
     SAMPLING_KEYS, BadField, as_messages, as_text, as_token_ids, sampling_overrides, show,
 )
 from batchcli.formats.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
-from batchcli.requests import InputFormat, LineError, Request, SamplingParams
+from batchcli.requests import InputFormat, LineError, Request
+from batchcli.params import SamplingParams
 from batchcli.formats.responses import responses_request
 from batchcli.formats.tools import tool_use
 
