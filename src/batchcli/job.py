@@ -155,7 +155,8 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         report.tell(not_jsonl_hint(source))  # the one fix for every error line
     wall = time.perf_counter() - started
     if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
-        metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
+        metrics = {"wall_s": wall, "tokenizer_load_s": job.tokenizer_load_s,
+                   **(asdict(stats) if stats is not None else {"requests": 0}),
                    "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped,
                    **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")

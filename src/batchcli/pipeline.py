@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
@@ -41,6 +42,7 @@ class PreparedJob:
     skipped: int  # requests and error lines already answered in the output (--resume)
     identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
     grammars: Grammars | None = None  # compiled output constraints, None when no request has one
+    tokenizer_load_s: float = 0.0  # loading the tokenizer (transformers' import included): start-up, not the job
 
     def not_jsonl(self) -> bool:
         """Whether the input is clearly no JSONL: it has lines, and not one of them is JSON."""
@@ -147,7 +149,9 @@ def prepare(
     loaded = None if plan_file is None else read_plan(plan_file)
     if settings is None:
         settings = PlanSettings() if loaded is None else loaded.settings
+    loading = time.perf_counter()
     tokenizer = PromptTokenizer(model_dir)
+    tokenizer_load_s = time.perf_counter() - loading
     # OpenAI's own default is the context; a value here came from --max-tokens, for every line without its own
     if openai_defaults.max_tokens is not None and openai_defaults.max_tokens >= tokenizer.max_context:
         raise UsageError(f"--max-tokens {openai_defaults.max_tokens} leaves no room for a prompt in the model's "
@@ -169,7 +173,7 @@ def prepare(
         # shared and folds into its child, the decode-ratio order and the stats change, and the engine
         # relies on a plan being the plan of the prompts it runs (planning/shard.py).
         plan = plan_for(tokenized, settings, model_dir.name, fp)
-    return PreparedJob(model_dir, tokenizer, tokenized, plan, skipped, identity, grammars)
+    return PreparedJob(model_dir, tokenizer, tokenized, plan, skipped, identity, grammars, tokenizer_load_s)
 
 
 def read_plan(path: Path) -> Plan:
