@@ -18,7 +18,8 @@ import torch
 from batchcli.engine.constraints import Guides
 from batchcli.planning.grammars import compile_constraints
 from batchcli.model_store import default_model_dir
-from batchcli.requests import Constraint, InputFormat, Request, SamplingParams
+from batchcli.requests import InputFormat, Request
+from batchcli.params import Constraint, SamplingParams
 from batchcli.planning.tokenize import PromptTokenizer, TokenizedRequests
 from batchcli.planning.token_arrays import TokenArrays
 

@@ -24,7 +24,7 @@ import orjson
 
 from batchcli.planning.plan import PlanSettings, build_plan
 from batchcli.io.reader import read_requests
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.planning.token_arrays import TokenArrays
 from benchmarks import synth
 

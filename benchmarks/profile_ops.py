@@ -22,7 +22,7 @@ from batchcli.engine.native.ops import NativeOps
 from batchcli.model_store import resolve_model
 from batchcli.pipeline import prepare
 from batchcli.planning.plan import PlanSettings
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 # First match wins: an op name containing one of the words goes to that category.
 CATEGORIES = (

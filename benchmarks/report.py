@@ -201,7 +201,8 @@ def intro(meta: dict) -> list[str]:
          "every engine."),
         "", MFU_FORMULA, "",
         ("Wall with start-up: batchllm = the whole `batchllm run` process; vLLM and transformers = engine start-up "
-         "(paid once per process) + the job. Wall without start-up: batchllm = its metrics' wall_s - model_load_s; "
+         "(paid once per process) + the job. Wall without start-up: batchllm = its metrics' wall_s - model_load_s - tokenizer_load_s (loading "
+         "the model and the tokenizer, as a vLLM engine's start-up does); "
          "others = the job alone. Token rates use the wall without start-up. vLLM's start-up includes "
          "torch.compile of the model unless its cache (~/.cache/vllm) already held this configuration. "
          "batchllm-eager is the same `batchllm run` with `--compile off` (eager torch, none of the fused CPU ops); "

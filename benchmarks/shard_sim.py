@@ -14,7 +14,7 @@ import time
 
 from batchcli.planning.shard import Shard, plan_requests
 from batchcli.planning.plan import PlanSettings
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.planning.sharding import CPU_COSTS, make_shards, pull_loads, skew
 from benchmarks import synth
 

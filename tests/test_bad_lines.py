@@ -14,7 +14,7 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.engine.sampler import Sampler
 from batchcli.io.reader import read_requests
-from batchcli.requests import MAX_N, SamplingParams
+from batchcli.params import MAX_N, SamplingParams
 from batchcli.results import Failure, Result
 from batchcli.planning.tokenize import PromptTokenizer, tokenize_requests
 from helpers_models import save_tiny_checkpoint

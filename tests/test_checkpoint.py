@@ -15,7 +15,7 @@ from batchcli.cli import app
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.engine.resume import Checkpointing
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from helpers_models import save_tiny_checkpoint
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
 from test_engine import EOS, make_job, run_records, shared_prompts

@@ -16,7 +16,7 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.pipeline import prepare
 from batchcli.planning.plan import PlanSettings
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from test_engine import run_records
 
 pytestmark = pytest.mark.slow
@@ -79,8 +79,8 @@ def test_every_constrained_output_parses_and_validates(tmp_path, smol_dir, monke
     job = prepare(str(path), SamplingParams(), PlanSettings(block_size=16, sharing="multi"), smol_dir)
     # one compile per distinct grammar: 4 schemas (oa2's is the first), the regex, the choice, json_object, 2 bad
     assert len(compiled) == len(set(compiled)) == len(SCHEMAS) + 1 + 1 + 1 + 2
-    assert sorted((e.id, e.code) for e in job.batch.errors) == [("q13", "invalid_constraint"), ("q14", "invalid_constraint")]
-    assert "no-such-format" in job.batch.errors[0].message
+    assert sorted((e.id, e.code) for e in job.tokenized.errors) == [("q13", "invalid_constraint"), ("q14", "invalid_constraint")]
+    assert "no-such-format" in job.tokenized.errors[0].message
     engine = Engine(smol_dir, EngineConfig(dtype="float32", attention="torch"), job.tokenizer.decode)
     got = {}
     run_records(engine, job, lambda r: got.__setitem__(r.request.id, r))
@@ -106,7 +106,8 @@ def test_masks_cover_padded_vocabularies_and_rows_in_any_order(smol_tokenizer):
     import torch
 
     from batchcli.engine.constraints import Guides
-    from batchcli.requests import Constraint, InputFormat, Request
+    from batchcli.requests import InputFormat, Request
+    from batchcli.params import Constraint
     from batchcli.planning.tokenize import TokenizedRequests
     from batchcli.planning.token_arrays import TokenArrays
 

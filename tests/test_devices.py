@@ -34,3 +34,6 @@ def test_metrics_record_the_dtype(tmp_path, model):
     assert res.exit_code == 0, res.stderr
     metrics = orjson.loads((tmp_path / "m.json").read_bytes())
     assert metrics["dtype"] == str(pick_dtype("auto", CPU)).removeprefix("torch.") and metrics["device"] == "cpu"
+    # start-up the benchmarks take out of the job's time: both loads, each inside the run's wall time
+    assert 0 < metrics["tokenizer_load_s"] and 0 < metrics["model_load_s"]
+    assert metrics["tokenizer_load_s"] + metrics["model_load_s"] < metrics["wall_s"]

@@ -157,7 +157,7 @@ def _whole(model: Path, rows, tmp_path: Path):
     """The job of `rows` as one shard, and its requests (what events name)."""
     from batchcli.pipeline import prepare
     from batchcli.planning.plan import PlanSettings
-    from batchcli.requests import SamplingParams
+    from batchcli.params import SamplingParams
 
     job = prepare(write_rows(tmp_path / "job.jsonl", rows), SamplingParams(), PlanSettings(), model)
     return job.shard()

@@ -24,12 +24,19 @@ from batchcli.parts import LineJoiner, whole_lines
 from batchcli.planning.token_arrays import TokenArrays
 from batchcli.planning.tokenize import TokenizedRequests
 from batchcli.pooling_params import PoolingParams
-from batchcli.requests import InputFormat, LineError, SamplingParams
+from batchcli.params import SamplingParams
+from batchcli.requests import InputFormat, LineError
+from batchcli.engine.events import Pooled, Refusal
 from batchcli.results import Failure, PooledResult
 from helpers_models import save_tiny_checkpoint, save_tiny_with_tokenizer
 from helpers_openai import validate_openai_line
 
 runner = CliRunner()
+
+
+def _done(request, values, prompt_tokens: int, cached_tokens: int) -> PooledResult:
+    """The front half's record of a pooled part the engine answered with `values`."""
+    return PooledResult(request, Pooled(0, values, prompt_tokens, cached_tokens))
 MEAN = PoolingParams("mean", normalize=True)
 TASKS = ModelTasks(embed=MEAN, hidden_size=64, matryoshka=False, judge="no judge here")
 
@@ -136,7 +143,7 @@ def test_matryoshka_is_declared_in_config_sentence_transformers(tmp_path):
 
 def _parts(tmp_path, body: dict, values: list[np.ndarray]) -> list[PooledResult]:
     reqs = _read(tmp_path, _line("e", body))
-    return [PooledResult(r.without_prompt(), v, prompt_tokens=3 + k, cached_tokens=2) for k, (r, v) in enumerate(zip(reqs, values))]
+    return [_done(r.without_prompt(), v, 3 + k, 2) for k, (r, v) in enumerate(zip(reqs, values))]
 
 
 def test_rendered_lines_are_openai_embedding_lists(tmp_path):
@@ -155,9 +162,9 @@ def test_rendered_lines_are_openai_embedding_lists(tmp_path):
 def test_plain_lines_answer_embedding_or_embeddings(tmp_path):
     one, many = (_read(tmp_path, {"id": "p", "input": x}) for x in ("a", ["a", "b"]))
     v = np.array([0.5, 0.25], np.float32)
-    single = render_pooled([PooledResult(one[0], v, 4, 0)])
+    single = render_pooled([_done(one[0], v, 4, 0)])
     assert single == {"id": "p", "embedding": [0.5, 0.25], "usage": {"prompt_tokens": 4, "total_tokens": 4, "cached_tokens": 0}}
-    listed = render_pooled([PooledResult(r, v, 4, 2) for r in many])
+    listed = render_pooled([_done(r, v, 4, 2) for r in many])
     assert listed["embeddings"] == [[0.5, 0.25]] * 2 and listed["usage"]["cached_tokens"] == 4
 
 
@@ -166,10 +173,10 @@ def test_a_line_is_joined_when_its_last_part_is_in_and_fails_once(tmp_path):
     b = _read(tmp_path, _line("b", {"input": ["x", "y"]}))
     joiner = LineJoiner(lambda parts: {"parts": [p.request.part for p in parts]}, lambda e, fmt: {"error": e.message})
     v = np.zeros(2, np.float32)
-    assert joiner.add(PooledResult(a[2], v, 1, 0)) is None and joiner.add(PooledResult(a[0], v, 1, 0)) is None
-    assert joiner.add(PooledResult(a[1], v, 1, 0)) == {"parts": [0, 1, 2]}
-    assert joiner.add(Failure(b[1], "kv_budget_exceeded", "too big")) == {"error": "input 1: too big"}
-    assert joiner.add(PooledResult(b[0], v, 1, 0)) is None  # the line was answered by its error
+    assert joiner.add(_done(a[2], v, 1, 0)) is None and joiner.add(_done(a[0], v, 1, 0)) is None
+    assert joiner.add(_done(a[1], v, 1, 0)) == {"parts": [0, 1, 2]}
+    assert joiner.add(Failure(b[1], Refusal(0, "kv_budget_exceeded", "too big"))) == {"error": "input 1: too big"}
+    assert joiner.add(_done(b[0], v, 1, 0)) is None  # the line was answered by its error
 
 
 def test_a_part_that_fails_to_encode_fails_its_whole_line(tmp_path):

@@ -13,10 +13,11 @@ import torch
 
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
-from batchcli.planning.shard import resolve
+from batchcli.results import resolve
 from batchcli.pipeline import PreparedJob, plan_for
 from batchcli.planning.plan import PlanSettings
-from batchcli.requests import InputFormat, Request, SamplingParams
+from batchcli.requests import InputFormat, Request
+from batchcli.params import SamplingParams
 from batchcli.planning.tokenize import TokenizedRequests
 from batchcli.planning.token_arrays import TokenArrays
 from helpers_models import save_tiny_checkpoint
@@ -49,13 +50,14 @@ def make_job(prompts: list[list[int]], params: list[SamplingParams], sharing: st
                 for i, p in enumerate(params)]
     batch = TokenizedRequests(requests, TokenArrays.from_lists(prompts), [])
     plan = plan_for(batch, PlanSettings(block_size=block_size, sharing=sharing), "tiny", "fp")
-    return PreparedJob(model_dir=None, tokenizer=None, batch=batch, plan=plan, skipped=0)
+    return PreparedJob(model_dir=None, tokenizer=None, tokenized=batch, plan=plan, skipped=0)
 
 
 def run_engine(model_dir, job: PreparedJob, stats: list | None = None, cache=None,
                **config) -> dict[str, list[tuple[int, ...]]]:
     engine = Engine(model_dir, EngineConfig(**{"dtype": "float32", "attention": "torch", **config}),
-                    decode=lambda ids: "", cache=cache)
+                    decode=lambda ids: "", native_cache=cache, work_tokens=job.shard().work_tokens,
+                    block_size=job.plan.settings.block_size)
     got: dict[str, list[tuple[int, ...]]] = {}
     run = run_records(engine, job, lambda r: got.__setitem__(r.request.id, [c.token_ids for c in r.completions]))
     if stats is not None:
@@ -65,7 +67,7 @@ def run_engine(model_dir, job: PreparedJob, stats: list | None = None, cache=Non
 
 def run_records(engine: Engine, job: PreparedJob, on_record, **kwargs) -> RunStats:
     """`engine.run` over the whole job, each event handed to `on_record` as the front half's Result/Failure."""
-    return engine.run(job.shard(), lambda e: on_record(resolve(e, job.batch.requests)), lambda p: None, _Never(),
+    return engine.run(job.shard(), lambda e: on_record(resolve(e, job.tokenized.requests)), lambda p: None, _Never(),
                       grammars=job.grammars, **kwargs)
 
 
@@ -152,7 +154,7 @@ def test_default_model_matches_transformers(smol_dir, smol_tokenizer):
     batch = tokenize_requests(items, smol_tokenizer)
     plan = plan_for(batch, PlanSettings(block_size=16, sharing="multi"), "smol", "fp")
     assert plan.stats.saving_ratio > 0.2
-    job = PreparedJob(model_dir=smol_dir, tokenizer=smol_tokenizer, batch=batch, plan=plan, skipped=0)
+    job = PreparedJob(model_dir=smol_dir, tokenizer=smol_tokenizer, tokenized=batch, plan=plan, skipped=0)
     got = run_engine(smol_dir, job)
     hf = LlamaForCausalLM.from_pretrained(smol_dir, dtype=torch.float32).eval()
     for i, r in enumerate(batch.requests):

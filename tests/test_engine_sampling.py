@@ -9,7 +9,7 @@ import torch
 
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.results import Result
 from helpers_models import save_tiny_checkpoint
 from test_engine import EOS, make_job, run_records, shared_prompts

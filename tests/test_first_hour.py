@@ -306,7 +306,7 @@ def test_status_tells_a_running_a_killed_and_a_finished_job(tmp_path, model):
 
 
 def test_plan_dry_run_estimates_time_and_kv_bytes_and_says_how_sure(tmp_path, model, smol_dir):
-    from batchcli.engine.weights import load_config
+    from batchcli.model_config import load_config
     from batchcli.estimate import MEASURED_PARAMETERS, _parameters
     from batchcli.planning.sharding import CPU_COSTS
 

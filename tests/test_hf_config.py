@@ -7,7 +7,7 @@ import json
 import pytest
 from transformers import AutoConfig
 
-from batchcli.engine.weights import arch_from_config, load_config
+from batchcli.model_config import arch_from_config, load_config
 from helpers_models import tiny_config
 
 BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=128)
@@ -45,7 +45,7 @@ def test_matches_autoconfig_on_configs_transformers_writes(tmp_path, kind):
 
 
 def test_mistral_default_window_is_refused_like_autoconfig(tmp_path):
-    from batchcli.engine.model import UnsupportedModelError
+    from batchcli.errors import UnsupportedModelError
 
     directory = _write(tmp_path, dict(model_type="mistral", **BASE))  # no sliding_window key: 4096 by default
     with pytest.raises(UnsupportedModelError, match="sliding_window 4096"):

@@ -245,7 +245,7 @@ def test_block_size_32_on_cuda(group: int) -> None:
 def _greedy(model: CausalLM, new_tokens: int) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Three requests, two under a 16-token shared segment, generated greedily step by step."""
     bs = 8
-    kv = allocate_kv(model.spec, 16, bs, DEVICE)
+    kv = allocate_kv(model.arch, model.dtype, 16, bs, DEVICE)
     segment = SegmentView(0, 16, (5, 2))
     prefix = tuple(range(3, 19))
     private = [[40, 41, 42, 43, 44], [50, 51, 52, 53, 54, 55, 56, 57, 58], [60, 61, 62]]

@@ -10,7 +10,7 @@ import torch
 from batchcli.engine.decoding import Decoder
 from batchcli.engine.logits_processors import Row, process_
 from batchcli.engine.sampler import Sampler
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 EOS = (2,)
 NO_PROMPT = np.zeros(0, dtype=np.int32)

@@ -14,12 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from batchcli.engine.attention.metadata import build_metadata
-from batchcli.engine.model import (
-    SUPPORTED_MODEL_TYPES, CausalLM, ModelSpec, UnsupportedModelError, allocate_kv, kv_bytes_per_token,
-)
+from batchcli.engine.model import CausalLM, allocate_kv, kv_bytes_per_token
 from batchcli.engine.step import SegmentView, SegOwner, SeqChunk, SeqOwner, StepBatch
-from batchcli.engine.weights import CheckpointError, eos_token_ids, load_model
-from batchcli.errors import ModelNotFoundError
+from batchcli.engine.weights import load_model
+from batchcli.errors import CheckpointError, ModelNotFoundError, UnsupportedModelError
+from batchcli.model_config import SUPPORTED_MODEL_TYPES, eos_token_ids
 from helpers_models import save_tiny_checkpoint, tiny_config
 
 BLOCK = 4
@@ -51,7 +50,7 @@ class Cache:
     """Private KV blocks handed out in order; a tiny stand-in for the engine's block pool."""
 
     def __init__(self, model: CausalLM, num_blocks: int = 64) -> None:
-        self.kv = allocate_kv(model.spec, num_blocks, BLOCK, "cpu")
+        self.kv = allocate_kv(model.arch, model.dtype, num_blocks, BLOCK, "cpu")
         self.next_block = 1  # block 0 stays unused so a wrong table entry (padding 0) reads zeros
 
     def blocks(self, num_tokens: int) -> tuple[int, ...]:
@@ -153,7 +152,7 @@ def test_the_backend_plans_once_per_step_for_every_layer(tmp_path):
 def test_bfloat16_error_is_that_of_transformers_in_bfloat16(tmp_path):
     hf_model = save_tiny_checkpoint(tmp_path, kind="qwen2", seed=5)
     model = load_model(tmp_path, torch.bfloat16, "cpu", "reference")
-    assert model.dtype == torch.bfloat16 and model.spec.dtype == torch.bfloat16
+    assert model.dtype == torch.bfloat16 and model.weights.embed.dtype == torch.bfloat16
     cache = Cache(model)
     (tokens,) = random_prompts([30], hf_model.config.vocab_size, seed=4)
     got = run_step(model, cache, [SeqChunk(SeqOwner(0), tuple(tokens), 0, 0, cache.blocks(31), (), True)])
@@ -163,17 +162,17 @@ def test_bfloat16_error_is_that_of_transformers_in_bfloat16(tmp_path):
     assert (got - want).abs().max() <= 2 * hf_bf16_error
 
 
-def test_spec_and_kv_sizing(tmp_path):
+def test_arch_and_kv_sizing(tmp_path):
     save_tiny_checkpoint(tmp_path, kind="llama", num_hidden_layers=3)
     model = load_model(tmp_path, torch.bfloat16, "cpu", "reference")
-    spec = model.spec
-    assert spec == ModelSpec(num_layers=3, num_kv_heads=2, head_dim=16, num_heads=4, vocab_size=128,
-                             max_position_embeddings=256, dtype=torch.bfloat16)
-    assert kv_bytes_per_token(spec) == 2 * 3 * 2 * 16 * 2
-    kv = allocate_kv(spec, num_blocks=5, block_size=8, device="cpu")
+    a = model.arch
+    assert (a.num_layers, a.num_kv_heads, a.head_dim, a.num_heads, a.vocab_size, a.max_position_embeddings,
+            model.dtype) == (3, 2, 16, 4, 128, 256, torch.bfloat16)
+    assert kv_bytes_per_token(a, model.dtype) == 2 * 3 * 2 * 16 * 2
+    kv = allocate_kv(a, model.dtype, num_blocks=5, block_size=8, device="cpu")
     assert kv.shape == (3, 2, 5, 8, 2, 16) and kv.dtype == torch.bfloat16 and not kv.any()
     with pytest.raises(ValueError, match="num_blocks"):
-        allocate_kv(spec, num_blocks=0, block_size=8, device="cpu")
+        allocate_kv(a, model.dtype, num_blocks=0, block_size=8, device="cpu")
 
 
 def test_eos_token_ids_merges_config_and_generation_config(tmp_path):

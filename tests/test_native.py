@@ -21,9 +21,9 @@ from batchcli.engine.model import apply_rope, rms_norm
 from batchcli.engine.native import build
 from batchcli.engine.native.build import NativeUnavailable, cached_native, load_native
 from batchcli.engine.native.ops import NativeAttention, NativeKV, NativeOps, available_kernels
-from batchcli.engine.weights import load_config
-from batchcli.errors import UsageError
-from batchcli.requests import SamplingParams
+from batchcli.model_config import load_config
+from batchcli.errors import EngineConfigError
+from batchcli.params import SamplingParams
 from helpers_models import save_tiny_checkpoint
 from helpers_attention import GQA, SCENARIOS, assert_near, attend, random_inputs, scenario_step
 from test_engine import hf_greedy, make_job, run_engine, shared_prompts
@@ -204,7 +204,7 @@ def test_choose_fused_falls_back_with_one_line(monkeypatch, tmp_path):
     arch = _arch(tmp_path)
     assert choose_fused("on", "auto", arch, torch.float32, 16, 10**6, tmp_path, lines.append) is None
     assert len(lines) == 1 and "eager" in lines[0]
-    with pytest.raises(UsageError, match="--attention native"):
+    with pytest.raises(EngineConfigError, match="attention: native: "):
         choose_fused("auto", "native", arch, torch.float32, 16, 10**6, tmp_path, lines.append)
 
 

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from batchcli.cli import app
-from batchcli.requests import InputFormat, Request, SamplingParams
+from batchcli.requests import InputFormat, Request
+from batchcli.params import SamplingParams
 from batchcli.planning.tokenize import tokenize_requests
 from helpers_openai import validate_openai_line
 

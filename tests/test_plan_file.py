@@ -8,7 +8,7 @@ from pathlib import Path
 from batchcli.cli import app
 from batchcli.pipeline import plan_for, prepare, read_plan
 from batchcli.planning.plan import PlanSettings
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.io.writer import Answered
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
 
@@ -45,9 +45,9 @@ def test_resume_with_a_plan_replans_the_requests_left_with_the_plans_settings(tm
     loaded = read_plan(plan)
     assert loaded.segments  # the prompts share a prefix at this block size
     job = prepare(src, SamplingParams(), None, Path(model), plan_file=plan, answered=Answered(frozenset({"q1"})))
-    assert [r.id for r in job.batch.requests] == ["q0", "q2", "q3"] and job.skipped == 1
+    assert [r.id for r in job.tokenized.requests] == ["q0", "q2", "q3"] and job.skipped == 1
     assert job.plan.settings == loaded.settings == PlanSettings(block_size=32, sharing="single")
-    assert job.plan == plan_for(job.batch, loaded.settings, Path(model).name, loaded.fingerprint)
+    assert job.plan == plan_for(job.tokenized, loaded.settings, Path(model).name, loaded.fingerprint)
     assert job.plan.stats.requests == 3 and job.plan.segments[0].count == 3
 
 

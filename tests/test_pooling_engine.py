@@ -16,11 +16,12 @@ from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.pipeline import PreparedJob, plan_for
 from batchcli.planning.plan import PlanSettings
-from batchcli.planning.shard import Pooled
+from batchcli.engine.events import Pooled
 from batchcli.planning.token_arrays import TokenArrays
 from batchcli.planning.tokenize import TokenizedRequests
 from batchcli.pooling_params import PoolingParams
-from batchcli.requests import InputFormat, Request, SamplingParams
+from batchcli.params import SamplingParams
+from batchcli.requests import InputFormat, Request
 from batchcli.results import PooledResult, Result
 from helpers_models import save_tiny_checkpoint
 from test_engine import EOS, hf_greedy, run_records
@@ -49,11 +50,12 @@ def make_pooled_job(prompts: list[list[int]], tasks: list[PoolingParams | None],
                 for i, t in enumerate(tasks)]
     batch = TokenizedRequests(requests, TokenArrays.from_lists(prompts), [])
     plan = plan_for(batch, PlanSettings(block_size=block_size, sharing=sharing), "tiny", "fp")
-    return PreparedJob(model_dir=None, tokenizer=None, batch=batch, plan=plan, skipped=0)
+    return PreparedJob(model_dir=None, tokenizer=None, tokenized=batch, plan=plan, skipped=0)
 
 
 def run_pooled(directory, job: PreparedJob, **config) -> tuple[dict, dict, list]:
-    engine = Engine(directory, EngineConfig(**{"dtype": "float32", "attention": "torch", **config}), decode=lambda ids: "")
+    engine = Engine(directory, EngineConfig(**{"dtype": "float32", "attention": "torch", **config}), decode=lambda ids: "",
+                    block_size=job.plan.settings.block_size)
     pooled, generated, stats = {}, {}, []
 
     def on_record(record):
@@ -143,7 +145,8 @@ def test_mean_pooling_when_every_prompt_shares_one_long_prefix(tiny):
 def test_pooled_event_carries_float32_values(tiny):
     directory, _ = tiny
     job = make_pooled_job([[5, 6, 7]], [PoolingParams("logits", token_ids=YES_NO)], "multi")
-    engine = Engine(directory, EngineConfig(dtype="float32", attention="torch"), decode=lambda ids: "")
+    engine = Engine(directory, EngineConfig(dtype="float32", attention="torch"), decode=lambda ids: "",
+                    block_size=job.plan.settings.block_size)
     events = []
     engine.run(job.shard(), events.append, lambda p: None, type("Never", (), {"requested": False})())
     (event,) = events

@@ -12,7 +12,8 @@ import pytest
 
 from batchcli.formats.openai_body import OPENAI_DEFAULTS
 from batchcli.io.reader import InputUnreadableError, read_requests
-from batchcli.requests import InputFormat, LineError, Request, SamplingParams
+from batchcli.requests import InputFormat, LineError, Request
+from batchcli.params import SamplingParams
 
 DEFAULTS = SamplingParams(max_tokens=32, temperature=0.5, stop=("###",))
 
@@ -264,7 +265,7 @@ def test_openai_line_with_bad_custom_id_still_gets_openai_error(tmp_path: Path) 
 
 
 def test_plain_lines_take_every_sampling_and_constraint_field(tmp_path: Path) -> None:
-    from batchcli.requests import Constraint
+    from batchcli.params import Constraint
 
     got = read_all(tmp_path, [
         {"id": "a", "prompt": "x", "min_p": 0.1, "presence_penalty": -0.5, "frequency_penalty": 1, "min_tokens": 2,
@@ -290,7 +291,7 @@ def test_plain_lines_take_every_sampling_and_constraint_field(tmp_path: Path) ->
 
 
 def test_openai_logprobs_and_response_format(tmp_path: Path) -> None:
-    from batchcli.requests import Constraint
+    from batchcli.params import Constraint
 
     msgs = [{"role": "user", "content": "x"}]
     schema_a = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "string"}}}

@@ -10,8 +10,10 @@ from typer.testing import CliRunner
 from batchcli.cli import app
 from batchcli.formats.output import render_result
 from batchcli.io.reader import read_requests
-from batchcli.requests import Constraint, InputFormat, SamplingParams
-from batchcli.results import Completion, Result
+from batchcli.requests import InputFormat
+from batchcli.params import Constraint, SamplingParams
+from batchcli.engine.events import Answer, Completion
+from batchcli.results import Result
 from helpers_models import save_tiny_with_tokenizer
 from helpers_openai import validate_openai_line
 
@@ -85,7 +87,7 @@ def _result(finish_reason: str, params: SamplingParams, tmp_path) -> Result:
     (req,) = _read(tmp_path, _line("r", {"input": "hi", "instructions": "sys", "max_output_tokens": 3,
                                           "metadata": {"k": "v"}, "text": {"format": {"type": "json_object"}}}))
     completion = Completion("{}", (5, 6, 7), finish_reason)
-    return Result(req.without_prompt(), (completion,), prompt_tokens=10, cached_tokens=4)
+    return Result(req.without_prompt(), Answer(0, (completion,), prompt_tokens=10, cached_tokens=4))
 
 
 def test_a_finished_answer_is_a_completed_response(tmp_path):

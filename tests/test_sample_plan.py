@@ -10,7 +10,7 @@ from pathlib import Path
 
 from batchcli.pipeline import prepare
 from batchcli.planning.plan import PlanSettings
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "questions.jsonl"
 

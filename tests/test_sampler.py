@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from batchcli.engine.sampler import Sampler
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 V = 50
 

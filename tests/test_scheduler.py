@@ -22,7 +22,7 @@ from batchcli.engine.sequence import SeqStatus
 from batchcli.engine.step import SegOwner, SeqOwner, StepBatch
 from batchcli.errors import KVBudgetError
 from batchcli.planning.plan import Plan, PlanSettings, PlanStats, Segment, build_plan
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.planning.token_arrays import TokenArrays
 
 BS = 4
@@ -455,3 +455,33 @@ def test_stop_admitting_lets_the_running_finish_and_starts_nothing_new():
     assert step is None and seen == started == {2, 3}  # the plan runs requests 2, 3 first; cap 2
     assert [sched.seq(s).status.value for s in range(6)] == ["waiting"] * 2 + ["finished"] * 2 + ["waiting"] * 2
     assert sched.has_unfinished()
+
+
+def test_refused_requests_never_run_and_the_rest_runs_the_same_plan():
+    """A request the engine refuses (it cannot fit the pool alone) is dropped by the scheduler from the
+    plan it was given, never by a replan: the plan's shared segment it was under is still computed once
+    for the request left under it, and every block comes back at the end."""
+    prefix = list(range(1, 9))  # two blocks, shared by requests 0 and 1
+    prompts = [prefix + [20, 21], prefix + list(range(30, 70)), [50, 51, 52]]
+    params = [SamplingParams(max_tokens=3), SamplingParams(max_tokens=3), SamplingParams(max_tokens=2)]
+    job = Job(prompts, params, build_plan(TokenArrays.from_lists(prompts), np.array([3, 3, 2]), np.ones(3, np.int64),
+                                          PlanSettings(block_size=BS), model="m", fingerprint="fp", errors=0))
+    assert any(s.count == 2 for s in job.plan.segments), "requests 0 and 1 share a segment in the plan"
+    config = SchedulerConfig(block_size=BS, token_budget=16)
+    with pytest.raises(KVBudgetError):  # request 1 needs 13 blocks alone
+        Scheduler(job.plan, TokenArrays.from_lists(prompts), params, BlockPool(8), config)
+    pool = BlockPool(8)
+    sched = Scheduler(job.plan, TokenArrays.from_lists(prompts), params, pool, config, refused=frozenset({1}))
+    engine = FakeEngine(job, sched)
+    ran: set[int] = set()
+    while (step := sched.schedule()) is not None:
+        ran |= {sched.seq(c.owner.seq_id).request for c in step.chunks if isinstance(c.owner, SeqOwner)}
+        sampled = engine.run(step)
+        sched.on_step_done(step, sampled)
+        for sid in sampled:
+            if len(sched.seq(sid).generated) == params[sched.seq(sid).request].max_tokens:
+                sched.finish(sid)
+        pool.check_integrity()
+    assert ran == {0, 2} and not sched.has_unfinished() and pool.num_free == pool.num_total
+    want = job.reference()
+    assert {r: sched.seq(sched.seq_ids(r)[0]).generated for r in (0, 2)} == {0: want[0, 0], 2: want[2, 0]}

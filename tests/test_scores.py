@@ -23,12 +23,19 @@ from batchcli.model_tasks import ModelTasks
 from batchcli.planning.judgement import SYSTEM, is_qwen3_reranker
 from batchcli.planning.tokenize import PromptTokenizer
 from batchcli.pooling_params import PoolingParams
-from batchcli.requests import InputFormat, LineError, SamplingParams
+from batchcli.params import SamplingParams
+from batchcli.requests import InputFormat, LineError
+from batchcli.engine.events import Pooled
 from batchcli.results import PooledResult
 from helpers_models import save_tiny_checkpoint, save_tiny_with_tokenizer
 from helpers_openai import validate_openai_line
 
 runner = CliRunner()
+
+
+def _done(request, values, prompt_tokens: int, cached_tokens: int) -> PooledResult:
+    """The front half's record of a pooled part the engine answered with `values`."""
+    return PooledResult(request, Pooled(0, values, prompt_tokens, cached_tokens))
 JUDGE = PoolingParams("logits", token_ids=(4, 7))
 TASKS = ModelTasks(embed=PoolingParams("last", normalize=True), hidden_size=64, matryoshka=False, judge=JUDGE)
 
@@ -82,13 +89,13 @@ def test_a_model_that_cannot_judge_gives_its_reason(tmp_path):
 def test_rerank_results_are_sorted_by_relevance_and_cut_at_top_n(tmp_path):
     parts = _read(tmp_path, _line("r", "/v1/rerank", {"query": "q", "documents": ["a", "b", "c"], "top_n": 2}))
     logits = [(0.0, -1.0), (0.0, 2.0), (1.0, 1.0)]  # (no, yes): yes-probabilities 0.27, 0.88, 0.5
-    done = [PooledResult(r, np.array(v, np.float32), 10, 6) for r, v in zip(parts, logits)]
+    done = [_done(r, np.array(v, np.float32), 10, 6) for r, v in zip(parts, logits)]
     body = render_pooled(done, model="m")["response"]["body"]  # validated as vLLM's RerankResponse (conftest)
     assert [(x["index"], x["document"]["text"]) for x in body["results"]] == [(1, "b"), (2, "c")]
     assert body["results"][0]["relevance_score"] == pytest.approx(1 / (1 + math.exp(-2.0)))
     assert body["usage"] == {"prompt_tokens": 30, "total_tokens": 30}
     score = _read(tmp_path, _line("s", "/v1/score", {"queries": "q", "documents": ["a", "b"]}))
-    body = render_pooled([PooledResult(r, np.array(v, np.float32), 10, 6) for r, v in zip(score, logits)], model="m",
+    body = render_pooled([_done(r, np.array(v, np.float32), 10, 6) for r, v in zip(score, logits)], model="m",
                          created=7)["response"]["body"]
     assert [d["score"] for d in body["data"]] == pytest.approx([1 / (1 + math.e), 0.5 + 0.5 * math.tanh(1.0)])
     assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 12} and body["created"] == 7

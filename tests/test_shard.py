@@ -8,9 +8,10 @@ import pytest
 
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
-from batchcli.planning.shard import Answer, Refusal, resolve
+from batchcli.engine.events import Answer, Refusal
+from batchcli.results import resolve
 from batchcli.planning.plan import build_plan
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.results import Failure, Result
 from helpers_models import save_tiny_checkpoint
 from test_engine import EOS, _Never, make_job, shared_prompts
@@ -73,8 +74,8 @@ def test_a_misfit_is_refused_under_its_job_index(tiny):
 
 def test_resolve_names_the_job_request():
     job = make_job([[5, 6, 7], [5, 6, 8]], _params(2), "off")
-    answer = resolve(Answer(1, (), 3, 0), job.batch.requests)
-    failure = resolve(Refusal(0, "sampling_failed", "x"), job.batch.requests)
+    answer = resolve(Answer(1, (), 3, 0), job.tokenized.requests)
+    failure = resolve(Refusal(0, "sampling_failed", "x"), job.tokenized.requests)
     assert isinstance(answer, Result) and answer.request.id == "r1"
     assert isinstance(failure, Failure) and (failure.request.id, failure.code) == ("r0", "sampling_failed")
 

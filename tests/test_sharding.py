@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 from batchcli.planning.shard import Shard, plan_requests
 from batchcli.planning.plan import PlanSettings, build_plan
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.planning.sharding import TokenCosts, make_shards, pull_loads, skew
 from batchcli.planning.token_arrays import TokenArrays
 

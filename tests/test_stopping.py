@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batchcli.engine.stopping import StopChecker
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 WORDS = {1: "Hello", 2: ",", 3: " world", 4: "\n", 5: "!", 9: ""}
 

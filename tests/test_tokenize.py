@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoTokenizer
 
-from batchcli.requests import InputFormat, LineError, Request, SamplingParams
+from batchcli.requests import InputFormat, LineError, Request
+from batchcli.params import SamplingParams
 from batchcli.planning.tokenize import tokenize_requests
 
 P = SamplingParams(max_tokens=8)

@@ -15,8 +15,10 @@ from typer.testing import CliRunner
 from batchcli.cli import app
 from batchcli.formats.output import render_result
 from batchcli.io.reader import read_requests
-from batchcli.requests import SamplingParams, ToolUse
-from batchcli.results import Completion, Result
+from batchcli.requests import ToolUse
+from batchcli.params import SamplingParams
+from batchcli.engine.events import Answer, Completion
+from batchcli.results import Result
 from batchcli.formats.tool_calls import calls_of
 from helpers_openai import validate_openai_line
 from test_constraints import SCHEMAS
@@ -120,7 +122,7 @@ def test_forced_wire_format_reads_back(text, calls):
 def _result(tmp_path, row: dict, text: str, finish_reason: str = "stop") -> dict:
     (req,) = _read(tmp_path, row)
     completion = Completion(text, (5, 6), finish_reason)
-    return render_result(Result(req.without_prompt(), (completion,), 9, 0), model="m")["response"]["body"]
+    return render_result(Result(req.without_prompt(), Answer(0, (completion,), 9, 0)), model="m")["response"]["body"]
 
 
 def test_chat_calls_render_as_message_tool_calls(tmp_path):

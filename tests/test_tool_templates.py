@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from batchcli.cli import app
 from batchcli.io.reader import read_requests
-from batchcli.requests import SamplingParams, ToolUse
+from batchcli.requests import ToolUse
+from batchcli.params import SamplingParams
 from batchcli.planning.tokenize import PromptTokenizer, tokenize_requests
 from batchcli.formats.tool_calls import calls_of
 from helpers_models import save_tiny_with_tokenizer

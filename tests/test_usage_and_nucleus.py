@@ -8,7 +8,7 @@ import torch
 
 from batchcli.cli import app
 from batchcli.engine.sampler import Sampler
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from test_cli import lines, model, runner, write_input  # noqa: F401 - model is a fixture
 
 

@@ -8,8 +8,10 @@ import orjson
 import pytest
 
 from batchcli.formats.output import render_error, render_result
-from batchcli.requests import InputFormat, LineError, Request, SamplingParams
-from batchcli.results import Completion, Result
+from batchcli.requests import InputFormat, LineError, Request
+from batchcli.params import SamplingParams
+from batchcli.engine.events import Answer, Completion
+from batchcli.results import Result
 from batchcli.io.writer import (
     Answered,
     ConflictingOptionsError,
@@ -32,7 +34,7 @@ def result(fmt: InputFormat, *, n: int = 1, line: int = 4, custom_id: str | None
         kwargs = {"messages": ({"role": "user", "content": "p"},)}
     request = Request("q1", line, fmt, SamplingParams(n=n), custom_id=custom_id, model=model, **kwargs)
     completions = (Completion("Hello", (7, 8), "stop"), Completion("Hey there", (9, 10, 11), "length"))[:n]
-    return Result(request, completions, prompt_tokens=12, cached_tokens=8)
+    return Result(request, Answer(0, completions, prompt_tokens=12, cached_tokens=8))
 
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14, "cached_tokens": 8}
@@ -55,8 +57,8 @@ def test_render_plain_n2() -> None:
 
 def test_render_plain_stop_reason() -> None:
     request = Request("q1", 4, InputFormat.SIMPLE, SamplingParams(n=2), prompt="p")
-    done = Result(request, (Completion("Hi", (7,), "stop", stop_reason="\n"), Completion("", (), "stop", stop_reason=5)),
-                  prompt_tokens=3, cached_tokens=0)
+    done = Result(request, Answer(0, (Completion("Hi", (7,), "stop", stop_reason="\n"),
+                                      Completion("", (), "stop", stop_reason=5)), prompt_tokens=3, cached_tokens=0))
     assert [c["stop_reason"] for c in render_result(done)["choices"]] == ["\n", 5]
 
 

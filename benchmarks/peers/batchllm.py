@@ -4,7 +4,8 @@ One class serves every batchllm engine the harness compares: "batchllm" (the def
 "batchllm-eager" (`--compile off`) differ only in the engine-wide `flags` put before a job's own.
 
 total_s is the process's wall time from spawn to exit (imports, model load, the whole file);
-gen_s is the engine's own `wall_s - model_load_s` from its --metrics file; the prompt tokens it computed
+gen_s is the run's `wall_s - model_load_s - tokenizer_load_s` from its --metrics file (loading the model
+and the tokenizer is start-up, paid once per process, as a vLLM engine's start-up loads both); the prompt tokens it computed
 are prompt_tokens x (1 - saving_ratio), its plan's physical prefill. Invariant: the run's CPU
 time and peak RSS come from wait4 on the CLI's process, which includes any child it reaped.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from benchmarks.machine import CpuWindow
 from benchmarks.peers.base import Job, RunOutcome, failed, kill_group, tail
 
-METRIC_KEYS = ("wall_s", "model_load_s", "prompt_tokens", "completion_tokens", "cached_tokens",
+METRIC_KEYS = ("wall_s", "model_load_s", "tokenizer_load_s", "prompt_tokens", "completion_tokens", "cached_tokens",
                "saving_ratio", "steps", "preemptions", "peak_kv_bytes")
 POLL_S = 0.02
 
@@ -93,9 +94,10 @@ class BatchllmPeer:
                 raise ValueError(f"missing keys {missing}")
         except (OSError, ValueError) as exc:
             return failed(self.name, job, f"bad metrics file {metrics}: {exc}", total_s=done.wall_s)
+        gen_s = m["wall_s"] - m["model_load_s"] - m["tokenizer_load_s"]
         return RunOutcome(
             peer=self.name, workload=job.workload, variant=job.variant,
-            total_s=done.wall_s, gen_s=m["wall_s"] - m["model_load_s"], startup_s=done.wall_s - (m["wall_s"] - m["model_load_s"]),
+            total_s=done.wall_s, gen_s=gen_s, startup_s=done.wall_s - gen_s,
             prompt_tokens=m["prompt_tokens"], completion_tokens=m["completion_tokens"], cached_tokens=m["cached_tokens"],
             computed_prompt_tokens=round(m["prompt_tokens"] * (1 - m["saving_ratio"])),
             peak_rss_mib=done.maxrss_kib / 1024, others_share=done.others_share, out_path=str(out),

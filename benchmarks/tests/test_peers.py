@@ -24,7 +24,7 @@ def test_batchllm_peer_reads_metrics_and_passes_the_cli_contract(tmp_path, fake_
     job = job_for(tmp_path, ROWS, kv_budget_tokens=100, variant="sharing-off", flags=("--sharing", "off"))
     o = BatchllmPeer(tiny_model, "bfloat16", fake_cli).run(job)
     assert o.ok, o.error
-    assert (o.gen_s, o.prompt_tokens, o.completion_tokens, o.cached_tokens) == (1.5, 5, 6, 2)
+    assert (o.gen_s, o.prompt_tokens, o.completion_tokens, o.cached_tokens) == (1.25, 5, 6, 2)
     assert o.computed_prompt_tokens == round(5 * (1 - 0.5))
     assert o.total_s > 0 and o.peak_rss_mib > 0 and 0 <= o.others_share <= 1
     assert o.extra == {"saving_ratio": 0.5, "steps": 7, "preemptions": 0, "peak_kv_bytes": 2**20}

@@ -24,7 +24,7 @@ from batchcli.commands import Command, Commands, RunCommand, err, job_options
 from batchcli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from batchcli.formats.openai_body import openai_body_fields
 from batchcli.planning.plan import PlanSettings
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.io.streams import install_lenient_stderr
 
 ENGINE, PLAN = EngineConfig(), PlanSettings()  # the defaults the help shows and unset options fall back to
@@ -146,7 +146,7 @@ def plan(
         sys.stdout.buffer.write(stats_json(job) + b"\n")
     elif dry_run:
         plan_summary(job, out)
-    code = EXIT_SOME_FAILED if job.batch.errors else EXIT_OK  # as `run` would end, so CI can check a file
+    code = EXIT_SOME_FAILED if job.tokenized.errors else EXIT_OK  # as `run` would end, so CI can check a file
     if dry_run:
         raise typer.Exit(code)
     data = plan_to_json(job.plan)

@@ -14,7 +14,7 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
-from batchcli.errors import row_for
+from batchcli.errors import EngineConfigError, row_for
 
 err = Console(stderr=True, soft_wrap=True)  # a log line is one line, whatever the width (cron, log files)
 
@@ -29,6 +29,17 @@ class _BareHelp:
         return option
 
 
+# EngineConfig fields whose flag is not the field's name spelled with dashes
+_FLAG_OF = {"max_running": "--admission"}
+
+
+def _in_flags(exc: BaseException) -> str:
+    """The error's message, an engine setting named by the flag that sets it."""
+    if isinstance(exc, EngineConfigError):
+        return f"{_FLAG_OF.get(exc.setting, '--' + exc.setting.replace('_', '-'))}: {exc.reason}"
+    return str(exc)
+
+
 class Commands(_BareHelp, typer.core.TyperGroup):
     """The one error handler around every command: errors.TABLE gives the message prefix and exit code."""
 
@@ -39,7 +50,7 @@ class Commands(_BareHelp, typer.core.TyperGroup):
             row = row_for(exc)
             if row is None:
                 raise
-            message = row.message if row.message is not None else str(exc)
+            message = row.message if row.message is not None else _in_flags(exc)
             if not row.silent:
                 err.print(f"[red]{row.prefix}:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(row.exit_code) from None

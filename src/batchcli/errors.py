@@ -28,6 +28,15 @@ class UsageError(BatchError, ValueError):
     validation (which raises it) reads to library callers as the ValueError STYLE promises."""
 
 
+class EngineConfigError(BatchError, ValueError):
+    """An engine setting that is out of range or cannot work on this machine. `setting` names the
+    EngineConfig field, so that the CLI can name its flag; the engine itself knows no flags."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"{setting}: {reason}")
+        self.setting, self.reason = setting, reason
+
+
 class ModelNotFoundError(BatchError):
     """No model at the path, id or default that was asked for."""
 
@@ -128,6 +137,7 @@ class ErrorRow:
 # First match wins, so a subclass comes before its base.
 TABLE: tuple[ErrorRow, ...] = (
     ErrorRow(UsageError, "error", EXIT_USAGE),
+    ErrorRow(EngineConfigError, "error", EXIT_USAGE),
     ErrorRow(ReaderGoneError, "error", EXIT_SIGPIPE, silent=True),
     ErrorRow(ConflictingOptionsError, "error", EXIT_USAGE),
     ErrorRow(BatchError, "error", EXIT_FATAL),

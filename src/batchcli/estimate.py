@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from batchcli.engine.devices import pick_dtype
-from batchcli.engine.model import ArchConfig
+from batchcli.model_config import ArchConfig, load_config
 from batchcli.pipeline import PreparedJob
 from batchcli.planning.sharding import CPU_COSTS
 
@@ -41,12 +41,10 @@ def _parameters(a: ArchConfig) -> int:
 
 
 def estimate(job: PreparedJob) -> Estimate:
-    from batchcli.engine.weights import load_config
-
     arch = load_config(job.model_dir)
     dtype = pick_dtype("auto", torch.device("cpu"))
     per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * torch.empty((), dtype=dtype).element_size()
-    output = sum(r.params.max_tokens * r.params.n for r in job.batch.requests)
+    output = sum(r.params.max_tokens * r.params.n for r in job.tokenized.requests)
     prefill = job.plan.stats.physical_prefill_tokens
     scale = _parameters(arch) / MEASURED_PARAMETERS
     seconds = scale * (prefill * CPU_COSTS.prefill_s + output * CPU_COSTS.decode_s)

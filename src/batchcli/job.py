@@ -25,11 +25,13 @@ from batchcli.engine.engine import Engine, RunStats
 from batchcli.engine.resume import Checkpointing
 from batchcli.distributed import ClusterOptions
 from batchcli.planning.sharding import ShardSet, make_shards, pull_loads, skew
-from batchcli.planning.shard import Event, Shard, resolve
+from batchcli.engine.events import Event
+from batchcli.planning.shard import Shard
+from batchcli.results import resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats.output import render_error, render_pooled, render_result
 from batchcli.io.lock import OutputLock
-from batchcli.model_store import pending_conversion, resolve_model
+from batchcli.model_store import cache_dir, pending_conversion, resolve_model
 from batchcli.io.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
 from batchcli.parts import LineJoiner
@@ -39,7 +41,8 @@ from batchcli.io.side_files import check_writable, write_file
 from batchcli.planning.plan import PlanSettings
 from batchcli.progress import Progress, ProgressView
 from batchcli.formats.openai_body import OPENAI_DEFAULTS
-from batchcli.requests import LineError, SamplingParams
+from batchcli.requests import LineError
+from batchcli.params import SamplingParams
 from batchcli.results import Failure
 from batchcli.formats.token_text import TokenText
 from batchcli.report import Reporter, header, outcome, plural, resume_hint, stdin_note
@@ -137,23 +140,24 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
                         options=options.job_options)
         say(header(source, options.output, options.errors))
         if options.order == "input":
-            in_output = [] if errors is not None else [e.line for e in job.batch.errors]
-            writer.expect(sorted({r.line for r in job.batch.requests}.union(in_output)))  # a line's parts: one key
-        for e in job.batch.errors:
+            in_output = [] if errors is not None else [e.line for e in job.tokenized.errors]
+            writer.expect(sorted({r.line for r in job.tokenized.requests}.union(in_output)))  # a line's parts: one key
+        for e in job.tokenized.errors:
             sinks.write(render_error(e, None), key=e.line)
         engines = on_cluster or _InProcess(_checkpointing(job, config, options, say) if files_beside else None)
-        watch = StatusFile(Path(options.output), lambda: sinks.counts, requests=len(job.batch.requests),
+        watch = StatusFile(Path(options.output), lambda: sinks.counts, requests=len(job.tokenized.requests),
                            skipped=job.skipped) if files_beside else None
         stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say, watch)
-                           if job.batch.requests else (None, True))
+                           if job.tokenized.requests else (None, True))
         counts, codes = sinks.counts, sinks.error_codes
-    if not job.batch.requests:
-        say(f"batchllm: nothing to run ({plural(len(job.batch.errors), 'error line')}, {job.skipped:,} already answered)")
+    if not job.tokenized.requests:
+        say(f"batchllm: nothing to run ({plural(len(job.tokenized.errors), 'error line')}, {job.skipped:,} already answered)")
     if job.not_jsonl():
         report.tell(not_jsonl_hint(source))  # the one fix for every error line
     wall = time.perf_counter() - started
     if options.metrics is not None:  # also when nothing was left to run: never leave an earlier run's file
-        metrics = {"wall_s": wall, **(asdict(stats) if stats is not None else {"requests": 0}),
+        metrics = {"wall_s": wall, "tokenizer_load_s": job.tokenizer_load_s,
+                   **(asdict(stats) if stats is not None else {"requests": 0}),
                    "errors": counts.errors, "results": counts.successes, "error_codes": codes, "skipped": job.skipped,
                    **engines.metrics()}
         write_file(options.metrics, orjson.dumps(metrics, option=orjson.OPT_INDENT_2), "--metrics")
@@ -175,7 +179,7 @@ def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
     path = checkpoint_path(Path(options.output))
     restored = {}
     if options.resume:
-        restored = load_checkpoint(path, job.identity, job.batch.requests, job.tokenizer.vocab_size, say)
+        restored = load_checkpoint(path, job.identity, job.tokenized.requests, job.tokenizer.vocab_size, say)
         if restored:
             say(f"batchllm: continuing {len(restored):,} requests from checkpoint {path.name}")
     else:
@@ -183,7 +187,7 @@ def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
     if config.checkpoint_every <= 0 and not restored:
         return None
     return Checkpointing(config.checkpoint_every,
-                         lambda in_flight: save_checkpoint(path, job.identity, job.batch.requests, in_flight), restored)
+                         lambda in_flight: save_checkpoint(path, job.identity, job.tokenized.requests, in_flight), restored)
 
 
 class _InProcess:
@@ -194,9 +198,11 @@ class _InProcess:
 
     def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
             on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
-        engine = Engine(job.model_dir, config, job.tokenizer.decode)
+        shard = job.shard()
+        engine = Engine(job.model_dir, config, job.tokenizer.decode, native_cache=cache_dir(),
+                        work_tokens=shard.work_tokens, block_size=job.plan.settings.block_size, log=say)
         say(f"batchllm: {_counts(job)}; {engine.describe()}")
-        return engine.run(job.shard(), on_event, on_progress, stop, log=say, checkpoint=self.checkpointing,
+        return engine.run(shard, on_event, on_progress, stop, log=say, checkpoint=self.checkpointing,
                           grammars=job.grammars)
 
     def metrics(self) -> dict:
@@ -228,7 +234,8 @@ class _OnCluster:
             self.cut = make_shards(whole, workers)
             return [whole.subset(part.index) for part in self.cut.parts]
 
-        self.done = self._run(self.options, split, job.model_dir, config, on_event, on_progress, stop, log=say)
+        self.done = self._run(self.options, split, job.model_dir, config, on_event, on_progress, stop, log=say,
+                              work_tokens=whole.work_tokens, block_size=job.plan.settings.block_size)
         return self.done.stats
 
     def metrics(self) -> dict:
@@ -245,8 +252,13 @@ class _OnCluster:
 
 
 def _counts(job: PreparedJob) -> str:
-    return (f"{plural(len(job.batch.requests), 'request')}, {plural(len(job.batch.errors), 'error line')}, "
+    return (f"{plural(len(job.tokenized.requests), 'request')}, {plural(len(job.tokenized.errors), 'error line')}, "
             f"{job.skipped:,} already answered")
+
+
+# What the user can do about an engine refusal, in this CLI's words (the engine knows no flags)
+_REFUSAL_HINTS = {"kv_budget_exceeded": "raise --kv-budget or lower max_tokens",
+                  "sampling_failed": "if the model's numbers broke, try --dtype float32"}
 
 
 def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: Sinks, served: str,
@@ -256,7 +268,7 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
     progress view and `watch`. Returns the stats (None if stopped at once) and whether every request
     got its line (a stop that came after the work is no stop)."""
     created = int(time.time())
-    wants_logprobs = any(r.params.logprobs is not None for r in job.batch.requests)
+    wants_logprobs = any(r.params.logprobs is not None for r in job.tokenized.requests)
     names = TokenText(job.tokenizer.tok) if wants_logprobs else None
 
     answered = 0
@@ -265,13 +277,15 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
     def emit(event: Event) -> None:
         nonlocal answered
         answered += 1
-        record = resolve(event, job.batch.requests)
+        record = resolve(event, job.tokenized.requests)
         request = record.request
         if request.pooling is not None:  # one part of its line: the line is written when it is whole
             if (line := pooled.add(record)) is not None:
                 sinks.write(line, key=request.line)
         elif isinstance(record, Failure):
-            error = LineError(request.id, request.line, record.code, record.message, request.custom_id)
+            code, message = record.code, record.message
+            hint = _REFUSAL_HINTS.get(code)
+            error = LineError(request.id, request.line, code, f"{message}; {hint}" if hint else message, request.custom_id)
             sinks.write(render_error(error, request.format), key=request.line)
         else:
             sinks.write(render_result(record, model=served, created=created, names=names), key=request.line)
@@ -285,7 +299,7 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
                     watch.update(p)
 
             stats = engines.run(job, config, emit, progress, stop, say)
-        return stats, answered == len(job.batch.requests)
+        return stats, answered == len(job.tokenized.requests)
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
         return None, False

@@ -20,7 +20,8 @@ from typing import Callable
 from batchcli.planning.token_arrays import TokenArrays
 from batchcli.planning.tokenize import TokenizedRequests
 from batchcli.pooling_params import PoolingParams
-from batchcli.requests import InputFormat, LineError, Request, SamplingParams
+from batchcli.params import SamplingParams
+from batchcli.requests import InputFormat, LineError, Request
 from batchcli.results import Failure, PooledResult
 
 PREFILL_ONLY = SamplingParams(max_tokens=1)  # what a part is planned as: its prompt and one position

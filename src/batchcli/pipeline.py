@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
@@ -23,10 +24,12 @@ from batchcli.errors import InputError, PlanFileError, UsageError
 from batchcli.planning.grammars import Grammars, compile_constraints
 from batchcli.planning.plan import Plan, PlanMismatchError, PlanSettings, check_fingerprint, plan_from_json
 from batchcli.formats.openai_body import OPENAI_DEFAULTS
+from batchcli.model_config import eos_token_ids
 from batchcli.io.reader import InputOptions, read_requests
 from batchcli.model_tasks import ModelTasks, model_tasks
 from batchcli.parts import whole_lines
-from batchcli.requests import LineError, Request, SamplingParams
+from batchcli.requests import LineError, Request
+from batchcli.params import SamplingParams
 from batchcli.planning.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
 from batchcli.planning.token_arrays import TokenArrays
 from batchcli.io.writer import Answered
@@ -36,73 +39,74 @@ from batchcli.io.writer import Answered
 class PreparedJob:
     model_dir: Path
     tokenizer: PromptTokenizer
-    batch: TokenizedRequests  # valid requests still to run, their tokens, and error lines to report
+    tokenized: TokenizedRequests  # valid requests still to run, their tokens, and error lines to report
     plan: Plan
     skipped: int  # requests and error lines already answered in the output (--resume)
     identity: str = ""  # the job identity (see the module docstring), over the whole input; "" if not from prepare()
     grammars: Grammars | None = None  # compiled output constraints, None when no request has one
+    tokenizer_load_s: float = 0.0  # loading the tokenizer (transformers' import included): start-up, not the job
 
     def not_jsonl(self) -> bool:
         """Whether the input is clearly no JSONL: it has lines, and not one of them is JSON."""
-        errors = self.batch.errors
-        return not self.batch.requests and not self.skipped and bool(errors) and all(e.code == "invalid_json" for e in errors)
+        errors = self.tokenized.errors
+        return not self.tokenized.requests and not self.skipped and bool(errors) and all(e.code == "invalid_json" for e in errors)
 
     def shard(self) -> Shard:
-        """The whole job as the engine's input (request i of the shard = request i of the batch)."""
-        params = tuple(r.params for r in self.batch.requests)
-        pooling = tuple(r.pooling for r in self.batch.requests)
+        """The whole job as the engine's input (request i of the shard = request i of `tokenized`)."""
+        params = tuple(r.params for r in self.tokenized.requests)
+        pooling = tuple(r.pooling for r in self.tokenized.requests)
         pooling = pooling if any(t is not None for t in pooling) else ()
-        return Shard(tuple(range(len(params))), self.batch.tokens, params, self.plan, pooling)
+        return Shard(tuple(range(len(params))), self.tokenized.tokens, params, self.plan, pooling)
 
 
-def fingerprint(batch: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
+def fingerprint(tokenized: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
     h = hashlib.sha256()
     h.update(f"{tokenizer_identity}|{settings.block_size}|{settings.sharing}|".encode())
-    h.update(batch.tokens.offsets.tobytes())
-    h.update(batch.tokens.flat.tobytes())
-    for r in batch.requests:
+    h.update(tokenized.tokens.offsets.tobytes())
+    h.update(tokenized.tokens.flat.tobytes())
+    for r in tokenized.requests:
         h.update(f"{r.id}\x00{r.params.max_tokens}\x00{r.params.n}\x01".encode())
     return "sha256:" + h.hexdigest()
 
 
-def job_identity(batch: TokenizedRequests, model: str) -> str:
+def job_identity(tokenized: TokenizedRequests, model: str) -> str:
     h = hashlib.sha256(f"{model}\x00".encode())
-    h.update(batch.tokens.offsets.tobytes())
-    h.update(batch.tokens.flat.tobytes())
-    for r in batch.requests:
+    h.update(tokenized.tokens.offsets.tobytes())
+    h.update(tokenized.tokens.flat.tobytes())
+    for r in tokenized.requests:
         h.update(f"{r.line}\x00{r.id}\x00{r.format.value}\x00{r.params!r}\x01".encode())
         if r.pooling is not None:  # a part: what it pools, and how its line is answered
             h.update(f"{r.part}\x00{r.pooling!r}\x00{r.echo!r}\x01".encode())
-    for e in batch.errors:
+    for e in tokenized.errors:
         h.update(f"{e.line}\x00{e.code}\x01".encode())
     return "sha256:" + h.hexdigest()
 
 
-def _unique_error_ids(batch: TokenizedRequests) -> TokenizedRequests:
+def _unique_error_ids(tokenized: TokenizedRequests) -> TokenizedRequests:
     """Rename error lines whose id is taken, so each record's id names one line of the job."""
-    taken = {r.id for r in batch.requests}
+    taken = {r.id for r in tokenized.requests}
     errors = []
-    for e in batch.errors:
+    for e in tokenized.errors:
         rid, k = e.id, 0
         while rid in taken:
             k += 1
             rid = f"line-{e.line}" if k == 1 else f"line-{e.line}.{k}"
         taken.add(rid)
         errors.append(e if rid == e.id else replace(e, id=rid, custom_id=None if e.custom_id is None else rid))
-    return TokenizedRequests(batch.requests, batch.tokens, errors)
+    return TokenizedRequests(tokenized.requests, tokenized.tokens, errors)
 
 
-def plan_for(batch: TokenizedRequests, settings: PlanSettings, model: str, fp: str) -> Plan:
-    params = [r.params for r in batch.requests]
-    return plan_requests(batch.tokens, params, settings, model=model, fingerprint=fp, errors=len(batch.errors))
+def plan_for(tokenized: TokenizedRequests, settings: PlanSettings, model: str, fp: str) -> Plan:
+    params = [r.params for r in tokenized.requests]
+    return plan_requests(tokenized.tokens, params, settings, model=model, fingerprint=fp, errors=len(tokenized.errors))
 
 
-def _without(batch: TokenizedRequests, done: Answered) -> tuple[TokenizedRequests, int]:
-    keep = [i for i, r in enumerate(batch.requests) if r.id not in done.ids and r.line not in done.lines]
-    errors = [e for e in batch.errors if e.id not in done.ids and e.line not in done.lines]
-    skipped = len(batch.requests) - len(keep) + len(batch.errors) - len(errors)
-    tokens = TokenArrays.from_lists([batch.tokens[i] for i in keep])
-    return TokenizedRequests([batch.requests[i] for i in keep], tokens, errors), skipped
+def _without(tokenized: TokenizedRequests, done: Answered) -> tuple[TokenizedRequests, int]:
+    keep = [i for i, r in enumerate(tokenized.requests) if r.id not in done.ids and r.line not in done.lines]
+    errors = [e for e in tokenized.errors if e.id not in done.ids and e.line not in done.lines]
+    skipped = len(tokenized.requests) - len(keep) + len(tokenized.errors) - len(errors)
+    tokens = TokenArrays.from_lists([tokenized.tokens[i] for i in keep])
+    return TokenizedRequests([tokenized.requests[i] for i in keep], tokens, errors), skipped
 
 
 def check_input(source: str) -> None:
@@ -135,12 +139,6 @@ def _read(source: str, defaults: SamplingParams, openai_defaults: SamplingParams
         raise InputError(f"cannot read input {source}: {e.strerror or e}") from None
 
 
-def _eos_ids(model_dir: Path) -> tuple[int, ...]:
-    from batchcli.engine.weights import eos_token_ids  # torch: imported only when a constraint needs it
-
-    return eos_token_ids(model_dir)
-
-
 def prepare(
     source: str, defaults: SamplingParams, settings: PlanSettings | None, model_dir: Path, *,
     plan_file: Path | None = None, answered: Answered | None = None,
@@ -157,31 +155,33 @@ def prepare(
     loaded = None if plan_file is None else read_plan(plan_file)
     if settings is None:
         settings = PlanSettings() if loaded is None else loaded.settings
+    loading = time.perf_counter()
     tokenizer = PromptTokenizer(model_dir)
+    tokenizer_load_s = time.perf_counter() - loading
     # OpenAI's own default is the context; a value here came from --max-tokens, for every line without its own
     if openai_defaults.max_tokens is not None and openai_defaults.max_tokens >= tokenizer.max_context:
         raise UsageError(f"--max-tokens {openai_defaults.max_tokens} leaves no room for a prompt in the model's "
                          f"context of {tokenizer.max_context} tokens")
     tasks = model_tasks(model_dir, tokenizer.judgement.yes_no())
     items = _read(source, defaults, openai_defaults, served_model, input_options, tasks)
-    batch = _unique_error_ids(whole_lines(tokenize_requests(items, tokenizer)))
-    batch, grammars = compile_constraints(batch, tokenizer, lambda: _eos_ids(model_dir))
-    fp = fingerprint(batch, tokenizer.identity(), settings)
-    identity = job_identity(batch, model_dir.name)
-    plan = plan_for(batch, settings, model_dir.name, fp)
+    tokenized = _unique_error_ids(whole_lines(tokenize_requests(items, tokenizer)))
+    tokenized, grammars = compile_constraints(tokenized, tokenizer, lambda: eos_token_ids(model_dir))
+    fp = fingerprint(tokenized, tokenizer.identity(), settings)
+    identity = job_identity(tokenized, model_dir.name)
+    plan = plan_for(tokenized, settings, model_dir.name, fp)
     if loaded is not None:
         check_plan(loaded, plan, plan_file)
         plan = loaded
     skipped = 0
     if answered:
-        batch, skipped = _without(batch, answered)
+        tokenized, skipped = _without(tokenized, answered)
         # Replanned, not filtered: a plan is exactly the plan its prompts give (check_plan refuses any
         # other), so a loaded plan adds only its settings, and those are kept. A filtered plan could not
         # be that plan of the remaining prompts: a segment whose other members were answered is no longer
         # shared and folds into its child, the decode-ratio order and the stats change, and the engine
-        # relies on a plan being the plan of the prompts it runs (engine/shard.py).
-        plan = plan_for(batch, settings, model_dir.name, fp)
-    return PreparedJob(model_dir, tokenizer, batch, plan, skipped, identity, grammars)
+        # relies on a plan being the plan of the prompts it runs (planning/shard.py).
+        plan = plan_for(tokenized, settings, model_dir.name, fp)
+    return PreparedJob(model_dir, tokenizer, tokenized, plan, skipped, identity, grammars, tokenizer_load_s)
 
 
 def read_plan(path: Path) -> Plan:

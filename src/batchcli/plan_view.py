@@ -54,10 +54,10 @@ def segment_label(job: PreparedJob) -> Callable[[Segment], str]:
     """A segment's first tokens as text, and the id of its first member request."""
     def label(seg: Segment) -> str:
         request = job.plan.order[seg.first]
-        tokens = job.batch.tokens[request][seg.start : seg.start + min(seg.length, PREVIEW_TOKENS)]
+        tokens = job.tokenized.tokens[request][seg.start : seg.start + min(seg.length, PREVIEW_TOKENS)]
         text = " ".join(job.tokenizer.decode(tokens.tolist()).split())
         text = text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
-        return f"{text!r}, e.g. {job.batch.requests[request].id}"
+        return f"{text!r}, e.g. {job.tokenized.requests[request].id}"
 
     return label
 
@@ -87,7 +87,7 @@ def prefix_tree(plan: Plan, label: Callable[[Segment], str] = lambda seg: "") ->
 
 def error_lines(job: PreparedJob) -> list[str]:
     """Which lines got error records and why: the first few, and how many more."""
-    errors = job.batch.errors
+    errors = job.tokenized.errors
     shown = [f"line {e.line} ({e.id}): {e.code}: {e.message}" for e in errors[:ERRORS_SHOWN]]
     return shown + ([f"... {len(errors) - ERRORS_SHOWN:,} more"] if len(errors) > ERRORS_SHOWN else [])
 
@@ -99,8 +99,8 @@ def plan_summary(job: PreparedJob, console: Console) -> None:
     console.print(title(job.plan), highlight=False)
     console.print(stats_table(job.plan))
     console.print(estimate_line(estimate(job)), highlight=False)
-    if job.batch.errors:
-        console.print(f"{len(job.batch.errors):,} error lines:", highlight=False)
+    if job.tokenized.errors:
+        console.print(f"{len(job.tokenized.errors):,} error lines:", highlight=False)
         for line in error_lines(job):
             console.print(f"  {escape(line)}", highlight=False)
     console.print(prefix_tree(job.plan, segment_label(job)))
@@ -120,6 +120,6 @@ def _duration(seconds: float) -> str:
 
 def stats_json(job: PreparedJob) -> bytes:
     """The plan's statistics, the estimate and the first error lines, as one JSON object."""
-    errors = [{"line": e.line, "id": e.id, "code": e.code, "message": e.message} for e in job.batch.errors[:ERRORS_SHOWN]]
+    errors = [{"line": e.line, "id": e.id, "code": e.code, "message": e.message} for e in job.tokenized.errors[:ERRORS_SHOWN]]
     return orjson.dumps({**asdict(job.plan.stats), "segments": len(job.plan.segments),
                          "estimate": asdict(estimate(job)), "first_errors": errors})

@@ -1,47 +1,40 @@
-"""What the engine hands back for one request: its completions, their log-probabilities and token
-usage, its pooled values, or why it failed."""
+"""The front half's record of a finished request: the engine's event (engine.events) beside the Request
+it answers, which the renderers need (id, format, parameters); the event's facts are read through,
+never copied."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
+from batchcli.engine.events import Answer, Completion, Event, Pooled, Refusal
 from batchcli.requests import Request
 
 
 @dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    """The log-probability of one sampled token and of its `k` most likely alternatives (best first)."""
-
-    token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One sample of a request (a sample that cannot be drawn fails its whole request: see Failure)."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str  # "stop" (EOS, a stop string or a stop token) | "length" (max_tokens)
-    stop_reason: str | int | None = None  # the stop string or stop token id that ended it; None at EOS
-    logprobs: tuple[TokenLogprob, ...] | None = None  # one per returned token, when asked for
-
-
-@dataclass(frozen=True, slots=True)
 class Result:
-    """A finished request: `n` completions, in sample order."""
+    """A finished request: its `n` completions, in sample order."""
 
     request: Request
-    completions: tuple[Completion, ...]
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens served from shared KV instead of being computed for this request
+    answer: Answer
+
+    @property
+    def completions(self) -> tuple[Completion, ...]:
+        return self.answer.completions
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.answer.prompt_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.answer.cached_tokens
 
     @property
     def completion_tokens(self) -> int:
-        return sum(len(c.token_ids) for c in self.completions)
+        return self.answer.completion_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +42,41 @@ class PooledResult:
     """A finished pooled request (one part of its line, see batchcli.parts): its pooled values."""
 
     request: Request
-    values: np.ndarray  # float32 [k]: the vector, or the logits of the pooling's token ids
-    prompt_tokens: int
-    cached_tokens: int
+    pooled: Pooled
+
+    @property
+    def values(self) -> np.ndarray:
+        """float32 [k]: the vector, or the logits of the pooling's token ids."""
+        return self.pooled.values
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.pooled.prompt_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.pooled.cached_tokens
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A request the engine could not answer (it does not fit the KV budget, the model's numbers broke);
-    rendered as an error line, the rest of the batch goes on."""
+    """A request the engine refused: rendered as an error line."""
 
     request: Request
-    code: str
-    message: str
+    refusal: Refusal
+
+    @property
+    def code(self) -> str:
+        return self.refusal.code
+
+    @property
+    def message(self) -> str:
+        return self.refusal.message
+
+
+def resolve(event: Event, requests: Sequence[Request]) -> Result | PooledResult | Failure:
+    """The record of `event`, `requests` being the job's requests (what event indices name)."""
+    request = requests[event.request]
+    if isinstance(event, Pooled):
+        return PooledResult(request, event)
+    return Failure(request, event) if isinstance(event, Refusal) else Result(request, event)

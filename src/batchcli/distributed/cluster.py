@@ -22,7 +22,9 @@ from batchcli.distributed.driver import DistributedRun, Worker, run_shards
 from batchcli.distributed.worker import ShardWorker
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import StopRequest
-from batchcli.planning.shard import Event, Shard
+from batchcli.engine.events import Event
+from batchcli.planning.shard import Shard
+from batchcli.planning.plan import PlanSettings
 from batchcli.progress import Progress
 from batchcli.errors import BatchError, UsageError, WorkerError
 
@@ -73,14 +75,16 @@ def placements(options: ClusterOptions, on_gpu: bool) -> list[Placement]:
 
 
 def start_workers(where: list[Placement], model_dir: Path, config: EngineConfig,
-                  worker_cls: type[ShardWorker] = ShardWorker) -> list[Worker]:
+                  worker_cls: type[ShardWorker] = ShardWorker, work_tokens: int = 0,
+                  block_size: int = PlanSettings().block_size) -> list[Worker]:
     """Start one actor per placement and load the model in each (in parallel); a worker that cannot
-    is a one-line error naming its node, and the others are stopped."""
+    is a one-line error naming its node, and the others are stopped. `work_tokens` is the job's
+    (each worker expects its share), `block_size` its plans' (see Engine)."""
     actors = []
     for p in where:
         # two calls at once: a shard streaming out of `run`, and `stop` arriving while it runs
         remote = ray.remote(max_concurrency=2, max_restarts=0, num_cpus=p.num_cpus, num_gpus=p.num_gpus)(worker_cls)
-        actors.append(remote.remote(model_dir, config, p.threads))
+        actors.append(remote.remote(model_dir, config, p.threads, work_tokens // len(where), block_size))
     try:
         infos = ray.get([a.load.remote() for a in actors])
     except ray.exceptions.RayTaskError as e:
@@ -104,12 +108,13 @@ def run_on_cluster(options: ClusterOptions, split: Callable[[int], Sequence[Shar
                    config: EngineConfig,
                    on_event: Callable[[Event], None], on_progress: Callable[[Progress], None], stop: StopRequest,
                    log: Callable[[str], None] = lambda line: None,
-                   worker_cls: type[ShardWorker] = ShardWorker) -> DistributedRun:
+                   worker_cls: type[ShardWorker] = ShardWorker, work_tokens: int = 0,
+                   block_size: int = PlanSettings().block_size) -> DistributedRun:
     """Start or join the cluster, start its engine workers, and run the shards `split(workers)` gives
-    on them (see driver.run_shards)."""
+    on them (see driver.run_shards); `work_tokens` and `block_size` are the whole job's (see Engine)."""
     with connected(options):
         on_gpu = config.device == "cuda" or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
-        workers = start_workers(placements(options, on_gpu), model_dir, config, worker_cls)
+        workers = start_workers(placements(options, on_gpu), model_dir, config, worker_cls, work_tokens, block_size)
         shards = split(len(workers))
         nodes = len({w.info.node for w in workers})
         log(f"batchllm: {len(workers)} engine workers on {nodes} node{'s' if nodes > 1 else ''} "

@@ -20,14 +20,15 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from batchcli.distributed.stats import Tally, WorkerStats, combine
-from batchcli.distributed.worker import Batch, WorkerInfo
+from batchcli.distributed.worker import Delivery, WorkerInfo
 from batchcli.engine.engine import RunStats, StopRequest
-from batchcli.planning.shard import Event, Shard
+from batchcli.engine.events import Event
+from batchcli.planning.shard import Shard
 from batchcli.errors import BatchError, WorkerError
 from batchcli.progress import Progress
 
 MAX_ATTEMPTS = 3  # tries of one shard before the job stops
-POLL_S = 0.5  # the longest the driver waits for a batch before looking at the stop flag again
+POLL_S = 0.5  # the longest the driver waits for a delivery before looking at the stop flag again
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,7 @@ class _Driver:
     def _receive(self, gen: object) -> None:
         task, worker = self.running[gen]
         try:
-            batch: Batch = ray.get(next(gen))
+            delivery: Delivery = ray.get(next(gen))
         except StopIteration:
             del self.running[gen]
             self.idle.append(worker)
@@ -127,16 +128,16 @@ class _Driver:
             self._retry(task, worker, f"{type(e.cause).__name__} on node {worker.info.node}: {_first_line(e.cause)}")
             return
         tally = self.tallies[worker.index]
-        for event in batch.events:
+        for event in delivery.events:
             if event.request in self.answered:
                 continue
             self.answered.add(event.request)
             tally.take(event)
             self.on_event(event)
-        if batch.stats is not None:
-            tally.shard_done(task.number, batch.stats)
-        elif batch.progress is not None:
-            tally.running = batch.progress
+        if delivery.stats is not None:
+            tally.shard_done(task.number, delivery.stats)
+        elif delivery.progress is not None:
+            tally.running = delivery.progress
 
     def _retry(self, task: _Task, worker: Worker, reason: str) -> None:
         """Hand the rest of a failed shard out again (first in line), or stop the job if it failed too often."""

@@ -13,7 +13,8 @@ from typing import Sequence
 
 from batchcli.distributed.worker import WorkerInfo
 from batchcli.engine.engine import RunStats
-from batchcli.planning.shard import Answer, Event, Pooled, Shard
+from batchcli.engine.events import Answer, Event, Pooled
+from batchcli.planning.shard import Shard
 from batchcli.progress import Progress
 
 

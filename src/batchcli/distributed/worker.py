@@ -2,8 +2,8 @@
 
 The class knows nothing of Ray: the driver makes it an actor (cluster.start_workers), so it also runs
 as a plain object. `run` is a generator: the engine loop runs in a thread of the worker and its events
-are yielded in small batches as they come, so the driver writes results while the shard still runs.
-Invariant: each event of a shard is yielded exactly once; the last batch of a shard that ran to its
+are yielded in small deliveries as they come, so the driver writes results while the shard still runs.
+Invariant: each event of a shard is yielded exactly once; the last delivery of a shard that ran to its
 end carries the shard's RunStats; an exception of the engine ends the generator with that exception.
 """
 
@@ -21,14 +21,17 @@ import torch
 
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine, RunStats
-from batchcli.planning.shard import Event, Shard
-from batchcli.engine.weights import eos_token_ids
+from batchcli.engine.events import Event
+from batchcli.planning.shard import Shard
 from batchcli.errors import BatchError, WorkerError
+from batchcli.model_config import eos_token_ids
+from batchcli.model_store import cache_dir
+from batchcli.planning.plan import PlanSettings
 from batchcli.planning.grammars import compile_grammars
 from batchcli.progress import Progress
 from batchcli.planning.tokenize import PromptTokenizer
 
-BATCH_S = 0.2  # how long finished events wait in a worker before they are sent (a batch per yield)
+DELIVERY_S = 0.2  # how long finished events wait in a worker before they are sent (a delivery per yield)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +43,12 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
-    """What a worker sends at a time: the events finished since the last batch, the latest progress."""
+class Delivery:
+    """What a worker sends at a time: the events finished since the last delivery, the latest progress."""
 
     events: tuple[Event, ...]
-    progress: Progress | None  # of the shard running; None when nothing ran since the last batch
-    stats: RunStats | None = None  # only on a shard's last batch
+    progress: Progress | None  # of the shard running; None when nothing ran since the last delivery
+    stats: RunStats | None = None  # only on a shard's last delivery
 
 
 class _Flag:
@@ -65,8 +68,11 @@ _DONE = object()
 class ShardWorker:
     """An engine and its tokenizer on one node; `threads` (None: torch's default) CPU threads."""
 
-    def __init__(self, model_dir: Path, config: EngineConfig, threads: int | None) -> None:
+    def __init__(self, model_dir: Path, config: EngineConfig, threads: int | None, work_tokens: int = 0,
+                 block_size: int = PlanSettings().block_size) -> None:
+        """`work_tokens`: this worker's expected share of the job, `block_size`: the job's (see Engine)."""
         self._model_dir, self._config, self._threads = Path(model_dir), config, threads
+        self._work_tokens, self._block_size = work_tokens, block_size
         self._stop = threading.Event()
         self._engine: Engine | None = None
         self._tokenizer: PromptTokenizer | None = None
@@ -81,7 +87,8 @@ class ShardWorker:
             torch.set_num_threads(self._threads)  # the fused ops follow torch's thread count
         try:
             self._tokenizer = PromptTokenizer(self._model_dir)
-            self._engine = Engine(self._model_dir, self._config, self._tokenizer.decode)
+            self._engine = Engine(self._model_dir, self._config, self._tokenizer.decode, native_cache=cache_dir(),
+                                  work_tokens=self._work_tokens, block_size=self._block_size)
         except BatchError as e:
             raise WorkerError(f"the worker on node {node} cannot load {self._model_dir}: {e}") from None
         return WorkerInfo(node, torch.get_num_threads(), self._engine.describe(), self._engine.load_s)
@@ -90,8 +97,8 @@ class ShardWorker:
         """Stop admitting new requests (the running ones finish); shards handed out later run nothing new."""
         self._stop.set()
 
-    def run(self, shard: Shard) -> Iterator[Batch]:
-        """Run `shard`, yielding its events in batches (at most one per BATCH_S) as they finish."""
+    def run(self, shard: Shard) -> Iterator[Delivery]:
+        """Run `shard`, yielding its events in deliveries (at most one per DELIVERY_S) as they finish."""
         if self._engine is None or self._tokenizer is None:
             raise RuntimeError("ShardWorker.run before load()")
         grammars = compile_grammars((p.constraint for p in shard.params), self._tokenizer,
@@ -109,18 +116,18 @@ class ShardWorker:
 
         thread = threading.Thread(target=work, name="engine", daemon=True)
         thread.start()
-        yield from _batches(items)
+        yield from _deliveries(items)
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
-        yield Batch((), None, outcome["stats"])
+        yield Delivery((), None, outcome["stats"])
 
 
-def _batches(items: queue.SimpleQueue) -> Iterator[Batch]:
-    """Group the engine's events and progress into batches, one per BATCH_S at most, until _DONE."""
+def _deliveries(items: queue.SimpleQueue) -> Iterator[Delivery]:
+    """Group the engine's events and progress into deliveries, one per DELIVERY_S at most, until _DONE."""
     events: list[Event] = []
     progress: Progress | None = None
-    deadline = time.monotonic() + BATCH_S
+    deadline = time.monotonic() + DELIVERY_S
     while True:
         try:
             item = items.get(timeout=max(deadline - time.monotonic(), 0.0))
@@ -128,7 +135,7 @@ def _batches(items: queue.SimpleQueue) -> Iterator[Batch]:
             item = None
         if item is _DONE:
             if events or progress is not None:
-                yield Batch(tuple(events), progress)
+                yield Delivery(tuple(events), progress)
             return
         if isinstance(item, Progress):
             progress = item
@@ -136,6 +143,6 @@ def _batches(items: queue.SimpleQueue) -> Iterator[Batch]:
             events.append(item)
         if time.monotonic() >= deadline:
             if events or progress is not None:
-                yield Batch(tuple(events), progress)
+                yield Delivery(tuple(events), progress)
             events, progress = [], None
-            deadline = time.monotonic() + BATCH_S
+            deadline = time.monotonic() + DELIVERY_S

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from batchcli.choices import Compile, Device, DType, Schedule, check
+from batchcli.choices import Compile, Device, DType, Schedule, spelled, values
 from batchcli.engine.attention import ATTENTION
 from batchcli.engine.kv_pool import parse_kv_budget
-from batchcli.errors import UsageError
+from batchcli.errors import EngineConfigError
 
 # tokens computed per step, also the scheduler's default (4096 measured fastest on the 2-core CPU vs 512-2048)
 TOKEN_BUDGET = 4096
@@ -31,19 +31,20 @@ class EngineConfig:
     checkpoint_every: float = 30.0  # seconds between checkpoints of in-flight sequences; 0: none
 
     def __post_init__(self) -> None:
-        for name, value, choice in (("--device", self.device, Device), ("--dtype", self.dtype, DType),
-                                    ("--schedule", self.schedule, Schedule), ("--compile", self.compile, Compile)):
-            check(name, value, choice)
+        """Raises EngineConfigError naming the field (the CLI turns it into its flag)."""
+        for name, choice in (("device", Device), ("dtype", DType), ("schedule", Schedule), ("compile", Compile)):
+            if getattr(self, name) not in values(choice):
+                raise EngineConfigError(name, f"must be {spelled(choice)}, got {getattr(self, name)!r}")
         if self.attention not in ATTENTION:
-            raise UsageError(f"--attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
+            raise EngineConfigError("attention", f"must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
         if self.kv_budget.strip().lower() != "auto":
             try:  # the syntax, before any input is read; the size needs the model
                 parse_kv_budget(self.kv_budget, 1, 1, 0)
             except ValueError as e:
-                raise UsageError(str(e)) from None
+                raise EngineConfigError("kv_budget", str(e)) from None
         if not (math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0):
-            raise UsageError(f"--checkpoint-every must be a number of seconds >= 0, got {self.checkpoint_every}")
+            raise EngineConfigError("checkpoint_every", f"must be a number of seconds >= 0, got {self.checkpoint_every}")
         if self.token_budget < 1:
-            raise UsageError(f"--token-budget must be >= 1, got {self.token_budget}")
+            raise EngineConfigError("token_budget", f"must be >= 1, got {self.token_budget}")
         if self.max_running is not None and self.max_running < 1:
-            raise UsageError(f"--admission must be 'memory' or a positive request cap, got {self.max_running}")
+            raise EngineConfigError("max_running", f"must be None (admit by memory) or >= 1, got {self.max_running}")

@@ -9,15 +9,26 @@ generated tokens, so the matcher stays valid across it).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
-from batchcli.planning.grammars import Grammars
-from batchcli.requests import SamplingParams
+from batchcli.params import Constraint, SamplingParams
+
+
+class Matchers(Protocol):
+    """Where the engine gets a fresh matcher per constrained sequence: the front half compiles each
+    distinct constraint once for its tokenizer (planning.grammars.Grammars) and hands that in."""
+
+    vocab_size: int  # the masks' width: the tokenizer's vocabulary (logits may be wider)
+
+    def matcher(self, constraint: Constraint) -> object:  # an llguidance.LLMatcher at the grammar's start
+        ...
 
 
 class Guides:
-    def __init__(self, grammars: Grammars | None) -> None:
+    def __init__(self, grammars: Matchers | None) -> None:
         self._grammars = grammars
         self._matchers: dict[int, object] = {}
 

@@ -14,13 +14,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from batchcli.engine.constraints import Guides
+from batchcli.engine.constraints import Guides, Matchers
 from batchcli.engine.logits_processors import Row, process_, scale_by_temperature
 from batchcli.engine.logprobs import token_logprobs
 from batchcli.engine.sampler import Sampler
-from batchcli.planning.grammars import Grammars
-from batchcli.requests import SamplingParams
-from batchcli.results import Completion, TokenLogprob
+from batchcli.params import SamplingParams
+from batchcli.engine.events import Completion, TokenLogprob
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +31,7 @@ class Draw:
 
 
 class Decoder:
-    def __init__(self, sampler: Sampler, grammars: Grammars | None, eos_ids: frozenset[int]) -> None:
+    def __init__(self, sampler: Sampler, grammars: Matchers | None, eos_ids: frozenset[int]) -> None:
         self._sampler = sampler
         self._guides = Guides(grammars)
         self._eos = tuple(sorted(eos_ids))

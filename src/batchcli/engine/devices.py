@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from batchcli.choices import Device, DType
-from batchcli.errors import UsageError
+from batchcli.errors import EngineConfigError
 
 DTYPES: dict[DType, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
@@ -20,7 +20,7 @@ _NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 def pick_device(name: Device) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available")
+        raise EngineConfigError("device", "cuda asked for, but no CUDA device is available")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

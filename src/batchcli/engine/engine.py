@@ -1,6 +1,6 @@
 """The engine loop: schedule -> run -> postprocess, until every sequence of the shard's plan has finished.
 
-The engine's input is a Shard and its output a stream of events (engine.shard): both plain data, so
+The engine's input is a Shard (planning.shard) and its output a stream of events (engine.events): both plain data, so
 the same loop runs in the CLI's process or in a worker of a cluster. Invariant: each request of the
 shard gets exactly one event, an Answer as soon as its last sample finishes, a Pooled as soon as a
 pooled request's last prompt token is computed (engine.pooler), or a Refusal (it cannot fit the KV
@@ -20,6 +20,7 @@ import torch
 
 from batchcli.engine.attention import resolve_backend
 from batchcli.engine.config import EngineConfig
+from batchcli.engine.constraints import Matchers
 from batchcli.engine.decoding import Decoder
 from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.fused import choose_fused, wants_fused
@@ -34,14 +35,14 @@ from batchcli.engine.step import StepBatch
 from batchcli.engine.policies import SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
-from batchcli.engine.weights import eos_token_ids, load_model
-from batchcli.planning.shard import Answer, Event, Pooled, Refusal, Shard
-from batchcli.errors import KVBudgetError, UsageError
-from batchcli.planning.grammars import Grammars
-from batchcli.model_store import cache_dir
+from batchcli.engine.weights import load_model
+from batchcli.engine.events import Answer, Completion, Event, Pooled, Refusal
+from batchcli.errors import EngineConfigError, KVBudgetError
+from batchcli.model_config import eos_token_ids
+from batchcli.params import SamplingParams
+from batchcli.planning.plan import PlanSettings
+from batchcli.planning.shard import Shard
 from batchcli.progress import Progress
-from batchcli.requests import SamplingParams
-from batchcli.results import Completion
 
 class StopRequest(Protocol):
     @property
@@ -79,58 +80,59 @@ class RunStats:
 
 
 class Engine:
-    def __init__(self, model_dir: Path, config: EngineConfig, decode: Callable[[list[int]], str],
-                 cache: Path | None = None) -> None:
-        """`cache`: where the fused CPU ops are built and kept; default batchcli's cache (BATCHLLM_CACHE)."""
+    """A loaded model and every choice about how it runs, made once here and never changed after:
+    device, dtype, the attention backend, and whether the fused CPU ops run (engine.fused). Runs any
+    number of shards, one at a time."""
+
+    def __init__(self, model_dir: Path, config: EngineConfig, decode: Callable[[list[int]], str], *,
+                 native_cache: Path | None = None, work_tokens: int = 0, block_size: int = PlanSettings().block_size,
+                 log: Callable[[str], None] = lambda line: None) -> None:
+        """`native_cache`: where the fused CPU ops are built and kept (None: they are not used);
+        `work_tokens`: the tokens this engine is expected to compute (prefill after sharing + output
+        budget), by which compile "auto" judges whether building the fused ops pays; `block_size`: that
+        of the plans it will run (the fused ops need a multiple of 16)."""
         started = time.perf_counter()
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.try_fused = wants_fused(config.compile, config.attention, self.device)
         try:
-            self.attention = resolve_backend("auto" if config.attention == "native" else config.attention, self.device.type)
+            eager = resolve_backend(config.attention, self.device.type)
         except ValueError as e:
-            raise UsageError(str(e)) from None
-        self.model = load_model(model_dir, self.dtype, self.device, self.attention)
-        self.cache = cache_dir() if cache is None else cache
+            raise EngineConfigError("attention", str(e)) from None
+        model = load_model(model_dir, self.dtype, self.device, eager)
+        self.build_s = 0.0
+        ops = None
+        if wants_fused(config.compile, config.attention, self.device, native_cache is not None):
+            built = time.perf_counter()
+            ops = choose_fused(config.compile, config.attention, model.arch, self.dtype, block_size, work_tokens,
+                               native_cache, log)
+            self.build_s = time.perf_counter() - built
+        # packing for the fused ops replaces the row-major weights: one model, never two
+        self.model = model if ops is None else CausalLM(model.arch, model.weights, model.backend, ops)
+        self.attention = eager if ops is None else "native"
+        self.block_size = block_size
+        self.kv_token_bytes = kv_bytes_per_token(self.model.arch, self.dtype)
         self.eos_ids = frozenset(eos_token_ids(model_dir))
         self.stopper = StopChecker(decode, self.eos_ids)
         self.load_s = time.perf_counter() - started
-        self.build_s = 0.0
 
     def describe(self) -> str:
         return f"device {self.device.type}, {str(self.dtype).removeprefix('torch.')}"
-
-    def _model_for(self, shard: Shard, block_size: int, log: Callable[[str], None]) -> tuple[CausalLM, str]:
-        """The model to run this shard with, and its attention's name: fused where it pays (see engine.fused)."""
-        if self.try_fused:
-            work = shard.plan.stats.physical_prefill_tokens + shard.output_budget
-            started = time.perf_counter()
-            ops = choose_fused(self.config.compile, self.config.attention, self.model.arch, self.dtype, block_size,
-                               work, self.cache, log)
-            self.build_s = time.perf_counter() - started
-            if ops is not None:  # kept for later runs: packing replaced the row-major weights
-                self.model = CausalLM(self.model.arch, self.model.weights, self.model.backend, ops)
-                self.try_fused = False
-                return self.model, "native"
-        if self.model.fused is not None:
-            return self.model, "native"
-        return self.model, self.attention
 
     def _available_bytes(self) -> int:
         return torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else mem_available_bytes()
 
     def _pool_blocks(self, shard: Shard, block_size: int) -> int:
-        per_token = kv_bytes_per_token(self.model.spec)
+        per_token = self.kv_token_bytes
         available = self._available_bytes()
         try:
             blocks = parse_kv_budget(self.config.kv_budget, per_token, block_size, available)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise EngineConfigError("kv_budget", str(e)) from None
         if blocks * block_size * per_token > available:
-            raise KVBudgetError(f"--kv-budget {self.config.kv_budget} asks for {_gib(blocks * block_size * per_token)} "
+            raise KVBudgetError(f"a KV budget of {self.config.kv_budget} asks for {_gib(blocks * block_size * per_token)} "
                                 f"of KV cache, but only {_gib(available)} of memory is available")
         if self.config.kv_budget == "auto":  # never more than the whole shard could ever hold at once
             stats = shard.plan.stats
@@ -140,17 +142,17 @@ class Engine:
 
     def _allocate_kv(self, num_blocks: int, block_size: int) -> torch.Tensor:
         try:
-            return allocate_kv(self.model.spec, num_blocks, block_size, self.device)
+            return allocate_kv(self.model.arch, self.dtype, num_blocks, block_size, self.device)
         except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeError (CUDA: its OOM subclass)
             if not isinstance(e, MemoryError) and "alloc" not in str(e).lower() and "memory" not in str(e).lower():
                 raise
-            asked = num_blocks * block_size * kv_bytes_per_token(self.model.spec)
-            raise KVBudgetError(f"cannot allocate {_gib(asked)} of KV cache (--kv-budget {self.config.kv_budget}); "
-                                f"{_gib(self._available_bytes())} of memory is available; lower --kv-budget") from None
+            asked = num_blocks * block_size * self.kv_token_bytes
+            raise KVBudgetError(f"cannot allocate {_gib(asked)} of KV cache (KV budget {self.config.kv_budget}); "
+                                f"{_gib(self._available_bytes())} of memory is available; lower the KV budget") from None
 
     def run(self, shard: Shard, on_event: Callable[[Event], None], on_progress: Callable[[Progress], None],
             stop: StopRequest, log: Callable[[str], None] = lambda line: None,
-            checkpoint: Checkpointing | None = None, grammars: Grammars | None = None) -> RunStats:
+            checkpoint: Checkpointing | None = None, grammars: Matchers | None = None) -> RunStats:
         """Execute the shard's plan; call `on_event` once per request, with its Answer or Refusal.
 
         `grammars` holds the compiled output constraints of the shard's requests (None: no request has
@@ -159,20 +161,23 @@ class Engine:
         loop ends (empty when everything finished)."""
         started = time.perf_counter()
         block_size = shard.plan.settings.block_size
-        model, attention = self._model_for(shard, block_size, log)
+        if self.model.fused is not None and block_size != self.block_size:
+            raise ValueError(f"this engine's fused ops were chosen for block size {self.block_size}, the shard has {block_size}")
         num_blocks = self._pool_blocks(shard, block_size)
-        shard = _without_misfits(shard, num_blocks, block_size, on_event)
-        per_block = block_size * kv_bytes_per_token(self.model.spec)
+        per_block = block_size * self.kv_token_bytes
         log(f"batchllm: KV pool {num_blocks * per_block / 2**20:,.0f} MiB ({num_blocks:,} blocks of {block_size} "
-            f"tokens, --kv-budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step, "
-            f"attention {attention}")
+            f"tokens, KV budget {self.config.kv_budget}), {self.config.token_budget:,} tokens per step, "
+            f"attention {self.attention}")
+        results = _Results(shard, on_event)
+        misfits = _refuse_misfits(shard, num_blocks, block_size, results)
         pool = BlockPool(num_blocks)
-        runner = ModelRunner(model, self._allocate_kv(num_blocks, block_size), block_size, self.device)
+        runner = ModelRunner(self.model, self._allocate_kv(num_blocks, block_size), block_size, self.device)
         sched = Scheduler(shard.plan, shard.tokens, list(shard.params), pool,
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
-                                          order=self.config.schedule, max_running=self.config.max_running))
-        results = _Results(shard, on_event)
-        pooler = Pooler(shard.tasks(), [sched.seq(i) for r in range(len(shard)) for i in sched.seq_ids(r)])
+                                          order=self.config.schedule, max_running=self.config.max_running),
+                          refused=misfits)
+        pooler = Pooler(shard.tasks(), [sched.seq(i) for r in range(len(shard)) if r not in misfits
+                                        for i in sched.seq_ids(r)])
         sampler = Sampler()
         decoder = Decoder(sampler, grammars, self.eos_ids)
         if checkpoint is not None:
@@ -201,8 +206,8 @@ class Engine:
             cached_tokens=results.cached_tokens, prefill_tokens_computed=c.prefill_tokens,
             decode_tokens=c.decode_tokens, saving_ratio=shard.plan.stats.saving_ratio, steps=c.steps,
             preemptions=c.preemptions, kv_blocks=num_blocks, peak_kv_blocks=c.peak_blocks,
-            peak_kv_bytes=c.peak_blocks * block_size * kv_bytes_per_token(self.model.spec), device=self.device.type,
-            dtype=str(self.dtype).removeprefix("torch."), attention=attention, native_build_s=self.build_s,
+            peak_kv_bytes=c.peak_blocks * block_size * self.kv_token_bytes, device=self.device.type,
+            dtype=str(self.dtype).removeprefix("torch."), attention=self.attention, native_build_s=self.build_s,
         )
 
     def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, decoder: Decoder, pooler: Pooler,
@@ -242,8 +247,7 @@ class Engine:
                 sched.finish(s.seq_id)
                 decoder.release(s.seq_id)
                 results.fail(s.request, "sampling_failed",
-                             f"{d.failure} at output token {len(s.generated)} of sample {s.sample}; "
-                             "if the model's numbers broke, try --dtype float32")
+                             f"{d.failure} at output token {len(s.generated)} of sample {s.sample}")
                 continue
             completion = self.stopper.check(s.generated, p)
             if completion is not None:
@@ -255,21 +259,21 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.2f} GiB"
 
 
-def _without_misfits(shard: Shard, num_blocks: int, block_size: int, on_event: Callable[[Event], None]) -> Shard:
-    """Refuse the requests one sample of which cannot fit the pool even alone; the shard without them.
+def _refuse_misfits(shard: Shard, num_blocks: int, block_size: int, results: _Results) -> frozenset[int]:
+    """Refuse the requests one sample of which cannot fit the pool even alone; their shard positions.
 
     A sample alone needs its prompt + max_tokens of KV (shared segments are whole blocks, so counting
     them with its private tail rounds the same); any sample that fits alone finishes, by preemption.
+    The scheduler runs the shard's plan without them (it never replans: see Scheduler's `refused`).
     """
     max_tokens = np.fromiter((p.max_tokens for p in shard.params), dtype=np.int64, count=len(shard))
     need = -(-(shard.tokens.lengths + max_tokens) // block_size)  # [R]
-    misfits = set((need > num_blocks).nonzero()[0].tolist())
+    misfits = frozenset((need > num_blocks).nonzero()[0].tolist())
     for i in sorted(misfits):
-        on_event(Refusal(shard.index[i], "kv_budget_exceeded",
-                         f"prompt of {int(shard.tokens.lengths[i])} tokens + max_tokens {int(max_tokens[i])} "
-                         f"needs {int(need[i])} KV blocks of {block_size} tokens, the KV budget holds {num_blocks}; "
-                         "raise --kv-budget or lower max_tokens"))
-    return shard.subset([i for i in range(len(shard)) if i not in misfits]) if misfits else shard
+        results.fail(i, "kv_budget_exceeded",
+                     f"prompt of {int(shard.tokens.lengths[i])} tokens + max_tokens {int(max_tokens[i])} needs "
+                     f"{int(need[i])} KV blocks of {block_size} tokens, the KV budget holds {num_blocks}")
+    return misfits
 
 
 class _Results:

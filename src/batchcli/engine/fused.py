@@ -5,7 +5,7 @@ already built on this machine, or when the job is big enough that a build (about
 for itself, so a one-line job never waits for a compiler. `--attention native` asks for them
 outright. Invariant: where they cannot be had (no compiler, no AVX-512, an unsupported model), the
 run goes on with the eager torch path after one line saying why, unless native attention was
-explicitly asked for, which is then a usage error.
+explicitly asked for, which is then an EngineConfigError.
 """
 
 from __future__ import annotations
@@ -16,25 +16,28 @@ from typing import Callable
 import torch
 
 from batchcli.engine.attention import BACKENDS
-from batchcli.engine.model import ArchConfig
 from batchcli.engine.native.build import NativeUnavailable, cached_native, load_native
 from batchcli.engine.native.ops import NativeOps, supports
-from batchcli.errors import UsageError
+from batchcli.errors import EngineConfigError
+from batchcli.model_config import ArchConfig
 
 # Tokens a job must compute (prefill after sharing + expected output) before `auto` builds the ops:
 # eager runs such a job in several seconds here, and the fused path saves a third or more of it.
 AUTO_MIN_TOKENS = 2048
 
 
-def wants_fused(compile_mode: str, attention: str, device: torch.device) -> bool:
-    """Whether this configuration may use the fused ops at all."""
+def wants_fused(compile_mode: str, attention: str, device: torch.device, can_build: bool) -> bool:
+    """Whether this configuration may use the fused ops at all; `can_build`: the engine has a place to
+    build and keep them."""
     if attention == "native":
         if compile_mode == "off":
-            raise UsageError("--attention native needs the fused CPU ops; drop --compile off")
+            raise EngineConfigError("attention", "native needs the fused CPU ops, and compile is off")
         if device.type not in BACKENDS["native"].devices:
-            raise UsageError(f"--attention native runs on CPU, not {device.type}")
+            raise EngineConfigError("attention", f"native runs on CPU, not {device.type}")
+        if not can_build:
+            raise EngineConfigError("attention", "native needs the fused CPU ops, and the engine was given no cache for them")
         return True
-    return attention == "auto" and device.type == "cpu" and compile_mode != "off"
+    return attention == "auto" and device.type == "cpu" and compile_mode != "off" and can_build
 
 
 def choose_fused(compile_mode: str, attention: str, arch: ArchConfig, dtype: torch.dtype, block_size: int,
@@ -60,7 +63,7 @@ def choose_fused(compile_mode: str, attention: str, arch: ArchConfig, dtype: tor
 
 def _refuse(reason: str, attention: str, say: bool, log: Callable[[str], None]) -> None:
     if attention == "native":
-        raise UsageError(f"--attention native: {reason}")
+        raise EngineConfigError("attention", f"native: {reason}")
     if say:
         log(f"batchllm: {reason}; running the eager torch path")
     return None

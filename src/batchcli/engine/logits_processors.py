@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from batchcli.requests import SamplingParams
-from batchcli.results import TokenLogprob
+from batchcli.params import SamplingParams
+from batchcli.engine.events import TokenLogprob
 
 
 def token_logprobs(logits: torch.Tensor, tokens: list[int | None],

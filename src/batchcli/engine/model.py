@@ -21,97 +21,23 @@ from batchcli.engine.attention.backend import AttentionBackend
 from batchcli.engine.attention.metadata import AttnMetadata, write_kv
 from batchcli.engine.native.linear import pack_weights, project
 from batchcli.engine.native.ops import NativeAttention, NativeKV, NativeOps
-from batchcli.errors import UnsupportedModelError
+from batchcli.model_config import ArchConfig, RopeConfig
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-
-
-def check_model_type(model_type: object) -> None:
-    """Raise `UnsupportedModelError` naming the supported types unless `model_type` is one."""
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RopeConfig:
-    """Rotary embedding: plain (`default`), position-interpolated (`linear`) or Llama 3.1 (`llama3`)."""
-
-    theta: float
-    kind: str = "default"
-    factor: float = 1.0  # linear, llama3
-    low_freq_factor: float = 1.0  # llama3
-    high_freq_factor: float = 4.0  # llama3
-    original_max_position: int = 0  # llama3
-
-    def __post_init__(self) -> None:
-        if self.kind not in SUPPORTED_ROPE_TYPES:
-            raise UnsupportedModelError(
-                f"rope type {self.kind!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
-            )
-        if self.theta <= 0 or self.factor <= 0:
-            raise ValueError(f"rope theta and factor must be > 0, got theta={self.theta}, factor={self.factor}")
-        if self.kind == "llama3" and (self.original_max_position <= 0 or self.high_freq_factor <= self.low_freq_factor):
-            raise ValueError(f"llama3 rope needs original_max_position > 0 and high > low freq factor: {self}")
-
-
-@dataclass(frozen=True, slots=True)
-class ArchConfig:
-    """The architecture numbers the forward pass needs, read once from the checkpoint's config."""
-
-    model_type: str
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    max_position_embeddings: int
-    rms_norm_eps: float
-    rope: RopeConfig
-    qk_norm: bool  # Qwen3: RMSNorm over each q/k head before RoPE
-    tie_word_embeddings: bool
-
-    def __post_init__(self) -> None:
-        check_model_type(self.model_type)
-        sizes = (self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads, self.num_kv_heads,
-                 self.head_dim, self.vocab_size, self.max_position_embeddings)
-        if min(sizes) <= 0:
-            raise ValueError(f"architecture sizes must be > 0: {self}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """What the engine needs to know about a loaded model to size and address the KV pool."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    num_heads: int
-    vocab_size: int
-    max_position_embeddings: int
-    dtype: torch.dtype
-
-
-def kv_bytes_per_token(spec: ModelSpec) -> int:
+def kv_bytes_per_token(arch: ArchConfig, dtype: torch.dtype) -> int:
     """Bytes of K and V one token occupies across all layers."""
-    element = torch.empty((), dtype=spec.dtype).element_size()
-    return 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * element
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * element
 
 
-def allocate_kv(spec: ModelSpec, num_blocks: int, block_size: int, device: torch.device | str) -> torch.Tensor:
+def allocate_kv(arch: ArchConfig, dtype: torch.dtype, num_blocks: int, block_size: int,
+                device: torch.device | str) -> torch.Tensor:
     """The paged KV cache, zeroed: [num_layers, 2 (k, v), num_blocks, block_size, n_kv, head_dim]."""
     if num_blocks <= 0 or block_size <= 0:
         raise ValueError(f"num_blocks and block_size must be > 0, got {num_blocks} and {block_size}")
-    shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
-    return torch.zeros(shape, dtype=spec.dtype, device=device)
+    shape = (arch.num_layers, 2, num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,13 +130,6 @@ class CausalLM:
     @property
     def device(self) -> torch.device:
         return self.weights.embed.device
-
-    @property
-    def spec(self) -> ModelSpec:
-        a = self.arch
-        return ModelSpec(num_layers=a.num_layers, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim,
-                         num_heads=a.num_heads, vocab_size=a.vocab_size,
-                         max_position_embeddings=a.max_position_embeddings, dtype=self.dtype)
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,

@@ -19,8 +19,8 @@ from batchcli.engine.sampler import Sampler
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.sequence import SeqStatus
 from batchcli.engine.stopping import StopChecker
-from batchcli.requests import SamplingParams
-from batchcli.results import Completion
+from batchcli.params import SamplingParams
+from batchcli.engine.events import Completion
 
 # the sizes of a generator's state: CPU (Mersenne Twister) and CUDA (Philox seed + offset)
 RNG_STATE_SIZES = frozenset({torch.Generator().get_state().numel(), 16})

@@ -13,7 +13,7 @@ import secrets
 
 import torch
 
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # spreads (seed, sample) pairs over the 64-bit seed space
 

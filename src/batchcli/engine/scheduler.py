@@ -20,14 +20,14 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-from batchcli.engine.draft import SchedulerCounters, StepDraft
+from batchcli.engine.step_builder import SchedulerCounters, StepBuilder
 from batchcli.engine.kv_pool import BlockPool, OutOfBlocks
 from batchcli.engine.policies import ORDERS, Candidate, OutputEstimator, PoolView, SchedulerConfig, make_admission
 from batchcli.engine.sequence import SegmentJob, SegStatus, Sequence, SeqStatus, build_jobs, shared_blocks, too_small
 from batchcli.engine.step import SegmentView, StepBatch
 from batchcli.errors import KVBudgetError
 from batchcli.planning.plan import Plan
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.planning.token_arrays import TokenArrays
 
 
@@ -35,8 +35,12 @@ class Scheduler:
     """Owns sequence state and the pool's bookkeeping; the engine owns text, stop checks and the model."""
 
     def __init__(
-        self, plan: Plan, prompts: TokenArrays, params: list[SamplingParams], pool: BlockPool, config: SchedulerConfig
+        self, plan: Plan, prompts: TokenArrays, params: list[SamplingParams], pool: BlockPool, config: SchedulerConfig,
+        refused: frozenset[int] = frozenset(),
     ) -> None:
+        """`refused`: requests (plan indices) that never run, answered by the engine without the model (they
+        cannot fit the pool even alone); their sequences are finished before the first step, so the
+        segments they would have shared hold nothing for them."""
         if plan.settings.block_size != config.block_size:
             raise ValueError(f"plan made for block size {plan.settings.block_size}, scheduler uses {config.block_size}")
         self._cfg, self._prompts, self._pool = config, prompts, pool
@@ -53,10 +57,14 @@ class Scheduler:
         self._unfinished = len(self._seqs)
         self._admitting = True
         self._pending: StepBatch | None = None
-        self._draft = StepDraft(config.token_budget)
+        self._draft = StepBuilder(config.token_budget)
         self.counters = SchedulerCounters()
+        for r in refused:
+            for seq_id in self.seq_ids(r):
+                self._drop(self._seqs[seq_id])
         for r in order:
-            self._check_prompt_fits(self._seqs[jobs.first_seq[r]])
+            if r not in refused:
+                self._check_prompt_fits(self._seqs[jobs.first_seq[r]])
 
     # ---- queries --------------------------------------------------------------------------------
     def seq(self, seq_id: int) -> Sequence:
@@ -96,7 +104,7 @@ class Scheduler:
         if self._unfinished == 0 or not (self._admitting or self._running):
             return None
         self._admit()
-        self._draft = StepDraft(self._cfg.token_budget)
+        self._draft = StepBuilder(self._cfg.token_budget)
         building = list(self._building.values())
         prefills: list[Sequence] = []
         for seq in list(self._running.values()):
@@ -148,6 +156,13 @@ class Scheduler:
             if seg.users == 0:
                 self._release_segment(seg, SegStatus.FREED)
 
+    def _drop(self, seq: Sequence) -> None:
+        """Finish a waiting sequence that never ran (left in the waiting queue; admission skips it)."""
+        seq.status = SeqStatus.FINISHED
+        self._unfinished -= 1
+        for g in seq.chain:
+            self._segs[g].users -= 1
+
     # ---- admission ------------------------------------------------------------------------------
     def _admit(self) -> None:
         if not (self._waiting and self._admitting):
@@ -155,7 +170,7 @@ class Scheduler:
         reserved = sum(self._reservation(s) for s in self._running.values())
         while self._waiting and len(self._running) < self._cfg.token_budget:
             seq = self._waiting[0]
-            if seq.status is SeqStatus.FINISHED:  # retired by restore_sequence() before it ever ran
+            if seq.status is SeqStatus.FINISHED:  # retired before it ever ran (restored as finished, or refused)
                 self._waiting.popleft()
                 continue
             cand = self._candidate(seq)
@@ -194,10 +209,6 @@ class Scheduler:
         return max(0, self._blocks(seq.prompt_len - seq.private_start + seq.expected) - len(seq.blocks))
 
     # ---- placing chunks -------------------------------------------------------------------------
-
-    def _prefill_sequence(self, seq: Sequence) -> None:
-        if seq.status is SeqStatus.RUNNING and seq.known > seq.computed and self._ready(seq.chain):
-            self._place_sequence(seq, min(seq.known - seq.computed, self._draft.left))
 
     def _prefill_segment(self, job: SegmentJob) -> None:
         if job.status is SegStatus.BUILDING and self._ready(job.chain):  # not evicted by a decode's growth

@@ -26,7 +26,7 @@ import numpy as np
 from batchcli.engine.step import SegOwner, SeqChunk, SeqOwner
 from batchcli.errors import KVBudgetError
 from batchcli.planning.plan import Plan
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 from batchcli.planning.token_arrays import TokenArrays
 
 

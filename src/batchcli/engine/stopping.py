@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from batchcli.requests import SamplingParams
-from batchcli.results import Completion
+from batchcli.params import SamplingParams
+from batchcli.engine.events import Completion
 
 Decode = Callable[[list[int]], str]
 

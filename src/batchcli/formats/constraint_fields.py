@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 
 from batchcli.formats.fields import BadField, show
-from batchcli.requests import Constraint
+from batchcli.params import Constraint
 
 PLAIN_KEYS = frozenset({"json_schema", "regex", "choice"})
 _SCHEMA_KEYS = frozenset({"name", "schema", "strict", "description"})

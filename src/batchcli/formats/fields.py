@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import orjson
 
-from batchcli.requests import SamplingParams
+from batchcli.params import SamplingParams
 
 # `constraint` comes from its own fields (json_schema, regex, choice, response_format: constraint_fields.py)
 SAMPLING_KEYS = frozenset(f.name for f in dataclasses.fields(SamplingParams)) - {"constraint"}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from batchcli.formats.constraint_fields import response_format_constraint
 from batchcli.formats.fields import SAMPLING_KEYS, BadField, as_bool, as_int, sampling_overrides, show
-from batchcli.requests import InputFormat, SamplingParams
+from batchcli.requests import InputFormat
+from batchcli.params import SamplingParams
 
 # "model" is honoured by being checked: it must name the served model (reader, --served-model-name).
 BODY_KEYS = {

@@ -16,7 +16,8 @@ from batchcli.formats.embeddings import embeddings_body, plain_embeddings
 from batchcli.formats.scores import rerank_body, score_body
 from batchcli.requests import InputFormat, LineError
 from batchcli.formats.responses import response_body
-from batchcli.results import Completion, PooledResult, Result
+from batchcli.engine.events import Completion
+from batchcli.results import PooledResult, Result
 from batchcli.formats.tool_calls import chat_choice
 from batchcli.formats.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
 

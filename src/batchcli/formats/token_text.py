@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from batchcli.results import TokenLogprob
+from batchcli.engine.events import TokenLogprob
 
 _SPECIAL_MARK = b"\xff"  # llguidance prefixes a special token's name with this byte
 

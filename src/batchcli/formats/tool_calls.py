@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from batchcli.requests import ToolUse
-from batchcli.results import Completion
+from batchcli.engine.events import Completion
 
 _TAGGED = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 

@@ -21,7 +21,8 @@ import re
 import orjson
 
 from batchcli.formats.fields import BadField, show
-from batchcli.requests import Constraint, ToolUse
+from batchcli.requests import ToolUse
+from batchcli.params import Constraint
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
 _EMPTY_PARAMETERS = {"type": "object", "properties": {}}

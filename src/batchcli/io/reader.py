@@ -38,7 +38,8 @@ from batchcli.formats.embeddings import PLAIN_KEYS as EMBED_KEYS, check_embeddin
 from batchcli.formats.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
 from batchcli.model_tasks import ModelTasks
 from batchcli.parts import fan_out
-from batchcli.requests import InputFormat, LineError, Request, SamplingParams
+from batchcli.requests import InputFormat, LineError, Request
+from batchcli.params import SamplingParams
 from batchcli.formats.responses import responses_request
 from batchcli.formats.scores import rerank_request, score_request
 from batchcli.formats.tools import tool_use

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from batchcli.requests import Constraint, LineError
+from batchcli.requests import LineError
+from batchcli.params import Constraint
 from batchcli.planning.tokenize import PromptTokenizer, TokenizedRequests
 from batchcli.planning.token_arrays import TokenArrays
 
@@ -52,24 +53,24 @@ def _compile(c: Constraint, lltok: object) -> tuple[object | None, str]:
     return matcher, ""
 
 
-def compile_constraints(batch: TokenizedRequests, tokenizer: PromptTokenizer,
+def compile_constraints(tokenized: TokenizedRequests, tokenizer: PromptTokenizer,
                         eos_ids: Callable[[], Sequence[int]]) -> tuple[TokenizedRequests, Grammars | None]:
-    """The batch without requests whose constraint failed to compile (now error lines), and the grammars.
+    """The requests without those whose constraint failed to compile (now error lines), and the grammars.
 
     `eos_ids` gives the model's end-of-sequence ids (read only when some request has a constraint):
     a finished grammar allows exactly these."""
-    distinct = {r.params.constraint for r in batch.requests} - {None}
+    distinct = {r.params.constraint for r in tokenized.requests} - {None}
     if not distinct:
-        return batch, None
+        return tokenized, None
     templates, reasons, vocab_size = _compile_all(distinct, tokenizer, eos_ids)
     if not reasons:
-        return batch, Grammars(templates, vocab_size)
-    keep = [i for i, r in enumerate(batch.requests) if r.params.constraint not in reasons]
+        return tokenized, Grammars(templates, vocab_size)
+    keep = [i for i, r in enumerate(tokenized.requests) if r.params.constraint not in reasons]
     errors = [LineError(r.id, r.line, "invalid_constraint", f"the {r.params.constraint.kind} cannot be compiled: "
                         f"{reasons[r.params.constraint]}", r.custom_id)
-              for r in batch.requests if r.params.constraint in reasons]
-    kept = TokenizedRequests([batch.requests[i] for i in keep], TokenArrays.from_lists([batch.tokens[i] for i in keep]),
-                             sorted(batch.errors + errors, key=lambda e: e.line))
+              for r in tokenized.requests if r.params.constraint in reasons]
+    kept = TokenizedRequests([tokenized.requests[i] for i in keep], TokenArrays.from_lists([tokenized.tokens[i] for i in keep]),
+                             sorted(tokenized.errors + errors, key=lambda e: e.line))
     return kept, (Grammars(templates, vocab_size) if templates else None)
 
 

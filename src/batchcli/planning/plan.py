@@ -19,7 +19,7 @@ import orjson
 
 from batchcli.choices import Sharing, check
 from batchcli.errors import UsageError
-from batchcli.planning.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays, per_prompt
 from batchcli.planning.trie import PrefixTree, build_tree
 
 PLAN_VERSION = 1
@@ -106,14 +106,10 @@ def build_plan(
     model: str, fingerprint: str, errors: int,
 ) -> Plan:
     """Plan the valid requests `tokens` (request i = prompt i) with their `max_tokens[i]` and `n[i]`."""
-    max_tokens = np.asarray(max_tokens, dtype=np.int64)
-    if max_tokens.shape != (len(tokens),):
-        raise ValueError(f"max_tokens must have one entry per prompt ({len(tokens)}), got shape {max_tokens.shape}")
-    if len(max_tokens) and max_tokens.min() < 1:
-        raise ValueError(f"max_tokens must be >= 1 for every request, got {int(max_tokens.min())}")
+    max_tokens = per_prompt(max_tokens, "max_tokens", len(tokens))
     if errors < 0:
         raise ValueError(f"errors must be >= 0, got {errors}")
-    n = np.asarray(n, dtype=np.int64)
+    n = per_prompt(n, "n", len(tokens))
     tree = build_tree(tokens, n, settings.block_size, settings.sharing)
     lengths = tokens.lengths
     first, order = _layout(tree, lengths, max_tokens, n)

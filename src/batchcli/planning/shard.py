@@ -1,10 +1,11 @@
-"""The engine's input and output at any process boundary: a Shard in, plain events out.
+"""The engine's input at any process boundary: a Shard, plain arrays and parameters with their plan.
 
 A shard is a set of requests with everything the engine needs to run them and nothing of the front
 half (no tokenizer, no Request objects, no writer): the prompt tokens, the sampling parameters, the
 pooling task of each prefill-only request (batchcli.pooling_params) and the plan over exactly these
-requests. Events name a request by its index in the whole job (`Shard.index`),
-so the front half maps them back to its requests however the job was split. Everything here pickles.
+requests. The engine's events (engine.events) name a request by its index in
+the whole job (`Shard.index`), so the front half maps them back to its requests however the job was
+split. Everything here pickles.
 
 Invariant: a shard's plan is the plan of its own prompts (request i of the plan = position i of the
 shard), made with the job's plan settings; a subset is replanned, never sliced.
@@ -13,14 +14,13 @@ shard), made with the job's plan settings; a subset is replanned, never sliced.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, TypeAlias
+from typing import Sequence
 
 import numpy as np
 
 from batchcli.planning.plan import Plan, PlanSettings, build_plan
+from batchcli.params import SamplingParams
 from batchcli.pooling_params import PoolingParams
-from batchcli.requests import Request, SamplingParams
-from batchcli.results import Completion, Failure, PooledResult, Result
 from batchcli.planning.token_arrays import TokenArrays
 
 
@@ -55,6 +55,11 @@ class Shard:
         """Output tokens the shard may generate at most: max_tokens x n over its requests."""
         return sum(p.max_tokens * p.n for p in self.params)
 
+    @property
+    def work_tokens(self) -> int:
+        """Tokens running it computes at most: prefill after sharing + the output budget."""
+        return self.plan.stats.physical_prefill_tokens + self.output_budget
+
     def subset(self, keep: Sequence[int]) -> Shard:
         """The requests at positions `keep` (ascending) as a shard of their own, replanned."""
         tokens = TokenArrays.from_lists([self.tokens[i] for i in keep])
@@ -72,49 +77,3 @@ def plan_requests(tokens: TokenArrays, params: Sequence[SamplingParams], setting
     max_tokens = np.fromiter((p.max_tokens for p in params), dtype=np.int64, count=len(params))
     n = np.fromiter((p.n for p in params), dtype=np.int64, count=len(params))
     return build_plan(tokens, max_tokens, n, settings, model=model, fingerprint=fingerprint, errors=errors)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A request finished: its n completions in sample order."""
-
-    request: int  # index among the job's requests
-    completions: tuple[Completion, ...]
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens served from shared KV instead of being computed for this request
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(len(c.token_ids) for c in self.completions)
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A request the engine could not answer (see results.Failure): rendered as an error line."""
-
-    request: int  # index among the job's requests
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Pooled:
-    """A pooled request finished: its values (batchcli.pooling_params says what they are)."""
-
-    request: int  # index among the job's requests
-    values: np.ndarray  # float32 [k]: the pooled vector, or the logits of the task's token ids
-    prompt_tokens: int
-    cached_tokens: int  # prompt tokens served from shared KV instead of being computed for this request
-
-
-Event: TypeAlias = Answer | Pooled | Refusal
-
-
-def resolve(event: Event, requests: Sequence[Request]) -> Result | PooledResult | Failure:
-    """The front half's record of `event`, `requests` being the job's requests (what indices name)."""
-    request = requests[event.request]
-    if isinstance(event, Refusal):
-        return Failure(request, event.code, event.message)
-    if isinstance(event, Pooled):
-        return PooledResult(request, event.values, event.prompt_tokens, event.cached_tokens)
-    return Result(request, event.completions, event.prompt_tokens, event.cached_tokens)

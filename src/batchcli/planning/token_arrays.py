@@ -39,3 +39,13 @@ class TokenArrays:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+
+def per_prompt(values: object, name: str, prompts: int) -> np.ndarray:
+    """`values` as int64 [prompts], each >= 1 (a count per prompt: max_tokens, n); ValueError otherwise."""
+    out = np.asarray(values, dtype=np.int64)
+    if out.shape != (prompts,):
+        raise ValueError(f"{name} must have one entry per prompt ({prompts}), got shape {out.shape}")
+    if prompts and out.min() < 1:
+        raise ValueError(f"{name} must be >= 1 for every request, got {int(out.min())}")
+    return out

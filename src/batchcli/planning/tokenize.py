@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from batchcli.errors import ModelNotFoundError
+from batchcli.model_config import load_config
 from batchcli.formats.fields import BadField
 from batchcli.requests import InputFormat, LineError, Request
 from batchcli.planning.judgement import Judgement, is_qwen3_reranker
@@ -69,11 +70,9 @@ def _why(model_dir: Path, exc: Exception) -> str:
 
 class PromptTokenizer:
     """A transformers tokenizer loaded from a local model directory, plus the model's context length
-    and vocabulary size, read through the engine's own config reader so the two never disagree."""
+    and vocabulary size, read by the same config reader as the engine's so the two never disagree."""
 
     def __init__(self, model_dir: Path, max_context: int | None = None) -> None:
-        from batchcli.engine.weights import load_config
-
         self.model_dir = Path(model_dir)
         arch = load_config(self.model_dir)
         try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from batchcli.choices import Sharing, check
-from batchcli.planning.token_arrays import TokenArrays
+from batchcli.planning.token_arrays import TokenArrays, per_prompt
 
 _HASH_SEED = 0x5EED_B10C
 
@@ -63,11 +63,7 @@ def build_tree(tokens: TokenArrays, n: np.ndarray, block_size: int, sharing: Sha
     sharing: "multi" keeps the whole tree; "single" is BatchLLM's one-level form (one shared prefix
     per group, see `_single_level`); "off" shares nothing.
     """
-    n = np.asarray(n, dtype=np.int64)
-    if n.shape != (len(tokens),):
-        raise ValueError(f"n must have one entry per prompt ({len(tokens)}), got shape {n.shape}")
-    if len(n) and n.min() < 1:
-        raise ValueError(f"n must be >= 1 for every request, got {int(n.min())}")
+    n = per_prompt(n, "n", len(tokens))
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     check("sharing", sharing, Sharing)

@@ -2,7 +2,8 @@
 the model loader read. Imports no torch: each entry loads its backend module on first use.
 
 Backends (the contract is in `attention.backend`: plan once per step, run per layer):
-"native" (the fused CPU path, chosen by engine/fused.py with the ops it builds), "torch" (batched
+"native" (the fused CPU forward, built by engine/fused.py with its ops; the model it runs in is loaded
+with the eager backend "auto" picks, its fallback), "torch" (batched
 torch ops, any device), "triton" (CUDA kernel in batchcli.kernels), "gather" (no shared-prefix
 decomposition; the ablation baseline) and "reference" (float32 loops, tests only). "auto" is the
 best eager backend for the device.
@@ -25,7 +26,7 @@ class BackendEntry:
     name: str
     summary: str  # its gloss in the CLI help ("" for none)
     devices: frozenset[str] | None  # device types it runs on; None: any
-    # the backend for a model's shape; None for "native", which engine/fused.py builds with its ops
+    # the backend for a model's shape; None for a fused entry, which runs inside the fused forward
     make: Callable[[AttnShape], AttentionBackend] | None
     auto_on: frozenset[str] = frozenset()  # device types where "auto" picks it
     interpreter: str | None = None  # an environment variable that, set to 1, lets it run off its devices
@@ -75,10 +76,11 @@ def attention_help() -> str:
 
 
 def resolve_backend(name: str, device_type: str) -> str:
-    """Map "auto" to the best eager backend for the device; reject unknown names and wrong devices."""
-    if name not in ("auto", *EAGER):
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(('auto', *EAGER))}")
-    if name == "auto":
+    """The eager backend a model is loaded with for the choice `name`: "auto" and a fused entry
+    ("native") map to the best eager backend for the device; unknown names and wrong devices are refused."""
+    if name not in ATTENTION:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION)}")
+    if name == "auto" or BACKENDS[name].make is None:
         return next((n for n in EAGER if device_type in BACKENDS[n].auto_on), "torch")
     entry = BACKENDS[name]
     if entry.devices is None or device_type in entry.devices:

@@ -23,7 +23,7 @@ class SchedulerCounters:
 
 
 @dataclass(slots=True)
-class StepDraft:
+class StepBuilder:
     budget: int
     chunks: dict[ChunkOwner, SeqChunk] = field(default_factory=dict)  # by owner, in placement order
     tokens: int = 0
