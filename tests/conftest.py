@@ -33,7 +33,7 @@ def _openai_lines_validate():
     from batchcli import job
     from batchcli.formats import output as formats
 
-    real_result, real_error = formats._openai_result, formats.render_error
+    real_result, real_error, real_pooled = formats._openai_result, formats.render_error, formats.render_pooled
 
     def checked_result(*args, **kwargs):
         line = real_result(*args, **kwargs)
@@ -46,7 +46,15 @@ def _openai_lines_validate():
             validate_openai_line(line)
         return line
 
+    def checked_pooled(*args, **kwargs):
+        line = real_pooled(*args, **kwargs)
+        if "response" in line:
+            validate_openai_line(line)
+        return line
+
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(formats, "render_pooled", checked_pooled)
+        mp.setattr(job, "render_pooled", checked_pooled)
         mp.setattr(formats, "_openai_result", checked_result)
         mp.setattr(formats, "render_error", checked_error)
         mp.setattr(job, "render_error", checked_error)  # job imported it by name

@@ -92,10 +92,13 @@ def test_non_finite_logits_fail_only_their_request(tmp_path, monkeypatch):
     calls = []
 
     class Breaking(engine_module.ModelRunner):
-        def run(self, step):
-            logits = super().run(step).clone()  # [rows, vocab]
-            calls.append(1)
-            sampled = [c.owner.seq_id for c in step.chunks if c.sample]
+        def run(self, step, whole_chunks=()):
+            calls.append([c.owner.seq_id for c in step.chunks if c.sample])
+            return super().run(step, whole_chunks)
+
+        def logits(self, hidden):
+            logits = super().logits(hidden).clone()  # [rows, vocab]: every sampled row (no request pools)
+            sampled = calls[-1]
             if len(calls) == 2 and 1 in sampled:  # seq 1 is request 1's first sample
                 logits[sampled.index(1)] = float("nan")
             return logits

@@ -270,3 +270,33 @@ def test_a_node_without_the_model_is_one_line_naming_it(tmp_path):
         worker.load()
     message = str(info.value)
     assert "\n" not in message and socket.gethostname() in message and str(tmp_path / "nowhere") in message
+
+
+@pytest.mark.slow
+def test_pooled_lines_on_two_workers_equal_one_process(tmp_path, model, ray_address):
+    """Embeddings, score and rerank parts spread over shards: each line is still written once, whole."""
+    import numpy as np
+
+    rows = [{"custom_id": f"e{k}", "method": "POST", "url": "/v1/embeddings",
+             "body": {"input": [f"{SYSTEM}Query {k}: {w}" for w in ("cats", "dogs", "owls")]}} for k in range(3)]
+    rows += [{"custom_id": "r", "method": "POST", "url": "/v1/rerank",
+              "body": {"query": "Do cats purr?", "documents": [f"Document {i} about {'cats ' * i}" for i in range(6)]}},
+             {"id": "p", "input": ["plain a", "plain b"]}, *ROWS[:4]]
+    src = write_rows(tmp_path / "in.jsonl", rows)
+    common = ["--model", str(model), "--dtype", "float32", "--quiet", "--order", "input"]
+    assert runner.invoke(app, ["run", src, "-o", str(tmp_path / "one.jsonl"), *common]).exit_code == 0
+    two = runner.invoke(app, ["run", src, "-o", str(tmp_path / "two.jsonl"), "--workers", "2", *common])
+    assert two.exit_code == 0, two.stderr
+    one, got = read_lines(tmp_path / "one.jsonl"), read_lines(tmp_path / "two.jsonl")
+    assert [r.get("custom_id") or r["id"] for r in got] == [r.get("custom_id") or r["id"] for r in rows]
+
+    def values(record: dict) -> list[float]:
+        body = record["response"]["body"] if "response" in record else record
+        if "data" in body:
+            return [x for d in body["data"] for x in d["embedding"]]
+        if "results" in body:
+            return [x for r in body["results"] for x in (r["index"], r["relevance_score"])]
+        return [x for e in body.get("embeddings", []) for x in e] or [0.0]
+
+    for a, b in zip(one, got):
+        assert np.allclose(values(a), values(b), atol=1e-5), a.get("custom_id") or a["id"]

@@ -214,7 +214,7 @@ def test_openai_completions_and_chat(tmp_path: Path) -> None:
 
 
 OPENAI_BAD = [
-    (openai_line("/v1/embeddings", {"input": "x"}), "unsupported", ["url"]),
+    (openai_line("/v1/moderations", {"input": "x"}), "unsupported", ["url"]),
     ({**openai_line("/v1/completions", {"prompt": "x"}), "method": "GET"}, "unsupported", ["method", "GET"]),
     (openai_line("/v1/completions", {"prompt": "x", "stream": True}), "unsupported", ["stream", "true"]),
     (openai_line("/v1/completions", {"prompt": "x", "logprobs": 6}), "invalid_value", ["logprobs", "6"]),

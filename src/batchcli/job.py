@@ -29,11 +29,12 @@ from batchcli.engine.events import Event
 from batchcli.planning.shard import Shard
 from batchcli.results import resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
-from batchcli.formats.output import render_error, render_result
+from batchcli.formats.output import render_error, render_pooled, render_result
 from batchcli.io.lock import OutputLock
 from batchcli.model_store import cache_dir, pending_conversion, resolve_model
 from batchcli.io.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
+from batchcli.parts import LineJoiner
 from batchcli.pipeline import PreparedJob, check_input, not_jsonl_hint, prepare
 from batchcli.io.reader import InputOptions
 from batchcli.io.side_files import check_writable, write_file
@@ -140,7 +141,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
         say(header(source, options.output, options.errors))
         if options.order == "input":
             in_output = [] if errors is not None else [e.line for e in job.tokenized.errors]
-            writer.expect(sorted([r.line for r in job.tokenized.requests] + in_output))
+            writer.expect(sorted({r.line for r in job.tokenized.requests}.union(in_output)))  # a line's parts: one key
         for e in job.tokenized.errors:
             sinks.write(render_error(e, None), key=e.line)
         engines = on_cluster or _InProcess(_checkpointing(job, config, options, say) if files_beside else None)
@@ -271,13 +272,17 @@ def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCl
     names = TokenText(job.tokenizer.tok) if wants_logprobs else None
 
     answered = 0
+    pooled = LineJoiner(lambda parts: render_pooled(parts, model=served, created=created), render_error)
 
     def emit(event: Event) -> None:
         nonlocal answered
         answered += 1
         record = resolve(event, job.tokenized.requests)
         request = record.request
-        if isinstance(record, Failure):
+        if request.pooling is not None:  # one part of its line: the line is written when it is whole
+            if (line := pooled.add(record)) is not None:
+                sinks.write(line, key=request.line)
+        elif isinstance(record, Failure):
             code, message = record.code, record.message
             hint = _REFUSAL_HINTS.get(code)
             error = LineError(request.id, request.line, code, f"{message}; {hint}" if hint else message, request.custom_id)

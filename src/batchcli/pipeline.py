@@ -4,7 +4,7 @@ Invariants: the fingerprint covers exactly what a plan depends on (the tokenized
 output budgets, tokenizer identity and plan settings), so a plan is accepted only for the data it was
 made from (computed with a plan file's own settings, which the job then uses); a loaded plan is also checked to be the plan of these prompts, so an edited one is refused.
 The job identity covers what the answers depend on (every line's outcome, parameters, prompt tokens,
-and the model), tying an output to its job. Both are computed over the whole input, before `--resume`
+pooling, and the model), tying an output to its job. Both are computed over the whole input, before `--resume`
 drops answered requests. No two records of a job carry the same id: an error line whose id a valid
 line (or an earlier error line) holds is renamed `line-N`.
 """
@@ -26,6 +26,8 @@ from batchcli.planning.plan import Plan, PlanMismatchError, PlanSettings, check_
 from batchcli.formats.openai_body import OPENAI_DEFAULTS
 from batchcli.model_config import eos_token_ids
 from batchcli.io.reader import InputOptions, read_requests
+from batchcli.model_tasks import ModelTasks, model_tasks
+from batchcli.parts import whole_lines
 from batchcli.requests import LineError, Request
 from batchcli.params import SamplingParams
 from batchcli.planning.tokenize import PromptTokenizer, TokenizedRequests, tokenize_requests
@@ -52,7 +54,9 @@ class PreparedJob:
     def shard(self) -> Shard:
         """The whole job as the engine's input (request i of the shard = request i of `tokenized`)."""
         params = tuple(r.params for r in self.tokenized.requests)
-        return Shard(tuple(range(len(params))), self.tokenized.tokens, params, self.plan)
+        pooling = tuple(r.pooling for r in self.tokenized.requests)
+        pooling = pooling if any(t is not None for t in pooling) else ()
+        return Shard(tuple(range(len(params))), self.tokenized.tokens, params, self.plan, pooling)
 
 
 def fingerprint(tokenized: TokenizedRequests, tokenizer_identity: str, settings: PlanSettings) -> str:
@@ -71,6 +75,8 @@ def job_identity(tokenized: TokenizedRequests, model: str) -> str:
     h.update(tokenized.tokens.flat.tobytes())
     for r in tokenized.requests:
         h.update(f"{r.line}\x00{r.id}\x00{r.format.value}\x00{r.params!r}\x01".encode())
+        if r.pooling is not None:  # a part: what it pools, and how its line is answered
+            h.update(f"{r.part}\x00{r.pooling!r}\x00{r.echo!r}\x01".encode())
     for e in tokenized.errors:
         h.update(f"{e.line}\x00{e.code}\x01".encode())
     return "sha256:" + h.hexdigest()
@@ -124,11 +130,11 @@ def not_jsonl_hint(source: str) -> str:
 
 
 def _read(source: str, defaults: SamplingParams, openai_defaults: SamplingParams,
-          served_model: str | None, options: InputOptions) -> Iterable[Request | LineError]:
+          served_model: str | None, options: InputOptions, tasks: ModelTasks) -> Iterable[Request | LineError]:
     check_input(source)
     try:
         yield from read_requests(source, defaults, openai_defaults=openai_defaults, served_model=served_model,
-                                 options=options)
+                                 options=options, tasks=tasks)
     except OSError as e:
         raise InputError(f"cannot read input {source}: {e.strerror or e}") from None
 
@@ -156,7 +162,9 @@ def prepare(
     if openai_defaults.max_tokens is not None and openai_defaults.max_tokens >= tokenizer.max_context:
         raise UsageError(f"--max-tokens {openai_defaults.max_tokens} leaves no room for a prompt in the model's "
                          f"context of {tokenizer.max_context} tokens")
-    tokenized = _unique_error_ids(tokenize_requests(_read(source, defaults, openai_defaults, served_model, input_options), tokenizer))
+    tasks = model_tasks(model_dir, tokenizer.judgement.yes_no())
+    items = _read(source, defaults, openai_defaults, served_model, input_options, tasks)
+    tokenized = _unique_error_ids(whole_lines(tokenize_requests(items, tokenizer)))
     tokenized, grammars = compile_constraints(tokenized, tokenizer, lambda: eos_token_ids(model_dir))
     fp = fingerprint(tokenized, tokenizer.identity(), settings)
     identity = job_identity(tokenized, model_dir.name)

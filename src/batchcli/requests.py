@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from batchcli.params import SamplingParams
+from batchcli.pooling_params import PoolingParams
 
 
 class InputFormat(enum.Enum):
@@ -23,6 +24,10 @@ class InputFormat(enum.Enum):
     OPENAI_COMPLETION = "openai-completion"  # OpenAI batch, url /v1/completions
     OPENAI_CHAT = "openai-chat"  # OpenAI batch, url /v1/chat/completions
     OPENAI_RESPONSES = "openai-responses"  # OpenAI batch, url /v1/responses
+    EMBED = "embed"  # {"input": ...}: embeddings, plain form (formats/embeddings.py)
+    OPENAI_EMBEDDINGS = "openai-embeddings"  # OpenAI batch, url /v1/embeddings
+    OPENAI_SCORE = "openai-score"  # vLLM's batch url /v1/score (formats/scores.py)
+    OPENAI_RERANK = "openai-rerank"  # vLLM's batch url /v1/rerank
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,10 @@ class ToolUse:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One valid input line. Exactly one of prompt, messages, prompt_token_ids is set."""
+    """One valid input line, or one part of a line that asks for several prompts (an embeddings line's
+    inputs, a score line's pairs, a rerank line's documents: batchcli.parts); the parts of a line
+    share its id and line number and are told apart by `part`. Exactly one of prompt, messages,
+    prompt_token_ids is set. A pooled request (`pooling` set) is planned as one output position."""
 
     id: str
     line: int  # 1-based line number in the input
@@ -56,12 +64,18 @@ class Request:
     custom_id: str | None = None  # OpenAI batch only
     model: str | None = field(default=None, compare=False)  # OpenAI body "model" as asked (the reader checks it)
     tool_use: ToolUse | None = None  # the line offers tools the answer may call
-    echo: object | None = field(default=None, compare=False)  # /v1/responses: the ResponseEcho its answer repeats
+    # what the answer repeats or needs besides its values: /v1/responses' ResponseEcho, a pooled line's
+    # echo (formats/embeddings.py, formats/scores.py); one object for all lines or parts that share it
+    echo: object | None = field(default=None, compare=False)
+    pooling: PoolingParams | None = None  # a prefill-only request: what the engine pools (None: it generates)
+    part: int = 0  # index of this prompt among its line's prompts
 
     def __post_init__(self) -> None:
         forms = (self.prompt is not None) + (self.messages is not None) + (self.prompt_token_ids is not None)
         if forms != 1:
             raise ValueError(f"request {self.id!r} must carry exactly one prompt form, got {forms}")
+        if self.pooling is not None and (self.params.max_tokens, self.params.n) != (1, 1):
+            raise ValueError(f"request {self.id!r} pools: it must be planned with max_tokens 1 and n 1")
 
     def without_prompt(self) -> Request:
         """This request with its prompt content emptied (form kept): after tokenization only the

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from batchcli.engine.events import Answer, Completion, Event, Refusal
+import numpy as np
+
+from batchcli.engine.events import Answer, Completion, Event, Pooled, Refusal
 from batchcli.requests import Request
 
 
@@ -36,6 +38,27 @@ class Result:
 
 
 @dataclass(frozen=True, slots=True)
+class PooledResult:
+    """A finished pooled request (one part of its line, see batchcli.parts): its pooled values."""
+
+    request: Request
+    pooled: Pooled
+
+    @property
+    def values(self) -> np.ndarray:
+        """float32 [k]: the vector, or the logits of the pooling's token ids."""
+        return self.pooled.values
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.pooled.prompt_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.pooled.cached_tokens
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """A request the engine refused: rendered as an error line."""
 
@@ -51,7 +74,9 @@ class Failure:
         return self.refusal.message
 
 
-def resolve(event: Event, requests: Sequence[Request]) -> Result | Failure:
+def resolve(event: Event, requests: Sequence[Request]) -> Result | PooledResult | Failure:
     """The record of `event`, `requests` being the job's requests (what event indices name)."""
     request = requests[event.request]
+    if isinstance(event, Pooled):
+        return PooledResult(request, event)
     return Failure(request, event) if isinstance(event, Refusal) else Result(request, event)

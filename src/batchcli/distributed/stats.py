@@ -13,7 +13,7 @@ from typing import Sequence
 
 from batchcli.distributed.worker import WorkerInfo
 from batchcli.engine.engine import RunStats
-from batchcli.engine.events import Answer, Event
+from batchcli.engine.events import Answer, Event, Pooled
 from batchcli.planning.shard import Shard
 from batchcli.progress import Progress
 
@@ -58,6 +58,9 @@ class Tally:
             self.prompt_tokens += event.prompt_tokens * n
             self.cached_tokens += event.cached_tokens * n
             self.completion_tokens += event.completion_tokens
+        elif isinstance(event, Pooled):
+            self.prompt_tokens += event.prompt_tokens
+            self.cached_tokens += event.cached_tokens
 
     def shard_done(self, number: int, stats: RunStats) -> None:
         self.shards.append(number)

@@ -2,8 +2,9 @@
 
 The engine's input is a Shard (planning.shard) and its output a stream of events (engine.events): both plain data, so
 the same loop runs in the CLI's process or in a worker of a cluster. Invariant: each request of the
-shard gets exactly one event, an Answer as soon as its last sample finishes, or a Refusal (it cannot
-fit the KV budget even alone; a sample's logits were not finite) while the others go on; a stop
+shard gets exactly one event, an Answer as soon as its last sample finishes, a Pooled as soon as a
+pooled request's last prompt token is computed (engine.pooler), or a Refusal (it cannot fit the KV
+budget even alone; a sample's logits were not finite) while the others go on; a stop
 request (SIGINT/SIGTERM) stops admission, and the loop ends when the running sequences are done.
 """
 
@@ -27,6 +28,7 @@ from batchcli.engine.host_memory import keep_freed_memory
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import CausalLM, allocate_kv, kv_bytes_per_token
 from batchcli.engine.resume import Checkpointing, restore, snapshot
+from batchcli.engine.pooler import Pooler
 from batchcli.engine.runner import ModelRunner
 from batchcli.engine.sampler import Sampler
 from batchcli.engine.step import StepBatch
@@ -34,7 +36,7 @@ from batchcli.engine.policies import SchedulerConfig
 from batchcli.engine.scheduler import Scheduler
 from batchcli.engine.stopping import StopChecker
 from batchcli.engine.weights import load_model
-from batchcli.engine.events import Answer, Completion, Event, Refusal
+from batchcli.engine.events import Answer, Completion, Event, Pooled, Refusal
 from batchcli.errors import EngineConfigError, KVBudgetError
 from batchcli.model_config import eos_token_ids
 from batchcli.params import SamplingParams
@@ -174,6 +176,8 @@ class Engine:
                           SchedulerConfig(block_size=block_size, token_budget=self.config.token_budget,
                                           order=self.config.schedule, max_running=self.config.max_running),
                           refused=misfits)
+        pooler = Pooler(shard.tasks(), [sched.seq(i) for r in range(len(shard)) if r not in misfits
+                                        for i in sched.seq_ids(r)])
         sampler = Sampler()
         decoder = Decoder(sampler, grammars, self.eos_ids)
         if checkpoint is not None:
@@ -187,7 +191,7 @@ class Engine:
             step = sched.schedule()
             if step is None:
                 break
-            self._step(step, runner, sched, decoder, results)
+            self._step(step, runner, sched, decoder, pooler, results)
             if checkpoint is not None and checkpoint.due():
                 checkpoint.save(snapshot(results.started, sched, sampler, shard.index))
             c = sched.counters
@@ -206,18 +210,39 @@ class Engine:
             dtype=str(self.dtype).removeprefix("torch."), attention=self.attention, native_build_s=self.build_s,
         )
 
-    def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, decoder: Decoder, results: _Results) -> None:
-        """Run one step, sample, and retire the sequences that finished (or failed to sample)."""
-        logits = runner.run(step)  # [num_sampling_chunks, vocab]
+    def _step(self, step: StepBatch, runner: ModelRunner, sched: Scheduler, decoder: Decoder, pooler: Pooler,
+              results: _Results) -> None:
+        """Run one step, sample or pool, and retire the sequences that finished (or failed to sample)."""
+        whole = pooler.whole_chunks(step)
+        hidden = runner.run(step, whole)
+        pooler.add_rows(step, whole, hidden.whole)
         seqs = [sched.seq(c.owner.seq_id) for c in step.chunks if c.sample]
-        params = [results.params(s.request) for s in seqs]
-        draws = decoder.sample(logits, params, [s.seq_id for s in seqs], [s.sample for s in seqs],
-                               [s.generated for s in seqs], [results.prompt(s.request) for s in seqs])
-        # a failed row still hands the scheduler a token (placeholder 0) so its step accounting holds; the
-        # sequence is finished just below and the placeholder is never returned
-        sched.on_step_done(step, {s.seq_id: (d.token if d.failure is None else 0) for s, d in zip(seqs, draws)})
-        results.started.update(s.request for s in seqs)
-        for s, p, d in zip(seqs, params, draws):
+        tasks = [pooler.task(s.request) for s in seqs]
+        needs_logits = [i for i, t in enumerate(tasks) if t is None or t.kind == "logits"]
+        logits = runner.logits(hidden.sampled[needs_logits]) if needs_logits else None  # [len(needs_logits), vocab]
+        row = {i: k for k, i in enumerate(needs_logits)}
+        gen = [i for i, t in enumerate(tasks) if t is None]
+        tokens = dict.fromkeys((s.seq_id for s in seqs), 0)  # a pooled row hands the scheduler a placeholder
+        draws = {}
+        if gen:
+            gen_seqs = [seqs[i] for i in gen]
+            params = [results.params(s.request) for s in gen_seqs]
+            sampled = decoder.sample(logits[[row[i] for i in gen]], params, [s.seq_id for s in gen_seqs],
+                                     [s.sample for s in gen_seqs], [s.generated for s in gen_seqs],
+                                     [results.prompt(s.request) for s in gen_seqs])
+            draws = dict(zip(gen, zip(params, sampled)))
+            # a failed row also hands over a placeholder so the step accounting holds; the sequence is
+            # finished just below and the placeholder is never returned
+            tokens.update((s.seq_id, d.token if d.failure is None else 0) for s, d in zip(gen_seqs, sampled))
+        sched.on_step_done(step, tokens)
+        for i, s in enumerate(seqs):
+            if tasks[i] is not None:
+                sched.finish(s.seq_id)
+                values = pooler.finish(s, hidden.sampled[i], logits[row[i]] if i in row else None)
+                results.pooled(s.request, values, s.private_start)
+                continue
+            p, d = draws[i]
+            results.started.add(s.request)
             if d.failure is not None:
                 sched.finish(s.seq_id)
                 decoder.release(s.seq_id)
@@ -277,6 +302,14 @@ class _Results:
 
     def prompt(self, request: int) -> np.ndarray:
         return self._shard.tokens[request]
+
+    def pooled(self, request: int, values: np.ndarray, cached: int) -> None:
+        """Answer a pooled request with its values now (it has one sequence, finished)."""
+        prompt_tokens = len(self._shard.tokens[request])
+        self._on_event(Pooled(self._shard.index[request], values, prompt_tokens, cached))
+        self.done += 1
+        self.prompt_tokens += prompt_tokens
+        self.cached_tokens += cached
 
     def add(self, request: int, sample: int, completion: Completion, cached: int) -> None:
         if request in self._failed:

@@ -1,5 +1,6 @@
 """What the engine hands back, one event per request of a shard: its Answer (n completions with their
-log-probabilities and token counts) or a Refusal (why it could not be answered).
+log-probabilities and token counts), its Pooled values (a prefill-only request: batchcli.pooling_params)
+or a Refusal (why it could not be answered).
 
 Plain data that pickles: a cluster's workers send events to the driver as they are. Invariant: an
 event names its request by the index it has in the whole job (`Shard.index`), never by a position in
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TypeAlias
+
+import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,4 +59,14 @@ class Refusal:
     message: str
 
 
-Event: TypeAlias = Answer | Refusal
+@dataclass(frozen=True, slots=True)
+class Pooled:
+    """A pooled request finished: its values (its PoolingParams say what they are)."""
+
+    request: int  # index among the job's requests
+    values: np.ndarray  # float32 [k]: the pooled vector, or the logits of the task's token ids
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens served from shared KV instead of being computed for this request
+
+
+Event: TypeAlias = Answer | Pooled | Refusal

@@ -3,8 +3,9 @@
 The model sees tensors and attention metadata only: token ids, their absolute positions, the paged KV
 cache and the rows to sample. Invariants: every layer writes the K/V of every row of the step into the
 cache (`write_kv`, or the fused `rope_store_kv`), the attention backend plans once per step and
-runs per layer, and only the `sample_rows` go through the final norm and the LM head, so
-a prefill chunk that samples nothing costs no vocabulary-sized matmul. Weights arrive already fused
+runs per layer, and only the rows asked for go through the final norm (`hidden`), and only the
+rows that need logits through the LM head (`logits`), so a prefill chunk that samples nothing, or a
+pooled row that wants a hidden state, costs no vocabulary-sized matmul. Weights arrive already fused
 (q|k|v in one matrix, gate|up in one) from `batchcli.engine.weights`.
 """
 
@@ -133,13 +134,25 @@ class CausalLM:
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,
                  meta: AttnMetadata, sample_rows: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions: int64 [T]; kv: [L, 2, blocks, bs, n_kv, d]; sample_rows: int64 [N].
+        """Float32 logits [N, vocab] of `sample_rows` (see `hidden`)."""
+        return self.logits(self.hidden(input_ids, positions, kv, meta, sample_rows))
 
-        Returns float32 logits [N, vocab] for the sampled rows; writes all T rows' K/V into `kv`.
-        Positions must be < max_position_embeddings (the engine rejects longer prompts up front).
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head over final hidden states [N, D]: float32 logits [N, vocab]."""
+        return project(hidden, self.weights.lm_head, None).float()  # [N, V]
+
+    @torch.inference_mode()
+    def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,
+               meta: AttnMetadata, rows: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions: int64 [T]; kv: [L, 2, blocks, bs, n_kv, d]; rows: int64 [N].
+
+        Returns the final hidden states (after the final norm, in the model's dtype) [N, D] of `rows`;
+        writes all T rows' K/V into `kv`. Positions must be < max_position_embeddings (the engine
+        rejects longer prompts up front).
         """
         if self.fused is not None:
-            return self._forward_fused(self.fused, input_ids, positions, kv, meta, sample_rows)
+            return self._forward_fused(self.fused, input_ids, positions, kv, meta, rows)
         w = self.weights
         plan = self.backend.plan(meta)
         h = F.embedding(input_ids, w.embed)  # [T, D]
@@ -148,11 +161,10 @@ class CausalLM:
         for lw, layer_kv in zip(w.layers, kv, strict=True):
             h += self._attention(lw, rms_norm(h, lw.input_norm, self.arch.rms_norm_eps), cos, sin, layer_kv, meta, plan)
             h += self._mlp(lw, rms_norm(h, lw.post_norm, self.arch.rms_norm_eps))
-        x = rms_norm(h[sample_rows], w.norm, self.arch.rms_norm_eps)  # [N, D]
-        return F.linear(x, w.lm_head).float()  # [N, V]
+        return rms_norm(h[rows], w.norm, self.arch.rms_norm_eps)  # [N, D]
 
     def _forward_fused(self, ops: NativeOps, input_ids: torch.Tensor, positions: torch.Tensor, kv: torch.Tensor,
-                       meta: AttnMetadata, sample_rows: torch.Tensor) -> torch.Tensor:
+                       meta: AttnMetadata, rows: torch.Tensor) -> torch.Tensor:
         """The same function as the eager pass, with each layer's residual add folded into the next norm."""
         a, w = self.arch, self.weights
         n_q, n_kv, d, eps = a.num_heads, a.num_kv_heads, a.head_dim, a.rms_norm_eps  # weights may be packed: project()
@@ -173,8 +185,7 @@ class CausalLM:
             x = ops.add_rms_norm(h, o, lw.post_norm, eps)  # h += o
             delta = project(ops.silu_mul(project(x, lw.gate_up, lw.gate_up_bias)), lw.down, lw.down_bias)  # [T, D]
         h += delta
-        x = rms_norm(h[sample_rows], w.norm, eps)  # [N, D]
-        return project(x, w.lm_head, None).float()  # [N, V]
+        return rms_norm(h[rows], w.norm, eps)  # [N, D]
 
     def _attention(self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                    layer_kv: torch.Tensor, meta: AttnMetadata, plan: object) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Invariants: only safetensors are read (never pickle); config.json is read with transformers'
 defaults filled in (batchcli.model_config), never with remote code; every tensor of the checkpoint is used
 exactly once, so a missing or unexpected tensor (a bias we would not apply, a module we do not know) is an error
-rather than a silently wrong model. Weights are fused (q|k|v, gate|up) and cast while loading, one
+rather than a silently wrong model. A base model saved on its own (tensor names without the
+"model." prefix, as embedding checkpoints often are) loads the same way. Weights are fused (q|k|v, gate|up) and cast while loading, one
 layer at a time, so peak host memory stays near the size of the loaded model.
 """
 
@@ -44,7 +45,11 @@ class _TensorSource:
                        for n in names}
         except (OSError, SafetensorError) as exc:
             raise CheckpointError(f"cannot open the safetensors files of {directory}: {exc}") from exc
-        self.where = weight_map or {k: SINGLE_FILE for k in handles[SINGLE_FILE].keys()}
+        where = weight_map or {k: SINGLE_FILE for k in handles[SINGLE_FILE].keys()}
+        # a base model saved on its own (as embedding models often are) names its tensors without "model."
+        base = "model.embed_tokens.weight" not in where and "embed_tokens.weight" in where
+        self.stored = {(f"model.{k}" if base else k): k for k in where}  # our name -> the file's name
+        self.where = {name: where[k] for name, k in self.stored.items()}
         self.handles = handles
         self.unused = set(self.where)
 
@@ -56,7 +61,7 @@ class _TensorSource:
         if name not in self.where:
             raise CheckpointError(f"checkpoint lacks tensor {name!r}")
         self.unused.discard(name)
-        t = self.handles[self.where[name]].get_tensor(name)
+        t = self.handles[self.where[name]].get_tensor(self.stored[name])
         if tuple(t.shape) != shape:
             raise CheckpointError(f"tensor {name!r} has shape {tuple(t.shape)}; the config implies {shape}")
         return t

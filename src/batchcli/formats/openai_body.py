@@ -73,11 +73,12 @@ def openai_overrides(body: dict, fmt: InputFormat) -> dict:
 def openai_body_fields() -> str:
     """Lines for --help: which OpenAI batch body fields are honoured, ignored, or accepted only at
     their no-op value, per endpoint family (anything else is an error line)."""
-    from batchcli.formats import responses  # imports this module: asked only when --help is rendered
+    from batchcli.formats import embeddings, responses, scores  # import this module: asked only for --help
 
     chat, completion = BODY_KEYS[InputFormat.OPENAI_CHAT], BODY_KEYS[InputFormat.OPENAI_COMPLETION]
     chat_only = sorted(chat & _NEUTRAL_BODY.keys())  # honoured by chat, no-op-only on completions
     return (f"body.model, when given, must be the served model (--served-model-name, default the model "
             f"directory's name); body fields honoured: {', '.join(sorted((chat | completion) - {'model'}))} "
             f"({', '.join(chat_only)}: chat only); ignored: {', '.join(sorted(_IGNORED_BODY))}; accepted at their "
-            f"no-op value only: {', '.join(sorted(_NEUTRAL_BODY.keys() - chat))}; {responses.body_fields()}")
+            f"no-op value only: {', '.join(sorted(_NEUTRAL_BODY.keys() - chat))}; {responses.body_fields()}; "
+            f"{embeddings.body_fields()}; {scores.body_fields()}")

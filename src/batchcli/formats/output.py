@@ -1,4 +1,5 @@
-"""Output rendering: turns a `Result` or a `LineError` into the JSON object of its output line.
+"""Output rendering: turns a `Result`, a pooled line's parts, or a `LineError` into the JSON object of
+its output line.
 
 Invariant: the output form follows the input form: OpenAI batch lines get OpenAI batch output lines
 (success and error alike), all other lines the plain form. Every record carries the request's id
@@ -9,15 +10,19 @@ The same request always renders to the same object: OpenAI ids are derived from 
 from __future__ import annotations
 
 import hashlib
+from typing import Sequence
 
+from batchcli.formats.embeddings import embeddings_body, plain_embeddings
+from batchcli.formats.scores import rerank_body, score_body
 from batchcli.requests import InputFormat, LineError
 from batchcli.formats.responses import response_body
 from batchcli.engine.events import Completion
-from batchcli.results import Result
+from batchcli.results import PooledResult, Result
 from batchcli.formats.tool_calls import chat_choice
 from batchcli.formats.token_text import TokenText, chat_logprobs, completion_logprobs, plain_logprobs
 
-_OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT, InputFormat.OPENAI_RESPONSES})
+_OPENAI = frozenset({InputFormat.OPENAI_COMPLETION, InputFormat.OPENAI_CHAT, InputFormat.OPENAI_RESPONSES,
+                     InputFormat.OPENAI_EMBEDDINGS, InputFormat.OPENAI_SCORE, InputFormat.OPENAI_RERANK})
 
 
 def render_result(result: Result, *, model: str = "", created: int = 0, names: TokenText | None = None) -> dict:
@@ -44,6 +49,33 @@ def render_result(result: Result, *, model: str = "", created: int = 0, names: T
         return {"id": request.id, **_plain_choice(result.completions[0], names), "usage": usage}
     choices = [{"index": i, **_plain_choice(c, names)} for i, c in enumerate(result.completions)]
     return {"id": request.id, "choices": choices, "usage": usage}
+
+
+def render_pooled(parts: Sequence[PooledResult], *, model: str = "", created: int = 0) -> dict:
+    """The output object of a pooled line, from all of its parts in part order (batchcli.parts)."""
+    request = parts[0].request
+    assert [p.request.part for p in parts] == list(range(request.echo.count)), f"line {request.line} is not whole"
+    if request.format is InputFormat.EMBED:
+        return plain_embeddings(parts)
+    custom_id = request.custom_id if request.custom_id is not None else request.id
+    digest = _digest(request.line, custom_id)
+    if request.format is InputFormat.OPENAI_EMBEDDINGS:
+        body = embeddings_body(parts, model)
+    elif request.format is InputFormat.OPENAI_SCORE:
+        body = score_body(parts, digest, model, created)
+    else:
+        assert request.format is InputFormat.OPENAI_RERANK, f"line {request.line} ({request.format}) does not pool"
+        body = rerank_body(parts, digest, model)
+    return _envelope(custom_id, digest, body)
+
+
+def _envelope(custom_id: str, digest: str, body: dict) -> dict:
+    return {
+        "id": f"batch_req_{digest}",
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body},
+        "error": None,
+    }
 
 
 def _plain_choice(c: Completion, names: TokenText | None) -> dict:
@@ -76,12 +108,7 @@ def _openai_result(result: Result, model: str, created: int, names: TokenText | 
         body = response_body(result, digest, model, created)
     else:
         body = _completions_body(result, digest, model, created, names)
-    return {
-        "id": f"batch_req_{digest}",
-        "custom_id": custom_id,
-        "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body},
-        "error": None,
-    }
+    return _envelope(custom_id, digest, body)
 
 
 def _completions_body(result: Result, digest: str, model: str, created: int, names: TokenText | None) -> dict:

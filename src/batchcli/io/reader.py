@@ -1,8 +1,10 @@
 """Input reader: streams a JSONL file (or stdin) into `Request`s and `LineError`s.
 
 Invariant: every non-blank physical line yields exactly one item, in input order, carrying its 1-based
-physical line number (blank lines are skipped but counted); a bad line never stops the reading, and
-no line is ever held whole in memory if it is longer than `max_line_bytes`.
+physical line number (blank lines are skipped but counted), except that a valid line asking for
+several prompts (embeddings inputs, score pairs, rerank documents) yields all its parts in part order
+(batchcli.parts); a bad line never stops the reading, and no line is ever held whole in memory if it
+is longer than `max_line_bytes`.
 
 Plain text (`InputOptions(kind="text")`): each non-blank line is one prompt, a user message (after
 the shared system message, if one is given), named `line-<N>`.
@@ -11,7 +13,8 @@ Ids: a simple, chat or pre-tokenized line is named by its `id`, an OpenAI batch 
 `custom_id`; either must be a string or an integer (turned into its decimal string). A line without
 one is named `line-<N>`, N its line number. A line whose id an earlier line already used gets a
 `duplicate_id` error. A line is an OpenAI batch line when it has any of `custom_id`, `method`, `url`,
-`body`; such lines' errors carry `custom_id` so they are rendered in the OpenAI error form.
+`body`; such lines' errors carry `custom_id` so they are rendered in the OpenAI error form. A plain
+line with `input` is an embeddings line (formats/embeddings.py).
 """
 
 from __future__ import annotations
@@ -31,10 +34,14 @@ from batchcli.errors import InputUnreadableError, UsageError
 from batchcli.formats.fields import (
     SAMPLING_KEYS, BadField, as_messages, as_text, as_token_ids, sampling_overrides, show,
 )
+from batchcli.formats.embeddings import PLAIN_KEYS as EMBED_KEYS, check_embeddings_body, embedding_request
 from batchcli.formats.openai_body import BODY_KEYS, OPENAI_DEFAULTS, check_body_extras, openai_overrides
+from batchcli.model_tasks import ModelTasks
+from batchcli.parts import fan_out
 from batchcli.requests import InputFormat, LineError, Request
 from batchcli.params import SamplingParams
 from batchcli.formats.responses import responses_request
+from batchcli.formats.scores import rerank_request, score_request
 from batchcli.formats.tools import tool_use
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
@@ -44,8 +51,10 @@ _BOM = b"\xef\xbb\xbf"
 _PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 _LINE_KEYS = frozenset({"id", *_PROMPT_KEYS}) | SAMPLING_KEYS | PLAIN_KEYS
 _OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
+_POOLED = frozenset({InputFormat.OPENAI_EMBEDDINGS, InputFormat.OPENAI_SCORE, InputFormat.OPENAI_RERANK})
 _OPENAI_URLS = {"/v1/completions": InputFormat.OPENAI_COMPLETION, "/v1/chat/completions": InputFormat.OPENAI_CHAT,
-                "/v1/responses": InputFormat.OPENAI_RESPONSES}
+                "/v1/responses": InputFormat.OPENAI_RESPONSES, "/v1/embeddings": InputFormat.OPENAI_EMBEDDINGS,
+                "/v1/score": InputFormat.OPENAI_SCORE, "/v1/rerank": InputFormat.OPENAI_RERANK}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +73,19 @@ class InputOptions:
 def read_requests(
     source: str | Path, defaults: SamplingParams, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     openai_defaults: SamplingParams = OPENAI_DEFAULTS, served_model: str | None = None,
-    options: InputOptions = InputOptions(),
+    options: InputOptions = InputOptions(), tasks: ModelTasks | None = None,
 ) -> Iterator[Request | LineError]:
-    """Yield one `Request` or `LineError` per non-blank line of `source` ("-" is stdin).
+    """Yield one `Request` or `LineError` per non-blank line of `source` ("-" is stdin), or a line's parts.
 
     Plain lines start from `defaults`, OpenAI batch lines from `openai_defaults`. An OpenAI line whose
     body.model is not `served_model` gets a `model_not_found` error (None: any model name is accepted).
+    Embeddings, score and rerank lines are pooled as `tasks` says (None: they are error lines).
     The file is opened here, so a missing input fails at the call, not at the first `next()`.
     """
     if max_line_bytes < 1:
         raise ValueError(f"max_line_bytes must be >= 1, got {max_line_bytes}")
     parser = (_TextParser(defaults, options.system) if options.kind == "text"
-              else _LineParser(defaults, openai_defaults, served_model))
+              else _LineParser(defaults, openai_defaults, served_model, tasks))
     if str(source) == "-":
         return _parse_stream(sys.stdin.buffer, parser, max_line_bytes, owned=False)
     try:
@@ -97,7 +107,11 @@ def _parse_stream(
             if number == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             if raw and not raw.isspace():
-                yield parser.parse(raw, number)
+                item = parser.parse(raw, number)
+                if isinstance(item, tuple):
+                    yield from item
+                else:
+                    yield item
     finally:
         if owned:
             stream.close()
@@ -164,8 +178,10 @@ class _TextParser:
 class _LineParser:
     """Turns one line's bytes into a Request or LineError; remembers ids seen and params built."""
 
-    def __init__(self, defaults: SamplingParams, openai_defaults: SamplingParams, served_model: str | None) -> None:
+    def __init__(self, defaults: SamplingParams, openai_defaults: SamplingParams, served_model: str | None,
+                 tasks: ModelTasks | None) -> None:
         self.defaults = defaults
+        self.tasks = tasks
         self.openai_defaults = openai_defaults
         self.served_model = served_model
         self.seen: dict[str, int] = {}  # id -> line that first used it
@@ -173,7 +189,7 @@ class _LineParser:
         self.params_cache: dict[tuple[bool, frozenset], SamplingParams] = {}
         self.shared: dict[bytes, object] = {}  # equal echoes / tool sets by their JSON: one object for all lines
 
-    def parse(self, raw: bytes, line: int) -> Request | LineError:
+    def parse(self, raw: bytes, line: int) -> Request | LineError | tuple[Request, ...]:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -208,7 +224,14 @@ class _LineParser:
         except BadField as bad:
             return LineError(rid, line, bad.code, bad.message, custom_id, openai=openai)
 
-    def _plain(self, obj: dict, rid: str, line: int) -> Request:
+    def _plain(self, obj: dict, rid: str, line: int) -> Request | tuple[Request, ...]:
+        if "input" in obj:
+            if not obj.keys() <= EMBED_KEYS:
+                unknown = ", ".join(sorted(obj.keys() - EMBED_KEYS))
+                raise BadField("unknown_field", f"unknown field(s) of an embeddings line: {unknown}; known: "
+                                                f"{', '.join(sorted(EMBED_KEYS))}")
+            prompts, pooling, echo = embedding_request(obj, self.tasks, "")
+            return fan_out(rid, line, InputFormat.EMBED, prompts, pooling, echo, None, None)
         if not obj.keys() <= _LINE_KEYS:
             unknown = ", ".join(sorted(obj.keys() - _LINE_KEYS))
             raise BadField("unknown_field", f"unknown field(s): {unknown}; known: {', '.join(sorted(_LINE_KEYS))}")
@@ -225,7 +248,7 @@ class _LineParser:
         token_ids = as_token_ids(obj["prompt_token_ids"], "prompt_token_ids")
         return Request(rid, line, InputFormat.TOKENS, params, prompt_token_ids=token_ids)
 
-    def _openai(self, obj: dict, rid: str, line: int) -> Request:
+    def _openai(self, obj: dict, rid: str, line: int) -> Request | tuple[Request, ...]:
         if not obj.keys() <= _OPENAI_KEYS:
             unknown = ", ".join(sorted(obj.keys() - _OPENAI_KEYS))
             raise BadField("unknown_field", f"unknown field(s): {unknown}; an OpenAI batch line has custom_id, method, url, body")
@@ -240,6 +263,8 @@ class _LineParser:
         if type(body) is not dict:
             raise BadField("invalid_type", f"body must be an object, got {show(body)}")
         model = self._model(body.get("model"))
+        if fmt in _POOLED:
+            return self._pooled(fmt, body, rid, line, model)
         if fmt is InputFormat.OPENAI_RESPONSES:
             messages, changes, use, echo = responses_request(body)
             params = self._params(changes, self.openai_defaults)
@@ -265,6 +290,17 @@ class _LineParser:
             token_ids = as_token_ids(prompt, "body.prompt")
             return Request(rid, line, fmt, params, prompt_token_ids=token_ids, custom_id=rid, model=model)
         return Request(rid, line, fmt, params, prompt=as_text(prompt, "body.prompt"), custom_id=rid, model=model)
+
+    def _pooled(self, fmt: InputFormat, body: dict, rid: str, line: int, model: str | None) -> tuple[Request, ...]:
+        """The parts of an embeddings, score or rerank line (batchcli.parts)."""
+        if fmt is InputFormat.OPENAI_EMBEDDINGS:
+            check_embeddings_body(body)
+            prompts, pooling, echo = embedding_request(body, self.tasks, "body.")
+        elif fmt is InputFormat.OPENAI_SCORE:
+            prompts, pooling, echo = score_request(body, self.tasks)
+        else:
+            prompts, pooling, echo = rerank_request(body, self.tasks)
+        return fan_out(rid, line, fmt, prompts, pooling, echo, rid, model)
 
     def _model(self, model: object) -> str | None:
         if model is not None and type(model) is not str:

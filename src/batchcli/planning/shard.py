@@ -1,8 +1,9 @@
 """The engine's input at any process boundary: a Shard, plain arrays and parameters with their plan.
 
 A shard is a set of requests with everything the engine needs to run them and nothing of the front
-half (no tokenizer, no Request objects, no writer): the prompt tokens, the sampling parameters and the
-plan over exactly these requests. The engine's events (engine.events) name a request by its index in
+half (no tokenizer, no Request objects, no writer): the prompt tokens, the sampling parameters, the
+pooling task of each prefill-only request (batchcli.pooling_params) and the plan over exactly these
+requests. The engine's events (engine.events) name a request by its index in
 the whole job (`Shard.index`), so the front half maps them back to its requests however the job was
 split. Everything here pickles.
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from batchcli.planning.plan import Plan, PlanSettings, build_plan
 from batchcli.params import SamplingParams
+from batchcli.pooling_params import PoolingParams
 from batchcli.planning.token_arrays import TokenArrays
 
 
@@ -28,11 +30,22 @@ class Shard:
     tokens: TokenArrays  # prompt tokens, one entry per request
     params: tuple[SamplingParams, ...]
     plan: Plan  # over these requests (plan request i = shard position i)
+    # per request, its pooling task (None: it generates); empty when no request of the shard pools
+    pooling: tuple[PoolingParams | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not len(self.index) == len(self.tokens) == len(self.params) == self.plan.stats.requests:
             raise ValueError(f"a shard needs one index, prompt and parameter set per planned request; got "
                              f"{len(self.index)}, {len(self.tokens)}, {len(self.params)} for {self.plan.stats.requests}")
+        if self.pooling and len(self.pooling) != len(self.index):
+            raise ValueError(f"a shard's pooling tasks must be none or one per request; got {len(self.pooling)} "
+                             f"for {len(self.index)}")
+        if any(t is not None and (p.max_tokens, p.n) != (1, 1) for t, p in zip(self.pooling, self.params)):
+            raise ValueError("a pooled request is planned as one output position: max_tokens 1, n 1")
+
+    def tasks(self) -> tuple[PoolingParams | None, ...]:
+        """Per request, its pooling task (None: it generates)."""
+        return self.pooling or (None,) * len(self.index)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -54,7 +67,8 @@ class Shard:
         like = self.plan
         plan = plan_requests(tokens, params, like.settings, model=like.model, fingerprint=like.fingerprint,
                              errors=like.stats.errors)
-        return Shard(tuple(self.index[i] for i in keep), tokens, params, plan)
+        pooling = tuple(self.pooling[i] for i in keep) if self.pooling else ()
+        return Shard(tuple(self.index[i] for i in keep), tokens, params, plan, pooling)
 
 
 def plan_requests(tokens: TokenArrays, params: Sequence[SamplingParams], settings: PlanSettings, *,

@@ -1,9 +1,10 @@
 """Tokenization of requests into compact token arrays, exactly as transformers' `generate` would see them.
 
-Plain prompts get the tokenizer's own special tokens (`add_special_tokens=True`); chat messages are
-rendered by the tokenizer's chat template with `add_generation_prompt=True` and encoded without adding
-special tokens again (the template writes them). Work is batched; a line whose tokens cannot run
-(out-of-vocabulary ids, too long for the context) becomes a LineError, and the rest goes on. A text
+Plain prompts (embedding inputs too) get the tokenizer's own special tokens (`add_special_tokens=True`);
+chat messages are rendered by the tokenizer's chat template with `add_generation_prompt=True` and
+encoded without adding special tokens again (the template writes them); a score or rerank pair is
+framed as the model's judgement prompt (planning/judgement.py). Work is batched; a line whose tokens
+cannot run (out-of-vocabulary ids, too long for the context) becomes a LineError, and the rest goes on. A text
 too long to fit whatever it encodes to is refused before encoding (a token never covers more than
 the longest vocabulary entry's characters), so a huge line costs its bytes, not a tokenizer's
 working memory.
@@ -24,10 +25,13 @@ from batchcli.errors import ModelNotFoundError
 from batchcli.model_config import load_config
 from batchcli.formats.fields import BadField
 from batchcli.requests import InputFormat, LineError, Request
+from batchcli.planning.judgement import Judgement, is_qwen3_reranker
 from batchcli.planning.token_arrays import TokenArrays
 from batchcli.formats.tools import template_tools
 
 CHUNK = 2048  # requests encoded per batched tokenizer call
+JUDGED = (InputFormat.OPENAI_SCORE, InputFormat.OPENAI_RERANK)  # prompts are pair texts to frame as judgements
+_TOKEN_FORMATS = (InputFormat.TOKENS, InputFormat.OPENAI_COMPLETION, InputFormat.EMBED, InputFormat.OPENAI_EMBEDDINGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class PromptTokenizer:
         self.vocab_size = min(len(self.tok), arch.vocab_size)  # an id past either has no embedding or no text
         # x2: a normalizer may fold characters (e.g. strip accents) before the vocabulary is matched
         self._chars_per_token = 2 * max(map(len, self.tok.get_vocab()), default=1)
+        self.judgement = Judgement(self.tok, is_qwen3_reranker(self.model_dir))
 
     def identity(self) -> str:
         """A short hash of the tokenizer's vocabulary, special tokens and chat template."""
@@ -129,8 +134,11 @@ class PromptTokenizer:
                 out[i] = np.asarray(r.prompt_token_ids, dtype=np.int64)
             else:
                 out[i] = self._surely_too_long(r, r.prompt)
-        plain = [i for i in plain if out[i] is None]
+        judged = [i for i in plain if out[i] is None and chunk[i].format in JUDGED]
+        plain = [i for i in plain if out[i] is None and chunk[i].format not in JUDGED]
         for i, ids in zip(plain, self._encode_texts([chunk[i].prompt for i in plain], True)):
+            out[i] = ids
+        for i, ids in zip(judged, self.judgement.encode([chunk[i].prompt for i in judged])):
             out[i] = ids
         for i, ids in zip(chat, self._encode_texts(rendered, False)):
             out[i] = ids
@@ -152,7 +160,7 @@ class PromptTokenizer:
         arr = np.asarray(ids, dtype=np.int64)
         if len(arr) == 0:
             return LineError(req.id, req.line, "empty_prompt", "the prompt encodes to no tokens", req.custom_id)
-        if req.format in (InputFormat.TOKENS, InputFormat.OPENAI_COMPLETION) and (arr.max() >= self.vocab_size or arr.min() < 0):
+        if req.format in _TOKEN_FORMATS and (arr.max() >= self.vocab_size or arr.min() < 0):
             bad = int(arr[(arr >= self.vocab_size) | (arr < 0)][0])
             return LineError(req.id, req.line, "invalid_token_id",
                              f"token id {bad} is outside the vocabulary (size {self.vocab_size})", req.custom_id)
