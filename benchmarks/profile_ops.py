@@ -19,7 +19,7 @@ import torch
 from batchcli.engine.config import EngineConfig
 from batchcli.engine.engine import Engine
 from batchcli.engine.native.ops import NativeOps
-from batchcli.model_store import resolve_model
+from batchcli.model_store import cache_dir, resolve_model
 from batchcli.pipeline import prepare
 from batchcli.planning.plan import PlanSettings
 from batchcli.params import SamplingParams
@@ -73,10 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = resolve_model(args.model)
     defaults = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
     job = prepare(str(args.input), defaults, PlanSettings(), model_dir)
-    engine = Engine(model_dir, EngineConfig(dtype=args.dtype, compile=args.compile), job.tokenizer.decode)
+    shard = job.shard()
+    engine = Engine(model_dir, EngineConfig(dtype=args.dtype, compile=args.compile), job.tokenizer.decode,
+                    native_cache=cache_dir(), work_tokens=shard.work_tokens, block_size=job.plan.settings.block_size)
     started = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        stats = engine.run(job.shard(), lambda e: None, lambda p: None, _Stop(), grammars=job.grammars)
+        stats = engine.run(shard, lambda e: None, lambda p: None, _Stop(), grammars=job.grammars)
     wall = time.perf_counter() - started
     events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
     per_category: dict[str, float] = defaultdict(float)
