@@ -10,7 +10,7 @@ them (its rate per token does not depend on how many batches it runs; the whole 
 many minutes on a small CPU). Rerank: `queries` /v1/rerank
 lines of `documents` documents of about `doc_words` words each, by batchllm with and without sharing.
 Each batchllm run is one fresh CLI process (`python -m batchcli.cli run`, the code on PYTHONPATH);
-rates are prompt tokens over the engine's generation time (wall - model load, from --metrics), and
+rates are prompt tokens over the generation time (wall - model and tokenizer load, from --metrics), and
 over the process's whole wall time. Transformers' rate is over its forward loop (model load left out).
 Invariant: every engine reads the same inputs, and the script checks that batchllm's embeddings and
 transformers' agree (cosine) before it reports a rate, so a fast wrong answer is never reported.
@@ -67,7 +67,7 @@ def run_batchllm(src: Path, out_dir: Path, tag: str, model: Path, dtype: str, fl
     if done.returncode != 0:
         raise RuntimeError(f"{tag}: exit {done.returncode}: {done.stderr[-800:]}")
     m = json.loads(metrics.read_text())
-    gen = m["wall_s"] - m["model_load_s"]
+    gen = m["wall_s"] - m["model_load_s"] - m["tokenizer_load_s"]  # start-up left out, as the harness does
     return {"tag": tag, "flags": list(flags), "wall_s": wall, "gen_s": gen, "prompt_tokens": m["prompt_tokens"],
             "prefill_tokens_computed": m["prefill_tokens_computed"], "saving_ratio": m["saving_ratio"],
             "tok_per_s": m["prompt_tokens"] / gen, "tok_per_s_wall": m["prompt_tokens"] / wall, "out": str(out)}
