@@ -36,20 +36,20 @@ def fan_out(rid: str, line: int, fmt: InputFormat, prompts: list[str | tuple[int
         for k, p in enumerate(prompts))
 
 
-def whole_lines(batch: TokenizedRequests) -> TokenizedRequests:
-    """The batch without the parts of lines some part of which failed to encode; one error per line."""
-    bad = {e.line for e in batch.errors}
-    parted = {r.line for r in batch.requests if r.pooling is not None}
+def whole_lines(tokenized: TokenizedRequests) -> TokenizedRequests:
+    """The requests without the parts of lines some part of which failed to encode; one error per line."""
+    bad = {e.line for e in tokenized.errors}
+    parted = {r.line for r in tokenized.requests if r.pooling is not None}
     if not bad & parted:
-        return batch
-    keep = [i for i, r in enumerate(batch.requests) if r.line not in bad]
+        return tokenized
+    keep = [i for i, r in enumerate(tokenized.requests) if r.line not in bad]
     errors, seen = [], set()
-    for e in batch.errors:  # sorted by line, a line's parts in part order
+    for e in tokenized.errors:  # sorted by line, a line's parts in part order
         if e.line not in seen:
             seen.add(e.line)
             errors.append(e)
-    tokens = TokenArrays.from_lists([batch.tokens[i] for i in keep])
-    return TokenizedRequests([batch.requests[i] for i in keep], tokens, errors)
+    tokens = TokenArrays.from_lists([tokenized.tokens[i] for i in keep])
+    return TokenizedRequests([tokenized.requests[i] for i in keep], tokens, errors)
 
 
 def part_error(request: Request, code: str, message: str) -> LineError:
