@@ -24,7 +24,7 @@ from batchcli.engine.constraints import Matchers
 from batchcli.engine.decoding import Decoder
 from batchcli.engine.devices import pick_device, pick_dtype
 from batchcli.engine.fused import choose_fused, wants_fused
-from batchcli.engine.host_memory import keep_freed_memory
+from batchcli.engine.host_memory import keep_freed_memory, setup_frozen
 from batchcli.engine.kv_pool import BlockPool, mem_available_bytes, parse_kv_budget
 from batchcli.engine.model import CausalLM, allocate_kv, kv_bytes_per_token
 from batchcli.engine.resume import Checkpointing, restore, snapshot
@@ -185,18 +185,19 @@ class Engine:
             restored = {position[r]: s for r, s in checkpoint.restored.items() if r in position}
             results.started.update(restored)
             restore(restored, sched, sampler, self.stopper, results.params, results.add)
-        while True:
-            if stop.requested:
-                sched.stop_admitting()
-            step = sched.schedule()
-            if step is None:
-                break
-            self._step(step, runner, sched, decoder, pooler, results)
-            if checkpoint is not None and checkpoint.due():
-                checkpoint.save(snapshot(results.started, sched, sampler, shard.index))
-            c = sched.counters
-            on_progress(Progress(results.done, len(shard), c.prefill_tokens, c.decode_tokens,
-                                 pool.num_used, num_blocks, time.perf_counter() - started))
+        with setup_frozen():
+            while True:
+                if stop.requested:
+                    sched.stop_admitting()
+                step = sched.schedule()
+                if step is None:
+                    break
+                self._step(step, runner, sched, decoder, pooler, results)
+                if checkpoint is not None and checkpoint.due():
+                    checkpoint.save(snapshot(results.started, sched, sampler, shard.index))
+                c = sched.counters
+                on_progress(Progress(results.done, len(shard), c.prefill_tokens, c.decode_tokens,
+                                     pool.num_used, num_blocks, time.perf_counter() - started))
         if checkpoint is not None:
             checkpoint.save(snapshot(results.started, sched, sampler, shard.index))
         c = sched.counters

@@ -26,7 +26,7 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("ops.cpp")
 LIBRARY = "libbatchllm_ops.so"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-Wall", "-Wno-maybe-uninitialized")
-REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl")
+REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
 
 
 class NativeUnavailable(RuntimeError):

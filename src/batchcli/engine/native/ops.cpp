@@ -60,12 +60,15 @@ template <> inline __m512 load16<uint16_t>(const uint16_t* p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
-// 2^x lane-wise: floor split, a degree-6 polynomial on the fraction, scalef (overflow gives inf;
-// x is clamped below at -126, where the attention callers mask or the result is negligible)
+// x - floor(x), in [0, 1), exactly: one vreduceps
+inline __m512 fraction(__m512 x) { return _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+
+// 2^x lane-wise: a degree-6 polynomial on the fraction, scaled by 2^floor(x) with vscalefps, which
+// floors its exponent operand itself (overflow gives inf; x is clamped below at -126, so -inf gives a
+// negligible 2^-126 rather than NaN)
 inline __m512 exp2_v(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);  // [0, 1)
+    const __m512 f = fraction(x);
     __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
@@ -73,20 +76,19 @@ inline __m512 exp2_v(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_scalef_ps(p, x);
 }
 
 // 2^x to ~1.4e-4 relative (a degree-3 fit of 2^f on [0, 1)): for softmax weights that are rounded to
 // bf16 (8 bits) before they are used, where exp2_v's float32 accuracy buys nothing.
+// No clamp: its callers' x are finite (scores of finite bf16 vectors) or masked afterwards.
 inline __m512 exp2_bf16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
+    const __m512 f = fraction(x);
     __m512 p = _mm512_set1_ps(7.782313494317919e-2f);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.2586840700541846e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.961721143196156e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.998636940628649e-1f));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_scalef_ps(p, x);
 }
 
 // float32 lanes rounded as if stored in E, and stored as E
