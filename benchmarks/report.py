@@ -15,6 +15,7 @@ from benchmarks import results_file
 from benchmarks.flops import ModelSize, mfu
 from benchmarks.machine import MachineInfo, flag_summary
 from benchmarks.peers.base import RunOutcome
+from benchmarks.pooled import PooledBuilt, agreement, agrees
 from benchmarks.workloads import Built
 
 MFU_FORMULA = ("MFU = FLOPs / (wall without start-up x measured torch.mm peak of the run's dtype), "
@@ -137,6 +138,47 @@ def with_agreement(rows: list[Row], runs: list[RunOutcome]) -> list[Row]:
     return out
 
 
+def with_pooled_agreement(rows: list[Row], runs: list[RunOutcome], pooled: set[str]) -> list[Row]:
+    """On pooled workloads an engine's agreement is pooled.agreement of its first output with batchllm's
+    (embeddings: smallest cosine; rerank: largest score difference), not a share of equal lines."""
+    first_out = {}
+    for r in runs:
+        if r.ok and r.workload in pooled:
+            first_out.setdefault((r.workload, r.peer, r.variant), r.out_path)
+    out = []
+    for row in rows:
+        if row.workload in pooled:
+            ref, mine = first_out.get((row.workload, "batchllm", "")), first_out.get((row.workload, row.peer, row.variant))
+            same = (row.peer, row.variant) == ("batchllm", "")
+            row = Row(**{**asdict(row), "agreement": agreement(row.workload, mine, ref) if ref and mine and not same else None})
+        out.append(row)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PooledRatio:
+    """batchllm's prompt tokens per second (generation time, sharing on) over another engine's, same run."""
+
+    workload: str
+    other: str  # "--sharing off" or "transformers"
+    ratio: float | None  # None where the outputs disagree or a run failed
+    agreement: float | None
+
+
+def pooled_ratios(rows: list[Row], dtype: str) -> list[PooledRatio]:
+    """Over the rows of pooled workloads only."""
+    ok = {(r.workload, r.peer, r.variant): r for r in rows if r.runs}
+    out = []
+    for (workload, peer, variant), r in ok.items():
+        ref = ok.get((workload, "batchllm", ""))
+        if ref is None or (peer, variant) == ("batchllm", ""):
+            continue
+        fine = r.agreement is not None and agrees(workload, r.agreement, dtype)
+        out.append(PooledRatio(workload, "--sharing off" if variant else peer,
+                               ref.prompt_tps / r.prompt_tps if fine else None, r.agreement))
+    return out
+
+
 def fmt(x: float | None, spec: str) -> str:
     return "–" if x is None else format(x, spec)
 
@@ -144,6 +186,9 @@ def fmt(x: float | None, spec: str) -> str:
 BENCH_COLUMNS = ("engine", "runs", "wall with start-up (s)", "wall without (s)", "prompt tok/s", "output tok/s",
                  "batchllm speed-up without / with start-up", "saving ratio", "peak RSS (MiB)", "peak KV (MiB)",
                  "MFU", "others' CPU", "outputs = batchllm's")
+POOLED_COLUMNS = ("engine", "runs", "wall with start-up (s)", "wall without (s)", "prompt tok/s",
+                  "batchllm speed-up per token without start-up", "saving ratio", "others' CPU",
+                  "agreement with batchllm")
 ABLATION_COLUMNS = ("variant", "wall without start-up (s)", "total tok/s", "vs default", "saving ratio",
                     "peak KV (MiB)", "steps", "preemptions")
 
@@ -169,6 +214,22 @@ def bench_table(rows: list[Row]) -> list[str]:
             f"| {r.peer} | {r.runs} | {r.total_s:.1f} | {r.gen_s:.1f} | {r.prompt_tps:.0f} | {r.output_tps:.0f} | "
             f"{speed} | {r.saving_ratio:.3f} | {r.peak_rss_mib:.0f} | {fmt(r.peak_kv_mib, '.1f')} | {r.mfu:.1%} | "
             f"{r.others_share:.1%} | {fmt(r.agreement, '.0%')} |")
+    return lines
+
+
+def pooled_table(rows: list[Row], dtype: str) -> list[str]:
+    """A pooled workload's engines; agreement: smallest cosine (embeddings) or largest score difference (rerank)."""
+    ratios = {r.other: r for r in pooled_ratios(rows, dtype)}
+    lines = header(POOLED_COLUMNS)
+    for r in rows:
+        label = r.peer + (" --sharing off" if r.variant else "")
+        if not r.runs:
+            lines.append(error_row(label, r.error, len(POOLED_COLUMNS)))
+            continue
+        ratio = ratios.get("--sharing off" if r.variant else r.peer)
+        speed = ("–" if ratio is None else "outputs disagree" if ratio.ratio is None else f"{ratio.ratio:.2f}x")
+        lines.append(f"| {label} | {r.runs} | {r.total_s:.1f} | {r.gen_s:.1f} | {r.prompt_tps:.0f} | {speed} | "
+                     f"{r.saving_ratio:.3f} | {r.others_share:.1%} | {fmt(r.agreement, '.5g')} |")
     return lines
 
 
@@ -219,6 +280,15 @@ def markdown(meta: dict, built: list[Built], rows: list[Row]) -> str:
         mine = [r for r in rows if r.workload == b.bench.name]
         if not mine:
             continue
+        if isinstance(b, PooledBuilt):
+            ref = next((r for r in mine if (r.peer, r.variant) == ("batchllm", "") and r.runs), None)
+            tokens = f", {round(ref.prompt_tps * ref.gen_s)} prompt tokens" if ref else ""
+            out += [f"## {b.bench.name}", "", f"{b.bench.title}. {b.lines} lines{tokens}. Agreement with batchllm: the "
+                    "smallest cosine between an engine's embeddings and batchllm's (embeddings) or the largest "
+                    "relevance-score difference (rerank); a speed-up is given only where they agree within the dtype's "
+                    "rounding.", ""]
+            out += pooled_table(mine, meta["dtype"]) + [""]
+            continue
         out += [f"## {b.bench.name}", "", f"{b.bench.title}. {b.requests} requests, {b.prompt_tokens} prompt tokens "
                 f"({b.shared_tokens} with each shared prefix once), {b.output_tokens} output tokens"
                 + (f", KV budget {b.kv_budget_tokens} tokens." if b.kv_budget_tokens else "."), ""]
@@ -229,20 +299,27 @@ def markdown(meta: dict, built: list[Built], rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def workload_facts(b: Built) -> dict:
+def workload_facts(b: Built | PooledBuilt) -> dict:
+    if isinstance(b, PooledBuilt):
+        return {"name": b.bench.name, "title": b.bench.title, "path": str(b.path), "lines": b.lines,
+                "peers": list(b.bench.peers)}
     return {"name": b.bench.name, "title": b.bench.title, "path": str(b.path), "requests": b.requests,
             "prompt_tokens": b.prompt_tokens, "shared_tokens": b.shared_tokens, "output_tokens": b.output_tokens,
             "kv_budget_tokens": b.kv_budget_tokens, "peers": list(b.bench.peers)}
 
 
-def write(folder: Path, meta: dict, machine: MachineInfo, built: list[Built], runs: list[RunOutcome],
+def write(folder: Path, meta: dict, machine: MachineInfo, built: list[Built | PooledBuilt], runs: list[RunOutcome],
           size: ModelSize) -> tuple[Path, Path]:
     meta = meta | {"machine": asdict(machine), "mfu_formula": MFU_FORMULA,
                    "model_params": {"body": size.body, "head": size.head}}
-    rows = summarise(runs, size, machine.peak_gflops[meta["dtype"]], {b.bench.name: b.attention_pairs for b in built})
+    pairs = {b.bench.name: b.attention_pairs for b in built if isinstance(b, Built)}
+    rows = summarise(runs, size, machine.peak_gflops[meta["dtype"]], pairs)
+    pooled = {b.bench.name for b in built if isinstance(b, PooledBuilt)}
+    rows = with_pooled_agreement(rows, runs, pooled)
     data = {**meta, "workloads": [workload_facts(b) for b in built],
             "summary": [asdict(r) for r in rows],
             "fused_vs_eager": [asdict(f) | {"speedup": f.speedup} for f in fused_vs_eager(rows)],
+            "pooled_ratios": [asdict(p) for p in pooled_ratios([r for r in rows if r.workload in pooled], meta["dtype"])],
             "runs": [asdict(r) for r in runs]}
     json_path, md_path = folder / "results.json", folder / "RESULTS.md"
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")

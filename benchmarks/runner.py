@@ -16,7 +16,9 @@ from pathlib import Path
 
 from benchmarks.peers.base import Job, Peer, RunOutcome
 from benchmarks.peers.batchllm import BatchllmPeer
+from benchmarks.peers.hf_embed import HfEmbedPeer
 from benchmarks.peers.remote import hf_peer, vllm_missing, vllm_peer
+from benchmarks.pooled import SHARING_OFF, PooledBuilt, build_pooled, pooled_benches
 from benchmarks.workloads import Built, ablation_bench, benches, build
 
 VLLM_KV_BYTES = 4 * 2**30  # VLLM_CPU_KVCACHE_SPACE=4, the best setting measured here
@@ -79,23 +81,26 @@ def kv_bytes_per_token(model: Path, dtype: str) -> int:
 
 @dataclass
 class Peers:
-    """One engine instance per (engine, KV budget); built lazily, closed together."""
+    """One engine instance per (engine, KV budget, pooled or not); built lazily, closed together. On a
+    pooled workload "transformers" is AutoModel + pooling (HfEmbedPeer), on the others `generate`."""
 
     s: Settings
     max_model_len: int
-    made: dict[tuple[str, int | None], Peer] = field(default_factory=dict)
+    made: dict[tuple[str, int | None, bool], Peer] = field(default_factory=dict)
 
-    def get(self, name: str, built: Built) -> Peer:
+    def get(self, name: str, built: Built | PooledBuilt) -> Peer:
         kv = built.kv_budget_tokens if name == "vllm" else None
-        key = (name, kv)
+        key = (name, kv, isinstance(built, PooledBuilt))
         if key not in self.made:
             self.made[key] = self._make(name, built, kv)
         return self.made[key]
 
-    def _make(self, name: str, built: Built, kv: int | None) -> Peer:
+    def _make(self, name: str, built: Built | PooledBuilt, kv: int | None) -> Peer:
         logs = self.s.work_dir / "logs"
         if name in BATCHLLM_FLAGS:
             return BatchllmPeer(self.s.model, self.s.dtype, self.s.batchllm_exe, name, BATCHLLM_FLAGS[name])
+        if name == "transformers" and isinstance(built, PooledBuilt):
+            return HfEmbedPeer(self.s.model, self.s.dtype, built.bench.hf_inputs)
         if name == "transformers":
             return hf_peer(self.s.model, self.s.dtype, logs, 16 if self.s.quick else "auto")
         if name == "vllm":
@@ -137,11 +142,13 @@ def checked(s: Settings, peer: Peer, job: Job) -> RunOutcome:
     return replace(second, extra=extra)
 
 
-def run_all(s: Settings) -> tuple[list[Built], list[RunOutcome]]:
+def run_all(s: Settings) -> tuple[list[Built | PooledBuilt], list[RunOutcome]]:
     chosen = [b for b in benches(s.quick) + [ablation_bench(s.quick)] if not s.only or b.name in s.only]
-    if not chosen:
+    pooled = [b for b in pooled_benches(s.quick) if not s.only or b.name in s.only]
+    if not chosen and not pooled:
         raise ValueError(f"--only {','.join(s.only)} matches no bench")
-    built = [build(b, s.work_dir / "inputs") for b in chosen]
+    built: list[Built | PooledBuilt] = [build(b, s.work_dir / "inputs") for b in chosen]
+    built += [build_pooled(b, s.work_dir / "inputs") for b in pooled]
     peers = Peers(s, max_model_len=max([VLLM_MAX_MODEL_LEN] + [b.max_prompt + b.max_tokens for b in built]))
     results: list[RunOutcome] = []
     pass_cost: dict[tuple[str, str], float] = {}
@@ -169,8 +176,10 @@ def run_all(s: Settings) -> tuple[list[Built], list[RunOutcome]]:
     return built, results
 
 
-def plan_pass(s: Settings, built: list[Built], k: int) -> list[tuple[Built, str, tuple[str, tuple[str, ...]]]]:
-    """The runs of pass k: engines rotate by bench and pass so none always runs first."""
+def plan_pass(s: Settings, built: list[Built | PooledBuilt],
+              k: int) -> list[tuple[Built | PooledBuilt, str, tuple[str, tuple[str, ...]]]]:
+    """The runs of pass k: engines rotate by bench and pass so none always runs first. A pooled
+    workload runs batchllm with and without prefix sharing (a variant), transformers in pass 0 only."""
     plan = []
     for i, b in enumerate(built):
         if b.bench.name == "ablation":
@@ -178,6 +187,9 @@ def plan_pass(s: Settings, built: list[Built], k: int) -> list[tuple[Built, str,
                 plan += [(b, "batchllm", a) for a in ABLATIONS]
             continue
         names = [p for p in b.bench.peers if p in s.peers and (k == 0 or p != "transformers")]
-        shift = (i + k) % max(len(names), 1)
-        plan += [(b, name, ("", ())) for name in names[shift:] + names[:shift]]
+        runs = [(name, variant) for name in names
+                for variant in ((("", ()), SHARING_OFF) if isinstance(b, PooledBuilt) and name == "batchllm"
+                                else (("", ()),))]
+        shift = (i + k) % max(len(runs), 1)
+        plan += [(b, name, variant) for name, variant in runs[shift:] + runs[:shift]]
     return plan

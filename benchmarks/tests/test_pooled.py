@@ -1,0 +1,79 @@
+"""The pooled-job workloads, their runs in a pass, and how the report checks and compares them."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from benchmarks.pooled import (EMBED_LINE, SHARING_OFF, PooledBuilt, agreement, build_pooled, corpus_prompts,
+                               embed_corpus, pooled_benches, read_vectors, rerank_lines)
+from benchmarks.report import Row, pooled_ratios, pooled_table
+from benchmarks.tests.test_runner import settings
+from benchmarks.runner import plan_pass
+
+
+def test_the_embedding_corpus_shares_exactly_its_instruction():
+    corpus = embed_corpus(50, 64, seed=3)
+    assert corpus == embed_corpus(50, 64, seed=3)
+    assert all(p[:64] == corpus[0][:64] and 16 <= len(p) - 64 <= 48 for p in corpus)
+    assert len({p[64] for p in corpus}) > 40  # the distinct texts do differ right after the instruction
+
+
+def test_rerank_lines_are_one_query_over_its_documents():
+    lines = rerank_lines(3, 5, 20)
+    assert lines == rerank_lines(3, 5, 20) and [x["url"] for x in lines] == ["/v1/rerank"] * 3
+    assert all(len(x["body"]["documents"]) == 5 and len(x["body"]["documents"][0].split()) == 20 for x in lines)
+
+
+def test_built_embeddings_read_back_in_corpus_order(tmp_path):
+    bench = next(b for b in pooled_benches(True) if b.name == "embeddings")
+    built = build_pooled(bench, tmp_path)
+    corpus = embed_corpus(128, 64)
+    assert built.lines == 2 and corpus_prompts(built.path, 70) == corpus[:70]
+    # an engine's output lines, vectors = (corpus index, 1, 0...), read back in corpus order
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(orjson.dumps({"id": f"e{j}", "embeddings": [[j * EMBED_LINE + k, 1.0, 0.0]
+                                                                           for k in range(EMBED_LINE)]}) + b"\n"
+                             for j in (1, 0)))
+    assert read_vectors(str(out))[:, 0].tolist() == list(range(128))
+
+
+def test_agreement_is_the_worst_cosine_or_the_largest_score_gap(tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    np.save(b, np.array([[1.0, 0.0], [1.0, 1.0]], np.float32))
+    assert abs(agreement("embeddings", str(a), str(b)) - 2 ** -0.5) < 1e-6
+
+    def rerank(path, scores):
+        path.write_bytes(orjson.dumps({"custom_id": "q0", "response": {"body": {"results": [
+            {"index": i, "relevance_score": s} for i, s in enumerate(scores)]}}}) + b"\n")
+        return str(path)
+
+    assert abs(agreement("rerank", rerank(tmp_path / "x", [0.5, 0.25]), rerank(tmp_path / "y", [0.5, 0.5])) - 0.25) < 1e-9
+
+
+def test_a_pass_runs_batchllm_with_and_without_sharing_and_transformers_once(tmp_path):
+    s = settings(tmp_path)
+    built = [build_pooled(b, tmp_path) for b in pooled_benches(True)]
+    first, second = plan_pass(s, built, 0), plan_pass(s, built, 1)
+    emb = [(name, v[0]) for b, name, v in first if b.bench.name == "embeddings"]
+    assert sorted(emb) == [("batchllm", ""), ("batchllm", SHARING_OFF[0]), ("transformers", "")]
+    assert sorted((name, v[0]) for b, name, v in second if b.bench.name == "embeddings") == \
+        [("batchllm", ""), ("batchllm", SHARING_OFF[0])], "transformers runs in pass 0 only"
+    assert [(name, v[0]) for b, name, v in first if b.bench.name == "rerank"] != \
+        [(name, v[0]) for b, name, v in second if b.bench.name == "rerank"], "the order rotates"
+    assert all(isinstance(b, PooledBuilt) and b.max_tokens == 1 for b, _, _ in first)
+
+
+def row(peer, variant, gen, tps, agree=None):
+    return Row("embeddings", peer, variant, 1, None, total_s=gen + 3, gen_s=gen, prompt_tps=tps, agreement=agree)
+
+
+def test_a_speed_up_is_shown_only_where_the_outputs_agree():
+    rows = [row("batchllm", "", 1.0, 9000.0), row("batchllm", "sharing-off", 3.0, 3000.0, 0.9999),
+            row("transformers", "", 2.0, 1000.0, 0.5)]
+    ratios = {r.other: r.ratio for r in pooled_ratios(rows, "bfloat16")}
+    assert ratios == {"--sharing off": 3.0, "transformers": None}
+    table = "\n".join(pooled_table(rows, "bfloat16"))
+    assert "| batchllm --sharing off | 1 | 6.0 | 3.0 | 3000 | 3.00x |" in table
+    assert "| transformers | 1 | 5.0 | 2.0 | 1000 | outputs disagree |" in table
