@@ -18,7 +18,7 @@ from benchmarks import report
 from benchmarks.flops import model_size
 from benchmarks.machine import flag_summary, machine_info
 from benchmarks.runner import Settings, log, run_all
-from benchmarks.workloads import ALL_PEERS
+from benchmarks.workloads import PEER_CHOICES
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small workloads, one pass (~2 minutes)")
     p.add_argument("--model", type=Path, help="HF model directory (default: the project's cached SmolLM2-135M)")
     p.add_argument("--only", type=csv(None), default=(), help="comma-separated bench names")
-    p.add_argument("--peers", type=csv(ALL_PEERS), default=ALL_PEERS, help="comma-separated engines")
+    p.add_argument("--peers", type=csv(PEER_CHOICES), default=PEER_CHOICES, help="comma-separated engines")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto: the dtype with the higher measured matmul peak")
     p.add_argument("--repeats", type=int, help="passes over the batchllm/vLLM runs (default 3, --quick 1)")

@@ -57,7 +57,7 @@ class PooledBench:
 
     @property
     def peers(self) -> tuple[str, ...]:
-        return ("batchllm", "transformers") if self.hf_inputs else ("batchllm",)
+        return ("batchllm", "transformers-embed") if self.hf_inputs else ("batchllm",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,16 +81,15 @@ def kv_bytes_per_token(model: Path, dtype: str) -> int:
 
 @dataclass
 class Peers:
-    """One engine instance per (engine, KV budget, pooled or not); built lazily, closed together. On a
-    pooled workload "transformers" is AutoModel + pooling (HfEmbedPeer), on the others `generate`."""
+    """One engine instance per (engine, KV budget); built lazily, closed together."""
 
     s: Settings
     max_model_len: int
-    made: dict[tuple[str, int | None, bool], Peer] = field(default_factory=dict)
+    made: dict[tuple[str, int | None], Peer] = field(default_factory=dict)
 
     def get(self, name: str, built: Built | PooledBuilt) -> Peer:
         kv = built.kv_budget_tokens if name == "vllm" else None
-        key = (name, kv, isinstance(built, PooledBuilt))
+        key = (name, kv)
         if key not in self.made:
             self.made[key] = self._make(name, built, kv)
         return self.made[key]
@@ -99,7 +98,7 @@ class Peers:
         logs = self.s.work_dir / "logs"
         if name in BATCHLLM_FLAGS:
             return BatchllmPeer(self.s.model, self.s.dtype, self.s.batchllm_exe, name, BATCHLLM_FLAGS[name])
-        if name == "transformers" and isinstance(built, PooledBuilt):
+        if name == "transformers-embed":
             return HfEmbedPeer(self.s.model, self.s.dtype, built.bench.hf_inputs)
         if name == "transformers":
             return hf_peer(self.s.model, self.s.dtype, logs, 16 if self.s.quick else "auto")
@@ -179,14 +178,14 @@ def run_all(s: Settings) -> tuple[list[Built | PooledBuilt], list[RunOutcome]]:
 def plan_pass(s: Settings, built: list[Built | PooledBuilt],
               k: int) -> list[tuple[Built | PooledBuilt, str, tuple[str, tuple[str, ...]]]]:
     """The runs of pass k: engines rotate by bench and pass so none always runs first. A pooled
-    workload runs batchllm with and without prefix sharing (a variant), transformers in pass 0 only."""
+    workload runs batchllm with and without prefix sharing (a variant); transformers engines run in pass 0 only."""
     plan = []
     for i, b in enumerate(built):
         if b.bench.name == "ablation":
             if k == 0 and "batchllm" in s.peers:
                 plan += [(b, "batchllm", a) for a in ABLATIONS]
             continue
-        names = [p for p in b.bench.peers if p in s.peers and (k == 0 or p != "transformers")]
+        names = [p for p in b.bench.peers if p in s.peers and (k == 0 or not p.startswith("transformers"))]
         runs = [(name, variant) for name in names
                 for variant in ((("", ()), SHARING_OFF) if isinstance(b, PooledBuilt) and name == "batchllm"
                                 else (("", ()),))]

@@ -22,6 +22,8 @@ from benchmarks.flops import attention_pairs
 # batchllm-eager (`--compile off`) runs wherever batchllm does: the fused path must never lose to it
 BATCHLLM_AB = ("batchllm", "batchllm-eager")
 ALL_PEERS = (*BATCHLLM_AB, "vllm", "transformers")
+# the engines a --peers list may name: the generation engines, and transformers' embeddings (pooled workloads)
+PEER_CHOICES = (*ALL_PEERS, "transformers-embed")
 FAST_PEERS = (*BATCHLLM_AB, "vllm")
 SWEEP_DEGREES = (1, 4, 16, 64)
 

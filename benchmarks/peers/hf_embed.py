@@ -46,7 +46,7 @@ class HfEmbedPeer:
     dtype: str
     inputs: int  # the corpus prefix it embeds
     batch_size: int = 32
-    name: str = "transformers"
+    name: str = "transformers-embed"
 
     def run(self, job: Job) -> RunOutcome:
         window, cpu0, t0 = CpuWindow(), time.process_time(), time.perf_counter()

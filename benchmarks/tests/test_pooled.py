@@ -10,6 +10,7 @@ from benchmarks.pooled import (EMBED_LINE, SHARING_OFF, PooledBuilt, agreement, 
 from benchmarks.report import Row, pooled_ratios, pooled_table
 from benchmarks.tests.test_runner import settings
 from benchmarks.runner import plan_pass
+from benchmarks.workloads import PEER_CHOICES
 
 
 def test_the_embedding_corpus_shares_exactly_its_instruction():
@@ -53,13 +54,13 @@ def test_agreement_is_the_worst_cosine_or_the_largest_score_gap(tmp_path):
 
 
 def test_a_pass_runs_batchllm_with_and_without_sharing_and_transformers_once(tmp_path):
-    s = settings(tmp_path)
+    s = settings(tmp_path, peers=PEER_CHOICES)
     built = [build_pooled(b, tmp_path) for b in pooled_benches(True)]
     first, second = plan_pass(s, built, 0), plan_pass(s, built, 1)
     emb = [(name, v[0]) for b, name, v in first if b.bench.name == "embeddings"]
-    assert sorted(emb) == [("batchllm", ""), ("batchllm", SHARING_OFF[0]), ("transformers", "")]
+    assert sorted(emb) == [("batchllm", ""), ("batchllm", SHARING_OFF[0]), ("transformers-embed", "")]
     assert sorted((name, v[0]) for b, name, v in second if b.bench.name == "embeddings") == \
-        [("batchllm", ""), ("batchllm", SHARING_OFF[0])], "transformers runs in pass 0 only"
+        [("batchllm", ""), ("batchllm", SHARING_OFF[0])], "transformers-embed runs in pass 0 only"
     assert [(name, v[0]) for b, name, v in first if b.bench.name == "rerank"] != \
         [(name, v[0]) for b, name, v in second if b.bench.name == "rerank"], "the order rotates"
     assert all(isinstance(b, PooledBuilt) and b.max_tokens == 1 for b, _, _ in first)
@@ -71,9 +72,9 @@ def row(peer, variant, gen, tps, agree=None):
 
 def test_a_speed_up_is_shown_only_where_the_outputs_agree():
     rows = [row("batchllm", "", 1.0, 9000.0), row("batchllm", "sharing-off", 3.0, 3000.0, 0.9999),
-            row("transformers", "", 2.0, 1000.0, 0.5)]
+            row("transformers-embed", "", 2.0, 1000.0, 0.5)]
     ratios = {r.other: r.ratio for r in pooled_ratios(rows, "bfloat16")}
-    assert ratios == {"--sharing off": 3.0, "transformers": None}
+    assert ratios == {"--sharing off": 3.0, "transformers-embed": None}
     table = "\n".join(pooled_table(rows, "bfloat16"))
     assert "| batchllm --sharing off | 1 | 6.0 | 3.0 | 3000 | 3.00x |" in table
-    assert "| transformers | 1 | 5.0 | 2.0 | 1000 | outputs disagree |" in table
+    assert "| transformers-embed | 1 | 5.0 | 2.0 | 1000 | outputs disagree |" in table
