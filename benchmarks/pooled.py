@@ -138,7 +138,9 @@ def agreement(workload: str, mine: str, ref: str) -> float:
 
 
 def agrees(workload: str, value: float, dtype: str) -> bool:
-    """Whether two engines' outputs are the same answer within the dtype's rounding."""
+    """Whether two engines' outputs are the same answer within the dtype's rounding. A bf16 yes/no
+    logit carries ~1% error, which moves a relevance near 0.5 by up to ~0.05 (measured 0.049 between
+    sharing on and off): the bf16 bound is twice that; a wrong answer moves scores far more."""
     if workload == "embeddings":
         return value >= (0.999 if dtype == "float32" else 0.98)
-    return value <= (1e-3 if dtype == "float32" else 0.05)
+    return value <= (1e-3 if dtype == "float32" else 0.1)
