@@ -56,8 +56,13 @@ class PooledBench:
     hf_inputs: int = 0  # corpus inputs transformers embeds; 0: no transformers run
 
     @property
+    def reference(self) -> str | None:
+        """The engine batchllm's outputs must agree with before any batchllm rate on this workload is shown."""
+        return "transformers-embed" if self.hf_inputs else None
+
+    @property
     def peers(self) -> tuple[str, ...]:
-        return ("batchllm", "transformers-embed") if self.hf_inputs else ("batchllm",)
+        return ("batchllm", self.reference) if self.reference else ("batchllm",)
 
 
 @dataclass(frozen=True, slots=True)

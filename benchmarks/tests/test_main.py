@@ -67,3 +67,19 @@ def test_a_run_on_another_family_adds_its_section_beside_the_committed_one(tmp_p
     heading = f"# Results on {amx} — {machine.cpu_model()}, measured {data['started'][:10]}\n"
     assert sections(md)[amx].startswith(heading)
     assert f"({amx}: amx_tile yes, amx_bf16 yes, avx512_bf16 yes, avx512f yes)" in sections(md)[amx]
+
+
+def test_pooled_workloads_report_in_the_family_section_and_results_json(tmp_path, fake_cli, tiny_model, monkeypatch):
+    monkeypatch.setattr(machine, "matmul_peak_gflops", lambda dtype: 100.0)
+    rc, data, md = run_main(tmp_path, fake_cli, tiny_model, "--only", "embeddings,rerank")
+    assert rc == 0
+    argv = {r["variant"]: json.loads(Path(r["out_path"]).with_suffix(".metrics.json").read_text())["argv"]
+            for r in data["runs"] if r["workload"] == "rerank"}
+    assert argv["sharing-off"][-2:] == ["--sharing", "off"] and "--sharing" not in argv[""]
+    ratios = {r["workload"]: r for r in data["pooled_ratios"]}
+    # the fake's relevances agree exactly; its embeddings were never checked against transformers (not run)
+    assert ratios["rerank"]["ratio"] == 1.0 and ratios["rerank"]["agreement"] == 0.0
+    assert ratios["embeddings"]["ratio"] is None and "unchecked" in ratios["embeddings"]["withheld"]
+    (body,) = sections(md).values()
+    assert "## embeddings" in body and "## rerank" in body and "rates withheld: unchecked" in body
+    assert "| batchllm --sharing off | 1 | " in body and "| 1.00x / " in body  # with start-up: process walls vary

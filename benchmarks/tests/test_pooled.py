@@ -7,9 +7,10 @@ import orjson
 
 from benchmarks.pooled import (EMBED_LINE, SHARING_OFF, PooledBuilt, agreement, build_pooled, corpus_prompts,
                                embed_corpus, pooled_benches, read_vectors, rerank_lines)
-from benchmarks.report import Row, pooled_ratios, pooled_table
-from benchmarks.tests.test_runner import settings
+from benchmarks.pooled_report import pooled_ratios, pooled_table
+from benchmarks.rows import Row
 from benchmarks.runner import plan_pass
+from benchmarks.tests.test_runner import settings
 from benchmarks.workloads import PEER_CHOICES
 
 
@@ -66,15 +67,40 @@ def test_a_pass_runs_batchllm_with_and_without_sharing_and_transformers_once(tmp
     assert all(isinstance(b, PooledBuilt) and b.max_tokens == 1 for b, _, _ in first)
 
 
-def row(peer, variant, gen, tps, agree=None):
-    return Row("embeddings", peer, variant, 1, None, total_s=gen + 3, gen_s=gen, prompt_tps=tps, agreement=agree)
+EMBEDDINGS, RERANK = pooled_benches(True)
 
 
-def test_a_speed_up_is_shown_only_where_the_outputs_agree():
-    rows = [row("batchllm", "", 1.0, 9000.0), row("batchllm", "sharing-off", 3.0, 3000.0, 0.9999),
-            row("transformers-embed", "", 2.0, 1000.0, 0.5)]
-    ratios = {r.other: r.ratio for r in pooled_ratios(rows, "bfloat16")}
-    assert ratios == {"--sharing off": 3.0, "transformers-embed": None}
-    table = "\n".join(pooled_table(rows, "bfloat16"))
-    assert "| batchllm --sharing off | 1 | 6.0 | 3.0 | 3000 | 3.00x |" in table
-    assert "| transformers-embed | 1 | 5.0 | 2.0 | 1000 | outputs disagree |" in table
+def row(peer, variant, gen, tokens, agree=None, workload="embeddings"):
+    return Row(workload, peer, variant, 1, None, total_s=gen + 3, gen_s=gen, prompt_tokens=tokens,
+               prompt_tps=tokens / gen, agreement=agree)
+
+
+def test_speed_ups_with_and_without_start_up_are_shown_where_the_outputs_agree():
+    # transformers-embed embeds a prefix (3,000 of 9,000 tokens): no speed-up with start-up against it
+    rows = [row("batchllm", "", 1.0, 9000), row("batchllm", "sharing-off", 3.0, 9000, 0.9999),
+            row("transformers-embed", "", 2.0, 3000, 0.99)]
+    ratios = {r.other: (r.ratio, r.ratio_with_startup, r.withheld) for r in pooled_ratios(EMBEDDINGS, rows, "bfloat16")}
+    assert ratios == {"--sharing off": (3.0, 6.0 / 4.0, None), "transformers-embed": (6.0, None, None)}
+    table = "\n".join(pooled_table(EMBEDDINGS, rows, "bfloat16"))
+    assert "| batchllm | 1 | 4.0 | 1.0 | 2250 | 9000 | – |" in table
+    assert "| batchllm --sharing off | 1 | 6.0 | 3.0 | 1500 | 3000 | 3.00x / 1.50x |" in table
+    assert "| transformers-embed | 1 | 5.0 | 2.0 | 600 | 1500 | 6.00x / – |" in table
+
+
+def test_a_speed_up_is_not_shown_where_an_engine_disagrees_with_batchllm():
+    rows = [row("batchllm", "", 1.0, 9000, workload="rerank"), row("batchllm", "sharing-off", 3.0, 9000, 0.3, "rerank")]
+    (ratio,) = pooled_ratios(RERANK, rows, "bfloat16")
+    assert ratio.ratio is None and ratio.ratio_with_startup is None and "disagree" in ratio.withheld
+    assert "| batchllm --sharing off | 1 | 6.0 | 3.0 | 1500 | 3000 | not shown: outputs disagree" in \
+        "\n".join(pooled_table(RERANK, rows, "bfloat16"))
+
+
+def test_batchllm_rates_are_withheld_unless_its_embeddings_agree_with_transformers():
+    on, off = row("batchllm", "", 1.0, 9000), row("batchllm", "sharing-off", 3.0, 9000, 0.9999)
+    for reference, why in ((row("transformers-embed", "", 2.0, 3000, 0.5), "disagree with transformers-embed's"),
+                           (None, "unchecked: no transformers-embed output")):
+        rows = [on, off] + ([reference] if reference else [])
+        assert all(r.ratio is None and why in r.withheld for r in pooled_ratios(EMBEDDINGS, rows, "bfloat16"))
+        table = "\n".join(pooled_table(EMBEDDINGS, rows, "bfloat16"))
+        assert "9000" not in table and "3000 |" not in table, "no batchllm rate is written"
+        assert table.count("| 1 | rates withheld: ") == 2 and why in table

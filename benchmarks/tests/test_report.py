@@ -4,7 +4,7 @@ import pytest
 
 from benchmarks.flops import ModelSize, mfu, model_size
 from benchmarks.peers.base import RunOutcome
-from benchmarks.report import same_outputs, summarise
+from benchmarks.rows import same_outputs, summarise
 
 
 def test_model_size_reads_safetensors_headers(tiny_model):
