@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import orjson
 from rich.console import Console
@@ -21,17 +21,15 @@ from rich.console import Console
 from batchcli.io.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from batchcli.choices import Order, check
 from batchcli.engine.config import EngineConfig
-from batchcli.engine.engine import Engine, RunStats
+from batchcli.engine.engine import RunStats
 from batchcli.engine.resume import Checkpointing
 from batchcli.distributed import ClusterOptions
-from batchcli.planning.sharding import ShardSet, make_shards, pull_loads, skew
 from batchcli.engine.events import Event
-from batchcli.planning.shard import Shard
 from batchcli.results import resolve
 from batchcli.errors import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOME_FAILED, PlanFileError, UsageError
 from batchcli.formats.output import render_error, render_pooled, render_result
 from batchcli.io.lock import OutputLock
-from batchcli.model_store import cache_dir, pending_conversion, resolve_model
+from batchcli.model_store import pending_conversion, resolve_model
 from batchcli.io.output_meta import bind_output, has_side_files, refuse_output_is_input
 from batchcli.engine.devices import pick_device
 from batchcli.parts import LineJoiner
@@ -49,9 +47,7 @@ from batchcli.report import Reporter, header, outcome, plural, resume_hint, stdi
 from batchcli.io.sinks import Sinks
 from batchcli.status import StatusFile
 from batchcli.io.writer import OutputWriter
-
-if TYPE_CHECKING:  # imports ray
-    from batchcli.distributed.driver import DistributedRun
+from batchcli.job_engines import InProcess, OnCluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +104,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
     if (note := pending_conversion(model)) is not None:
         say(note)
     check_input(source)
-    on_cluster = _OnCluster(cluster) if cluster.wanted else None  # before any work: is Ray installed?
+    on_cluster = OnCluster(cluster) if cluster.wanted else None  # before any work: is Ray installed?
     pick_device(config.device)
     if files_beside:
         check_writable(Path(options.output), "output")
@@ -144,7 +140,7 @@ def run_job(source: str, model: str | None, defaults: SamplingParams, settings: 
             writer.expect(sorted({r.line for r in job.tokenized.requests}.union(in_output)))  # a line's parts: one key
         for e in job.tokenized.errors:
             sinks.write(render_error(e, None), key=e.line)
-        engines = on_cluster or _InProcess(_checkpointing(job, config, options, say) if files_beside else None)
+        engines = on_cluster or InProcess(_checkpointing(job, config, options, say) if files_beside else None)
         watch = StatusFile(Path(options.output), lambda: sinks.counts, requests=len(job.tokenized.requests),
                            skipped=job.skipped) if files_beside else None
         stats, complete = (_execute(job, config, engines, sinks, served, stop, console, quiet, say, watch)
@@ -190,78 +186,12 @@ def _checkpointing(job: PreparedJob, config: EngineConfig, options: RunOptions,
                          lambda in_flight: save_checkpoint(path, job.identity, job.tokenized.requests, in_flight), restored)
 
 
-class _InProcess:
-    """The engine in this process, on the whole job as one shard."""
-
-    def __init__(self, checkpointing: Checkpointing | None) -> None:
-        self.checkpointing = checkpointing
-
-    def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
-            on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
-        shard = job.shard()
-        engine = Engine(job.model_dir, config, job.tokenizer.decode, native_cache=cache_dir(),
-                        work_tokens=shard.work_tokens, block_size=job.plan.settings.block_size, log=say)
-        say(f"batchllm: {_counts(job)}; {engine.describe()}")
-        return engine.run(shard, on_event, on_progress, stop, log=say, checkpoint=self.checkpointing,
-                          grammars=job.grammars)
-
-    def metrics(self) -> dict:
-        return {}
-
-
-class _OnCluster:
-    """Engines on Ray workers (batchcli.distributed), the job cut by sharding.make_shards; this process is
-    the driver and the only writer. In-flight checkpoints are single-process only: a killed run
-    resumes from the answered lines."""
-
-    def __init__(self, options: ClusterOptions) -> None:
-        try:
-            from batchcli.distributed.cluster import run_on_cluster
-        except ModuleNotFoundError as e:
-            if e.name != "ray":
-                raise
-            raise UsageError("--workers and --ray-address need Ray: pip install 'batchllm[ray]'") from None
-        self.options, self._run = options, run_on_cluster
-        self.done: DistributedRun | None = None
-        self.cut: ShardSet | None = None
-
-    def run(self, job: PreparedJob, config: EngineConfig, on_event: Callable[[Event], None],
-            on_progress: Callable[[Progress], None], stop: StopFlag, say: Callable[[str], None]) -> RunStats:
-        say(f"batchllm: {_counts(job)}")
-        whole = job.shard()
-
-        def split(workers: int) -> list[Shard]:
-            self.cut = make_shards(whole, workers)
-            return [whole.subset(part.index) for part in self.cut.parts]
-
-        self.done = self._run(self.options, split, job.model_dir, config, on_event, on_progress, stop, log=say,
-                              work_tokens=whole.work_tokens, block_size=job.plan.settings.block_size)
-        return self.done.stats
-
-    def metrics(self) -> dict:
-        """Per worker: its counts and the estimated seconds of the shards it ran; the balance: skew
-        (max/mean - 1) estimated for pulling the shards, and measured over the workers' run times."""
-        if self.done is None or self.cut is None:
-            return {}
-        costs = [part.cost for part in self.cut.parts]
-        workers = [{**asdict(w), "estimated_s": sum(costs[s] for s in w.shards)} for w in self.done.workers]
-        balance = {"shards": len(costs), "skew_estimated": skew(pull_loads(costs, len(workers))),
-                   "skew_measured": skew([w.run_s for w in self.done.workers]),
-                   "recomputed_prefill_tokens": self.cut.recomputed_prefill_tokens}
-        return {"workers": workers, "balance": balance, "retries": [asdict(r) for r in self.done.retries]}
-
-
-def _counts(job: PreparedJob) -> str:
-    return (f"{plural(len(job.tokenized.requests), 'request')}, {plural(len(job.tokenized.errors), 'error line')}, "
-            f"{job.skipped:,} already answered")
-
-
 # What the user can do about an engine refusal, in this CLI's words (the engine knows no flags)
 _REFUSAL_HINTS = {"kv_budget_exceeded": "raise --kv-budget or lower max_tokens",
                   "sampling_failed": "if the model's numbers broke, try --dtype float32"}
 
 
-def _execute(job: PreparedJob, config: EngineConfig, engines: _InProcess | _OnCluster, sinks: Sinks, served: str,
+def _execute(job: PreparedJob, config: EngineConfig, engines: InProcess | OnCluster, sinks: Sinks, served: str,
              stop: StopFlag, console: Console, quiet: bool, say: Callable[[str], None],
              watch: StatusFile | None) -> tuple[RunStats | None, bool]:
     """Run the job's engines, writing results as they finish and each progress snapshot to the

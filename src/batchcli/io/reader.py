@@ -43,9 +43,9 @@ from batchcli.params import SamplingParams
 from batchcli.formats.responses import responses_request
 from batchcli.formats.scores import rerank_request, score_request
 from batchcli.formats.tools import tool_use
+from batchcli.io.lines import physical_lines
 
 DEFAULT_MAX_LINE_BYTES = 16 << 20
-_CHUNK = 1 << 20
 _PARAMS_CACHE_SIZE = 4096
 _BOM = b"\xef\xbb\xbf"
 _PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
@@ -99,7 +99,7 @@ def _parse_stream(
     stream: IO[bytes], parser: _LineParser | _TextParser, max_line_bytes: int, *, owned: bool
 ) -> Iterator[Request | LineError]:
     try:
-        for number, raw in enumerate(_physical_lines(stream, max_line_bytes), start=1):
+        for number, raw in enumerate(physical_lines(stream, max_line_bytes), start=1):
             if raw is None:
                 message = f"line is longer than {max_line_bytes} bytes; skipped"
                 yield LineError(f"line-{number}", number, "line_too_long", message)
@@ -115,48 +115,6 @@ def _parse_stream(
     finally:
         if owned:
             stream.close()
-
-
-def _physical_lines(stream: IO[bytes], max_bytes: int) -> Iterator[bytes | None]:
-    """Split a binary stream on LF (a CR before it stays); None stands for a line over `max_bytes`.
-
-    Reads fixed-size chunks, so memory stays at one chunk plus at most `max_bytes` of a pending line.
-    """
-    read = getattr(stream, "read1", stream.read)
-    head: list[bytes] = []  # start of the current line, from earlier chunks
-    head_len = 0
-    skipping = False  # inside an over-long line: drop bytes until its LF
-    while chunk := read(_CHUNK):
-        parts = chunk.split(b"\n")
-        tail = parts.pop()
-        for part in parts:
-            if skipping:
-                skipping = False
-                yield None
-                continue
-            if head:
-                head.append(part)
-                part = b"".join(head)
-                head.clear()
-                head_len = 0
-            yield part if len(part) <= max_bytes or _fits(part, max_bytes) else None
-        if skipping or not tail:
-            continue
-        head.append(tail)
-        head_len += len(tail)
-        if head_len > max_bytes + 1:  # + 1: a CR that turns out to end a CRLF line is not content
-            skipping = True
-            head.clear()
-            head_len = 0
-    if skipping:
-        yield None
-    elif head:
-        last = b"".join(head)
-        yield last if _fits(last, max_bytes) else None
-
-
-def _fits(line: bytes, max_bytes: int) -> bool:
-    return len(line) <= max_bytes or (len(line) == max_bytes + 1 and line.endswith(b"\r"))
 
 
 class _TextParser:
