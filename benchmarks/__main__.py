@@ -18,7 +18,8 @@ from benchmarks import report
 from benchmarks.flops import model_size
 from benchmarks.machine import flag_summary, machine_info
 from benchmarks.runner import Settings, log, run_all
-from benchmarks.workloads import PEER_CHOICES
+from benchmarks.pooled import pooled_benches
+from benchmarks.workloads import PEER_CHOICES, ablation_bench, benches
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small workloads, one pass (~2 minutes)")
     p.add_argument("--model", type=Path, help="HF model directory (default: the project's cached SmolLM2-135M)")
-    p.add_argument("--only", type=csv(None), default=(), help="comma-separated bench names")
+    names = tuple(b.name for b in [*benches(False), ablation_bench(False), *pooled_benches(False)])
+    p.add_argument("--only", type=csv(names), default=(), help="comma-separated bench names")
     p.add_argument("--peers", type=csv(PEER_CHOICES), default=PEER_CHOICES, help="comma-separated engines")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto: the dtype with the higher measured matmul peak")

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks import machine
 from benchmarks.__main__ import main
 from benchmarks.results_file import sections, split
@@ -83,3 +85,11 @@ def test_pooled_workloads_report_in_the_family_section_and_results_json(tmp_path
     (body,) = sections(md).values()
     assert "## embeddings" in body and "## rerank" in body and "rates withheld: unchecked" in body
     assert "| batchllm --sharing off | 1 | " in body and "| 1.00x / " in body  # with start-up: process walls vary
+
+
+def test_an_unknown_bench_name_is_a_usage_error_before_any_measuring(capsys):
+    from benchmarks.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--only", "paper,bogus"])
+    assert exit_info.value.code == 2 and "unknown ['bogus']; choose from paper" in capsys.readouterr().err
